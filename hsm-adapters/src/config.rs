@@ -1,0 +1,243 @@
+//! Backend configuration: the raw TOML shape (an internally tagged enum, unknown keys refused) and
+//! the validated, typed form built from it. Validation reports every problem with its key path, so
+//! an operator fixes a config file in one pass.
+
+use std::fmt;
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::pin::PinSource;
+
+/// Debian's SoftHSM2 module, the default when no module is configured.
+pub const DEFAULT_PKCS11_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+
+/// Most sessions a PKCS#11 backend may open (more would only queue inside the device).
+pub const MAX_SESSIONS: usize = 256;
+
+/// One `[backends.NAME]` table as written in the config file.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum BackendConfigFile {
+    /// `kind = "pkcs11"`
+    Pkcs11(Pkcs11ConfigFile),
+}
+
+/// The keys of a `kind = "pkcs11"` backend table.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Pkcs11ConfigFile {
+    /// Path of the PKCS#11 module; default Debian's SoftHSM2.
+    pub module: Option<PathBuf>,
+    /// Label of the token (preferred: slot numbers move).
+    pub token_label: Option<String>,
+    /// Serial number of the token, instead of the label.
+    pub token_serial: Option<String>,
+    /// File holding the user PIN (mode 0600).
+    pub pin_file: Option<PathBuf>,
+    /// Name of the systemd credential holding the user PIN, instead of `pin_file`.
+    pub pin_credential: Option<String>,
+    /// Sessions to open, one per signing worker; default: the number of CPUs.
+    pub sessions: Option<usize>,
+}
+
+/// A configuration problem: the key path and what is wrong there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// Dotted key path, e.g. `backends.hsm.pin_file`.
+    pub path: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// How to find the token in the module.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TokenSelector {
+    /// By `CKA_LABEL` of the token (trailing blanks ignored).
+    Label(String),
+    /// By serial number (trailing blanks ignored).
+    Serial(String),
+}
+
+impl fmt::Display for TokenSelector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TokenSelector::Label(l) => write!(f, "label {l:?}"),
+            TokenSelector::Serial(s) => write!(f, "serial {s:?}"),
+        }
+    }
+}
+
+/// A validated PKCS#11 backend configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pkcs11Config {
+    /// Path of the PKCS#11 module.
+    pub module: PathBuf,
+    /// Which token to use.
+    pub token: TokenSelector,
+    /// Where the user PIN comes from.
+    pub pin: PinSource,
+    /// Sessions in the pool.
+    pub sessions: NonZeroUsize,
+}
+
+/// A validated backend configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BackendConfig {
+    /// A PKCS#11 token.
+    Pkcs11(Pkcs11Config),
+}
+
+/// The default session count: one per CPU.
+pub fn default_sessions() -> NonZeroUsize {
+    std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN)
+}
+
+impl BackendConfigFile {
+    /// Validates this table, found at key path `at`, into a [`BackendConfig`].
+    ///
+    /// Returns every problem found, not only the first.
+    pub fn validate(&self, at: &str) -> Result<BackendConfig, Vec<ConfigProblem>> {
+        match self {
+            BackendConfigFile::Pkcs11(raw) => raw.validate(at).map(BackendConfig::Pkcs11),
+        }
+    }
+}
+
+impl Pkcs11ConfigFile {
+    fn validate(&self, at: &str) -> Result<Pkcs11Config, Vec<ConfigProblem>> {
+        let mut problems = Vec::new();
+        let mut problem = |key: &str, message: String| {
+            problems.push(ConfigProblem { path: format!("{at}.{key}"), message });
+        };
+        let module = self.module.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_PKCS11_MODULE));
+        if !module.is_absolute() {
+            problem("module", format!("{} must be an absolute path", module.display()));
+        } else if !module.is_file() {
+            problem(
+                "module",
+                format!("{} does not exist; install the vendor's PKCS#11 library or fix the path", module.display()),
+            );
+        }
+        let token = match (&self.token_label, &self.token_serial) {
+            (Some(l), None) if !l.trim().is_empty() && l.len() <= 32 => Some(TokenSelector::Label(l.clone())),
+            (Some(_), None) => {
+                problem("token_label", "must be 1 to 32 characters (a PKCS#11 token label)".into());
+                None
+            }
+            (None, Some(s)) if !s.trim().is_empty() && s.len() <= 16 => Some(TokenSelector::Serial(s.clone())),
+            (None, Some(_)) => {
+                problem("token_serial", "must be 1 to 16 characters (a PKCS#11 serial number)".into());
+                None
+            }
+            (Some(_), Some(_)) => {
+                problem("token_serial", "set token_label or token_serial, not both".into());
+                None
+            }
+            (None, None) => {
+                problem("token_label", "missing: set token_label (preferred) or token_serial".into());
+                None
+            }
+        };
+        let pin = match (&self.pin_file, &self.pin_credential) {
+            (Some(p), None) if p.is_absolute() => Some(PinSource::File(p.clone())),
+            (Some(p), None) => {
+                problem("pin_file", format!("{} must be an absolute path", p.display()));
+                None
+            }
+            (None, Some(c)) if !c.is_empty() && !c.contains('/') => Some(PinSource::Credential(c.clone())),
+            (None, Some(_)) => {
+                problem("pin_credential", "must be a credential name without '/'".into());
+                None
+            }
+            (Some(_), Some(_)) => {
+                problem("pin_credential", "set pin_file or pin_credential, not both".into());
+                None
+            }
+            (None, None) => {
+                problem("pin_file", "missing: set pin_file (a 0600 file) or pin_credential (systemd)".into());
+                None
+            }
+        };
+        let sessions = match self.sessions {
+            None => Some(default_sessions()),
+            Some(n) if (1..=MAX_SESSIONS).contains(&n) => NonZeroUsize::new(n),
+            Some(n) => {
+                problem("sessions", format!("{n} is out of range 1..={MAX_SESSIONS}"));
+                None
+            }
+        };
+        match (token, pin, sessions) {
+            (Some(token), Some(pin), Some(sessions)) if problems.is_empty() => {
+                Ok(Pkcs11Config { module, token, pin, sessions })
+            }
+            _ => Err(problems),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Deserialize)]
+    struct Doc {
+        backends: std::collections::BTreeMap<String, BackendConfigFile>,
+    }
+
+    fn parse(text: &str) -> Result<Doc, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    #[test]
+    fn valid_pkcs11_table() {
+        let doc = parse(
+            r#"
+            [backends.hsm]
+            kind = "pkcs11"
+            module = "/bin/sh"
+            token_label = "sitesign"
+            pin_file = "/etc/sitesign/pin"
+            sessions = 4
+            "#,
+        )
+        .unwrap();
+        let cfg = doc.backends["hsm"].validate("backends.hsm").unwrap();
+        let BackendConfig::Pkcs11(p) = cfg;
+        assert_eq!(p.token, TokenSelector::Label("sitesign".into()));
+        assert_eq!(p.pin, PinSource::File("/etc/sitesign/pin".into()));
+        assert_eq!(p.sessions.get(), 4);
+    }
+
+    #[test]
+    fn unknown_keys_and_kinds_are_refused() {
+        let err = parse("[backends.hsm]\nkind = \"pkcs11\"\ntoken_label = \"t\"\npin = \"1234\"\n")
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("unknown field `pin`"), "{err}");
+        assert!(parse("[backends.hsm]\nkind = \"floppy\"\n").is_err());
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_path() {
+        let doc = parse(
+            "[backends.hsm]\nkind = \"pkcs11\"\nmodule = \"relative.so\"\nsessions = 0\npin_file = \"pin\"\n",
+        )
+        .unwrap();
+        let problems = doc.backends["hsm"].validate("backends.hsm").unwrap_err();
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["backends.hsm.module", "backends.hsm.token_label", "backends.hsm.pin_file", "backends.hsm.sessions"]
+        );
+    }
+}

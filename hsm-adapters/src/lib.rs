@@ -1,0 +1,37 @@
+//! sitesign's key backends.
+//!
+//! One small abstraction — [`KeyBackend`] hands out [`SigningKey`]s, which sign — and its
+//! implementation for PKCS#11 tokens ([`pkcs11::Pkcs11Backend`], through `cryptoki`). Private keys
+//! are generated inside the device and never leave it. [`X509Signer`] adapts a device key to
+//! RustCrypto's `signature::Signer` + `Keypair` so the x509-cert builder can sign with it.
+//!
+//! This crate knows nothing of tokens (JWS), HTTP or policy: it signs bytes it is given, for the
+//! appliance that decided they should be signed.
+
+pub mod backend;
+pub mod config;
+pub mod error;
+pub mod key;
+pub mod pin;
+pub mod pkcs11;
+pub mod signer;
+pub mod uri;
+
+use std::sync::Arc;
+
+pub use backend::{KeyBackend, SigningKey};
+pub use config::{BackendConfig, BackendConfigFile, ConfigProblem, Pkcs11Config, TokenSelector};
+pub use error::{Error, ErrorClass, Result};
+pub use key::{Capabilities, KeyAlgorithm, ProtectionCheck, ProtectionReport, PublicKey, SignatureScheme};
+pub use pin::PinSource;
+pub use signer::{X509Signature, X509Signer};
+pub use uri::{KeyUri, Pkcs11Uri};
+
+/// Opens the backend a validated configuration describes.
+///
+/// Fails as the backend's own `open` does: module not loadable, token not found, PIN problems.
+pub fn open(config: &BackendConfig) -> Result<Arc<dyn KeyBackend>> {
+    match config {
+        BackendConfig::Pkcs11(c) => Ok(Arc::new(pkcs11::Pkcs11Backend::open(c.clone())?)),
+    }
+}

@@ -1,0 +1,340 @@
+//! The connection to one PKCS#11 token: the shared `Pkcs11` context (initialised with OS locking),
+//! a pool of sessions — one per worker thread, since a `Session` is `Send` but not `Sync` — and
+//! recovery.
+//!
+//! Every device call runs under a read guard of [`Device::state`]; re-initialising the module takes
+//! the write guard, so `C_Finalize` never runs while another thread is inside the library (PKCS#11
+//! v2.40 §5.4) and every pooled session is idle at that moment and can be closed first.
+//!
+//! Recovery is bounded: a session error discards that session and opens a fresh, logged-in one; a
+//! token error (removed, re-initialised, not present) re-initialises the module, finds the token
+//! again by label or serial and logs in; both retry the operation at most [`MAX_ATTEMPTS`] times.
+//! A wrong or locked PIN is fatal at once: never an authentication retry loop.
+
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard};
+use std::time::{Duration, Instant};
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::RvError;
+use cryptoki::mechanism::MechanismType;
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
+use secrecy::SecretString;
+use tracing::{info, warn};
+
+use crate::config::{Pkcs11Config, TokenSelector};
+use crate::error::{Error, ErrorClass, Result};
+
+/// Attempts per operation, the first included.
+pub const MAX_ATTEMPTS: u32 = 4;
+
+/// How long a caller waits for a free session before [`Error::Busy`].
+const SESSION_WAIT: Duration = Duration::from_secs(30);
+
+/// Which slot the token is in now, and how many times the module has been (re)initialised.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DeviceState {
+    pub slot: Slot,
+    pub generation: u64,
+}
+
+#[derive(Debug, Default)]
+struct PoolInner {
+    idle: Vec<Session>,
+    open: usize,
+}
+
+/// One PKCS#11 token reached through one module.
+#[derive(Debug)]
+pub(crate) struct Device {
+    ctx: Pkcs11,
+    pub config: Pkcs11Config,
+    state: RwLock<DeviceState>,
+    pool: Mutex<PoolInner>,
+    session_freed: Condvar,
+    /// Serialises re-initialisation so that concurrent failures trigger it once.
+    reinit: Mutex<()>,
+    pub mechanisms: Vec<MechanismType>,
+    pub token_description: String,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the pool lock leaves the pool consistent (it only moves sessions), so
+    // keep going rather than poison every later caller.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// `C_Initialize` with OS locking; "already initialised" is fine (another backend in this process
+/// uses the same module).
+fn initialize(ctx: &Pkcs11) -> Result<()> {
+    match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        Ok(()) | Err(cryptoki::error::Error::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => Ok(()),
+        Err(e) => Err(Error::from_cryptoki(e)),
+    }
+}
+
+/// Finds the slot holding the configured token.
+fn find_slot(ctx: &Pkcs11, config: &Pkcs11Config) -> Result<(Slot, String)> {
+    let mut seen = Vec::new();
+    for slot in ctx.get_slots_with_token().map_err(Error::from_cryptoki)? {
+        let info = match ctx.get_token_info(slot) {
+            Ok(i) => i,
+            // A slot whose token vanished between the two calls is simply not a match.
+            Err(_) => continue,
+        };
+        let label = info.label().trim_end().to_owned();
+        let serial = info.serial_number().trim_end().to_owned();
+        let matches = match &config.token {
+            TokenSelector::Label(l) => label == l.trim_end(),
+            TokenSelector::Serial(s) => serial == s.trim_end(),
+        };
+        if matches && info.token_initialized() {
+            let description = format!(
+                "{} {} token {label:?} (serial {serial}) in {}",
+                info.manufacturer_id().trim_end(),
+                info.model().trim_end(),
+                config.module.display()
+            );
+            return Ok((slot, description));
+        }
+        seen.push(format!("{label:?}"));
+    }
+    Err(Error::TokenNotFound {
+        selector: config.token.to_string(),
+        module: config.module.clone(),
+        seen: if seen.is_empty() { "none".into() } else { seen.join(", ") },
+    })
+}
+
+/// Logs `session` in as the user with the PIN from `config`; the PIN is read now and dropped
+/// (zeroized) when this returns.
+fn login(session: &Session, config: &Pkcs11Config) -> Result<()> {
+    let pin: SecretString = config.pin.read()?;
+    match session.login(UserType::User, Some(&pin)) {
+        Ok(()) | Err(cryptoki::error::Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
+        Err(cryptoki::error::Error::Pkcs11(
+            rv @ (RvError::PinIncorrect | RvError::PinInvalid | RvError::PinLenRange | RvError::PinLocked | RvError::PinExpired),
+            _,
+        )) => Err(Error::PinIncorrect { source_desc: config.pin.describe(), rv }),
+        Err(e) => Err(Error::from_cryptoki(e)),
+    }
+}
+
+/// Whether `e` means the token itself is gone or replaced, so that only re-initialising the
+/// module (which rescans slots) can recover.
+fn needs_reinit(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::TokenNotFound { .. }
+            | Error::Pkcs11 {
+                rv: RvError::DeviceRemoved
+                    | RvError::TokenNotPresent
+                    | RvError::TokenNotRecognized
+                    | RvError::SlotIdInvalid
+                    | RvError::CryptokiNotInitialized
+                    | RvError::DeviceError,
+                ..
+            }
+    )
+}
+
+/// A session checked out of the pool; returned to it on drop unless discarded.
+pub(crate) struct PooledSession<'a> {
+    device: &'a Device,
+    session: Option<Session>,
+}
+
+impl PooledSession<'_> {
+    pub fn session(&self) -> &Session {
+        // The Option is only emptied by `discard` (which consumes self) and by `drop`.
+        self.session.as_ref().unwrap_or_else(|| unreachable!("pooled session used after discard"))
+    }
+
+    /// Closes this session instead of returning it to the pool.
+    fn discard(mut self) {
+        if let Some(s) = self.session.take() {
+            drop(s);
+            lock(&self.device.pool).open -= 1;
+            self.device.session_freed.notify_one();
+        }
+    }
+}
+
+impl Drop for PooledSession<'_> {
+    fn drop(&mut self) {
+        if let Some(s) = self.session.take() {
+            lock(&self.device.pool).idle.push(s);
+            self.device.session_freed.notify_one();
+        }
+    }
+}
+
+impl Device {
+    /// Loads the module, initialises it, finds the token, opens and logs in one session.
+    pub fn open(config: Pkcs11Config) -> Result<Self> {
+        let ctx = Pkcs11::new(&config.module).map_err(|e| Error::Module {
+            module: config.module.clone(),
+            reason: format!("cannot load it as a PKCS#11 library: {e}"),
+        })?;
+        initialize(&ctx)?;
+        let (slot, token_description) = find_slot(&ctx, &config)?;
+        let mechanisms = ctx.get_mechanism_list(slot).map_err(Error::from_cryptoki)?;
+        let device = Device {
+            ctx,
+            config,
+            state: RwLock::new(DeviceState { slot, generation: 0 }),
+            pool: Mutex::new(PoolInner::default()),
+            session_freed: Condvar::new(),
+            reinit: Mutex::new(()),
+            mechanisms,
+            token_description,
+        };
+        // Open the first session now so that a wrong PIN or a broken token fails at start-up.
+        {
+            let state = device.read_state();
+            let first = device.checkout(&state)?;
+            drop(first);
+        }
+        Ok(device)
+    }
+
+    fn read_state(&self) -> RwLockReadGuard<'_, DeviceState> {
+        self.state.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// How many sessions are open now (for metrics and tests).
+    pub fn sessions_open(&self) -> usize {
+        lock(&self.pool).open
+    }
+
+    /// Takes an idle session, opens a new one (up to the configured count), or waits.
+    fn checkout<'a>(&'a self, state: &DeviceState) -> Result<PooledSession<'a>> {
+        let capacity = self.config.sessions.get();
+        let started = Instant::now();
+        let mut pool = lock(&self.pool);
+        loop {
+            if let Some(session) = pool.idle.pop() {
+                return Ok(PooledSession { device: self, session: Some(session) });
+            }
+            if pool.open < capacity {
+                pool.open += 1;
+                drop(pool);
+                let opened = self.ctx.open_rw_session(state.slot).map_err(Error::from_cryptoki).and_then(|s| {
+                    login(&s, &self.config)?;
+                    Ok(s)
+                });
+                return match opened {
+                    Ok(session) => Ok(PooledSession { device: self, session: Some(session) }),
+                    Err(e) => {
+                        lock(&self.pool).open -= 1;
+                        self.session_freed.notify_one();
+                        Err(e)
+                    }
+                };
+            }
+            let waited = started.elapsed();
+            if waited >= SESSION_WAIT {
+                return Err(Error::Busy { sessions: capacity, waited_ms: waited.as_millis() as u64 });
+            }
+            pool = self
+                .session_freed
+                .wait_timeout(pool, SESSION_WAIT - waited)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// Runs `op` with a pooled session, recovering from session, token and stale-handle errors.
+    ///
+    /// `op` gets the session and the module generation (for handle caches); `on_key_error` is
+    /// called when a handle turned out stale, before the retry.
+    pub fn with_session<T>(
+        &self,
+        mut op: impl FnMut(&Session, u64) -> Result<T>,
+        on_key_error: impl Fn(),
+    ) -> Result<T> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let (generation, err) = {
+                let state = self.read_state();
+                let generation = state.generation;
+                let result = self.checkout(&state).and_then(|pooled| {
+                    let r = op(pooled.session(), generation);
+                    match &r {
+                        Err(e) if e.class() == ErrorClass::Session => pooled.discard(),
+                        _ => drop(pooled),
+                    }
+                    r
+                });
+                match result {
+                    Ok(v) => return Ok(v),
+                    Err(e) => (generation, e),
+                }
+            };
+            if attempt >= MAX_ATTEMPTS || err.class() == ErrorClass::Fatal {
+                return Err(if attempt > 1 {
+                    Error::RecoveryExhausted { attempts: attempt - 1, last: Box::new(err) }
+                } else {
+                    err
+                });
+            }
+            warn!(code = err.code(), error = %err, attempt, "PKCS#11 operation failed; recovering");
+            match err.class() {
+                ErrorClass::Key => on_key_error(),
+                ErrorClass::Transient => std::thread::sleep(Duration::from_millis(10 << attempt)),
+                ErrorClass::Session if needs_reinit(&err) => {
+                    // A failing re-initialisation is retried on the next attempt; only a fatal
+                    // error from it (wrong PIN, module gone) ends recovery at once.
+                    if let Err(e) = self.reinitialise(generation) {
+                        if e.class() == ErrorClass::Fatal || attempt + 1 >= MAX_ATTEMPTS {
+                            return Err(Error::RecoveryExhausted { attempts: attempt, last: Box::new(e) });
+                        }
+                        warn!(code = e.code(), error = %e, "re-initialising the PKCS#11 module failed");
+                        std::thread::sleep(Duration::from_millis(50 << attempt));
+                    }
+                }
+                // The failed session was discarded above; the retry opens and logs in a new one.
+                ErrorClass::Session | ErrorClass::Fatal => {}
+            }
+        }
+    }
+
+    /// Finalises and re-initialises the module, finds the token again and logs in — unless
+    /// another thread already did so since generation `seen`.
+    fn reinitialise(&self, seen: u64) -> Result<()> {
+        let _one_at_a_time = lock(&self.reinit);
+        let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
+        if state.generation != seen {
+            return Ok(());
+        }
+        // No thread is inside the library now (they all hold read guards while calling), so every
+        // session is idle: close them while the module can still do so.
+        {
+            let mut pool = lock(&self.pool);
+            let idle = std::mem::take(&mut pool.idle);
+            pool.open -= idle.len();
+            drop(idle);
+        }
+        if let Err(e) = self.ctx.clone().finalize() {
+            warn!(error = %e, "C_Finalize failed during recovery; initialising anyway");
+        }
+        state.generation += 1;
+        initialize(&self.ctx)?;
+        let (slot, description) = find_slot(&self.ctx, &self.config)?;
+        state.slot = slot;
+        info!(generation = state.generation, token = %description, "PKCS#11 module re-initialised");
+        Ok(())
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        lock(&self.pool).idle.clear();
+        // Finalise so the module flushes its state; a second backend on the same module in this
+        // process would lose its sessions, which its own recovery then handles.
+        if let Err(e) = self.ctx.clone().finalize() {
+            warn!(error = %e, "C_Finalize failed");
+        }
+    }
+}
