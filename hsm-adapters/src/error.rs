@@ -18,7 +18,7 @@ pub enum ErrorClass {
     Transient,
     /// The session (or the whole connection to the device) is gone: reopen, log in, retry.
     Session,
-    /// The key handle is stale or the key is missing: look the key up again.
+    /// The key handle is stale: look the key up again.
     Key,
     /// Retrying cannot help: wrong PIN, locked token, bad request, misconfiguration.
     Fatal,
@@ -74,6 +74,13 @@ pub enum Error {
     #[error("no key found for {uri}")]
     KeyNotFound {
         /// The URI searched for.
+        uri: String,
+    },
+    /// A key that was found before is no longer in the token: the token may have been removed or
+    /// re-initialised. Recovery re-initialises the module and looks again.
+    #[error("key {uri} is no longer in the token (removed or re-initialised)")]
+    KeyVanished {
+        /// The key's URI.
         uri: String,
     },
     /// More than one key matches the URI, so it does not name one key.
@@ -152,8 +159,7 @@ impl Error {
         match self {
             Error::Pkcs11 { rv, .. } => classify_rv(*rv),
             Error::Busy { .. } => ErrorClass::Transient,
-            Error::KeyNotFound { .. } => ErrorClass::Key,
-            Error::TokenNotFound { .. } => ErrorClass::Session,
+            Error::TokenNotFound { .. } | Error::KeyVanished { .. } => ErrorClass::Session,
             _ => ErrorClass::Fatal,
         }
     }
@@ -171,7 +177,7 @@ impl Error {
             Error::TokenNotFound { .. } => "token_not_found",
             Error::PinIncorrect { .. } => "pin_incorrect",
             Error::PinFile { .. } => "pin_file",
-            Error::KeyNotFound { .. } => "key_not_found",
+            Error::KeyNotFound { .. } | Error::KeyVanished { .. } => "key_not_found",
             Error::KeyAmbiguous { .. } => "key_ambiguous",
             Error::KeyExists { .. } => "key_exists",
             Error::InvalidUri { .. } => "invalid_key_uri",

@@ -126,6 +126,7 @@ fn needs_reinit(e: &Error) -> bool {
     matches!(
         e,
         Error::TokenNotFound { .. }
+            | Error::KeyVanished { .. }
             | Error::Pkcs11 {
                 rv: RvError::DeviceRemoved
                     | RvError::TokenNotPresent
@@ -200,6 +201,11 @@ impl Device {
 
     fn read_state(&self) -> RwLockReadGuard<'_, DeviceState> {
         self.state.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// How many times the module has been re-initialised by recovery.
+    pub fn reinitialisations(&self) -> u64 {
+        self.read_state().generation
     }
 
     /// How many sessions are open now (for metrics and tests).

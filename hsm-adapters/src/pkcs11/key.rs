@@ -221,7 +221,10 @@ impl Pkcs11Key {
         {
             return Ok(h);
         }
-        let h = find_one(session, &self.template, &self.uri)?;
+        let h = find_one(session, &self.template, &self.uri).map_err(|e| match e {
+            Error::KeyNotFound { uri } => Error::KeyVanished { uri },
+            other => other,
+        })?;
         let public = read_public_key(session, h)?;
         if public != self.public {
             return Err(Error::ProtectionMismatch {

@@ -58,6 +58,11 @@ impl Pkcs11Backend {
         self.device.sessions_open()
     }
 
+    /// How many times recovery has re-initialised the module since it was opened (for metrics).
+    pub fn reinitialisations(&self) -> u64 {
+        self.device.reinitialisations()
+    }
+
     /// The mechanism this token uses for `scheme`.
     pub(crate) fn hashing(device: &Device, scheme: SignatureScheme) -> Option<Hashing> {
         let (raw, hashed) = match scheme {

@@ -1,0 +1,264 @@
+//! Test harness for sitesign's integration tests against real SoftHSM2 tokens.
+//!
+//! SoftHSM reads `SOFTHSM2_CONF` once, when the module is initialised, and a process can load it
+//! only once; so every test runs in its own child process with its own configuration and token
+//! directory in a fresh temporary directory. A test binary built on this harness
+//! (`harness = false`) calls [`main`] with its list of tests: in the parent it behaves like
+//! libtest (filters, `--list`, `--exact`, the usual summary line) and runs each test by
+//! re-executing itself; in the child it creates the token and runs the one test.
+//!
+//! The module path comes from `PKCS11_MODULE`, default Debian's SoftHSM2.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test harness: a failure is a test failure")]
+
+pub mod verify;
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::Arc;
+
+use hsm_adapters::pkcs11::Pkcs11Backend;
+use hsm_adapters::pkcs11::token::initialize_token;
+use hsm_adapters::{PinSource, Pkcs11Config, TokenSelector};
+use libtest_mimic::{Arguments, Failed, Trial};
+use ring::rand::{SecureRandom, SystemRandom};
+use secrecy::SecretString;
+
+/// Set in a child process to the name of the one test it runs.
+const CHILD_ENV: &str = "SITESIGN_TEST_CHILD";
+/// Set in a helper process to the helper it runs (see [`run_helper`]).
+const HELPER_ENV: &str = "SITESIGN_TEST_HELPER";
+
+/// The token label every test token gets.
+pub const TOKEN_LABEL: &str = "sitesign-test";
+
+/// One integration test: a name and a body that gets a fresh SoftHSM token.
+#[derive(Debug, Clone, Copy)]
+pub struct Test {
+    /// The test's name as listed and filtered.
+    pub name: &'static str,
+    /// The body; it panics to fail.
+    pub run: fn(&SoftHsm),
+}
+
+/// A helper the tests can run in a separate process against the same token directory (to change
+/// the token behind the back of a backend open in the test process). It reads the SO PIN and the
+/// user PIN from stdin, one per line.
+#[derive(Debug, Clone, Copy)]
+pub struct Helper {
+    /// The helper's name.
+    pub name: &'static str,
+    /// The body.
+    pub run: fn(&HelperEnv),
+}
+
+/// What a helper process gets.
+#[derive(Debug)]
+pub struct HelperEnv {
+    /// The module path.
+    pub module: PathBuf,
+    /// The SO PIN of the test token.
+    pub so_pin: SecretString,
+    /// The user PIN of the test token.
+    pub user_pin: SecretString,
+    /// The test token's directory root (SoftHSM `directories.tokendir`).
+    pub token_root: PathBuf,
+    /// The test's working directory.
+    pub work_dir: PathBuf,
+}
+
+/// The PKCS#11 module under test: `PKCS11_MODULE`, or Debian's SoftHSM2.
+pub fn module_path() -> PathBuf {
+    std::env::var_os("PKCS11_MODULE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(hsm_adapters::config::DEFAULT_PKCS11_MODULE))
+}
+
+fn random_pin() -> SecretString {
+    let mut bytes = [0u8; 12];
+    SystemRandom::new().fill(&mut bytes).unwrap();
+    SecretString::from(bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+}
+
+/// Writes `content` to a new file with mode 0600.
+pub fn write_secret_file(path: &Path, content: &[u8]) {
+    let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).unwrap();
+    f.write_all(content).unwrap();
+}
+
+/// A fresh SoftHSM token for one test, in this process's own temporary directory.
+#[derive(Debug)]
+pub struct SoftHsm {
+    module: PathBuf,
+    work_dir: PathBuf,
+    pin_file: PathBuf,
+    so_pin: SecretString,
+    user_pin: SecretString,
+}
+
+impl SoftHsm {
+    fn create(work_dir: PathBuf) -> Self {
+        let module = module_path();
+        let so_pin = random_pin();
+        let user_pin = random_pin();
+        initialize_token(&module, TOKEN_LABEL, &so_pin, &user_pin).expect("initialise the test token");
+        let pin_file = work_dir.join("user.pin");
+        write_secret_file(&pin_file, secrecy::ExposeSecret::expose_secret(&user_pin).as_bytes());
+        SoftHsm { module, work_dir, pin_file, so_pin, user_pin }
+    }
+
+    /// The test's private working directory.
+    pub fn work_dir(&self) -> &Path {
+        &self.work_dir
+    }
+
+    /// SoftHSM's token directory root for this test.
+    pub fn token_root(&self) -> PathBuf {
+        self.work_dir.join("tokens")
+    }
+
+    /// The file holding the user PIN (mode 0600).
+    pub fn pin_file(&self) -> &Path {
+        &self.pin_file
+    }
+
+    /// The user PIN, for independent checks with raw cryptoki.
+    pub fn user_pin(&self) -> &SecretString {
+        &self.user_pin
+    }
+
+    /// A backend configuration for the test token with `sessions` sessions.
+    pub fn config(&self, sessions: usize) -> Pkcs11Config {
+        Pkcs11Config {
+            module: self.module.clone(),
+            token: TokenSelector::Label(TOKEN_LABEL.into()),
+            pin: PinSource::File(self.pin_file.clone()),
+            sessions: std::num::NonZeroUsize::new(sessions).unwrap(),
+        }
+    }
+
+    /// Opens a backend on the test token with two sessions.
+    pub fn backend(&self) -> Arc<Pkcs11Backend> {
+        Arc::new(Pkcs11Backend::open(self.config(2)).expect("open the test token"))
+    }
+
+    /// Runs helper `name` in a separate process against this test's token directory and waits
+    /// for it; panics if it fails.
+    pub fn run_helper(&self, name: &str) {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .env_remove(CHILD_ENV)
+            .env(HELPER_ENV, name)
+            .env("SOFTHSM2_CONF", self.work_dir.join("softhsm2.conf"))
+            .env("SITESIGN_TEST_DIR", &self.work_dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            use secrecy::ExposeSecret;
+            let mut stdin = child.stdin.take().unwrap();
+            writeln!(stdin, "{}\n{}", self.so_pin.expose_secret(), self.user_pin.expose_secret()).unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "helper {name} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// Writes a SoftHSM configuration for a test directory and returns its path.
+fn write_softhsm_conf(dir: &Path) -> PathBuf {
+    let tokens = dir.join("tokens");
+    fs::create_dir_all(&tokens).unwrap();
+    fs::set_permissions(&tokens, fs::Permissions::from_mode(0o700)).unwrap();
+    let conf = dir.join("softhsm2.conf");
+    fs::write(
+        &conf,
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n",
+            tokens.display()
+        ),
+    )
+    .unwrap();
+    conf
+}
+
+fn run_child(name: &str, tests: &[Test]) -> ExitCode {
+    let test = tests.iter().find(|t| t.name == name).expect("child asked for an unknown test");
+    let dir = PathBuf::from(std::env::var_os("SITESIGN_TEST_DIR").expect("SITESIGN_TEST_DIR"));
+    let hsm = SoftHsm::create(dir);
+    (test.run)(&hsm);
+    ExitCode::SUCCESS
+}
+
+fn run_helper_process(name: &str, helpers: &[Helper]) -> ExitCode {
+    use std::io::BufRead;
+    let helper = helpers.iter().find(|h| h.name == name).expect("unknown helper");
+    let mut lines = std::io::stdin().lock().lines();
+    let so_pin = SecretString::from(lines.next().unwrap().unwrap());
+    let user_pin = SecretString::from(lines.next().unwrap().unwrap());
+    let work_dir = PathBuf::from(std::env::var_os("SITESIGN_TEST_DIR").unwrap());
+    (helper.run)(&HelperEnv { module: module_path(), so_pin, user_pin, token_root: work_dir.join("tokens"), work_dir });
+    ExitCode::SUCCESS
+}
+
+/// Runs one test in a child process with its own SoftHSM configuration.
+fn run_in_child(name: &'static str) -> Result<(), Failed> {
+    let dir = tempfile::Builder::new().prefix("sitesign-softhsm-").tempdir().map_err(|e| e.to_string())?;
+    let conf = write_softhsm_conf(dir.path());
+    let out = Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
+        .env(CHILD_ENV, name)
+        .env("SOFTHSM2_CONF", &conf)
+        .env("SITESIGN_TEST_DIR", dir.path())
+        .env("RUST_BACKTRACE", "1")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot start the test process: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "test process exited with {}\n--- stdout\n{}--- stderr\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into())
+    }
+}
+
+/// The `main` of a SoftHSM test binary.
+pub fn main(tests: &'static [Test], helpers: &'static [Helper]) -> ExitCode {
+    if let Ok(name) = std::env::var(HELPER_ENV) {
+        return run_helper_process(&name, helpers);
+    }
+    if let Ok(name) = std::env::var(CHILD_ENV) {
+        return run_child(&name, tests);
+    }
+    let module = module_path();
+    let args = Arguments::from_args();
+    let trials = tests
+        .iter()
+        .map(|t| {
+            let module = module.clone();
+            Trial::test(t.name, move || {
+                if !module.is_file() {
+                    return Err(format!(
+                        "PKCS#11 module {} not found: install softhsm2 (the test command does) or set PKCS11_MODULE",
+                        module.display()
+                    )
+                    .into());
+                }
+                run_in_child(t.name)
+            })
+        })
+        .collect();
+    libtest_mimic::run(&args, trials).exit_code()
+}
