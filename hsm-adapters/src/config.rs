@@ -117,54 +117,96 @@ impl Pkcs11ConfigFile {
     fn validate(&self, at: &str) -> Result<Pkcs11Config, Vec<ConfigProblem>> {
         let mut problems = Vec::new();
         let mut problem = |key: &str, message: String| {
-            problems.push(ConfigProblem { path: format!("{at}.{key}"), message });
+            problems.push(ConfigProblem {
+                path: format!("{at}.{key}"),
+                message,
+            });
         };
-        let module = self.module.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_PKCS11_MODULE));
+        let module = self
+            .module
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_PKCS11_MODULE));
         if !module.is_absolute() {
-            problem("module", format!("{} must be an absolute path", module.display()));
+            problem(
+                "module",
+                format!("{} must be an absolute path", module.display()),
+            );
         } else if !module.is_file() {
             problem(
                 "module",
-                format!("{} does not exist; install the vendor's PKCS#11 library or fix the path", module.display()),
+                format!(
+                    "{} does not exist; install the vendor's PKCS#11 library or fix the path",
+                    module.display()
+                ),
             );
         }
         let token = match (&self.token_label, &self.token_serial) {
-            (Some(l), None) if !l.trim().is_empty() && l.len() <= 32 => Some(TokenSelector::Label(l.clone())),
+            (Some(l), None) if !l.trim().is_empty() && l.len() <= 32 => {
+                Some(TokenSelector::Label(l.clone()))
+            }
             (Some(_), None) => {
-                problem("token_label", "must be 1 to 32 characters (a PKCS#11 token label)".into());
+                problem(
+                    "token_label",
+                    "must be 1 to 32 characters (a PKCS#11 token label)".into(),
+                );
                 None
             }
-            (None, Some(s)) if !s.trim().is_empty() && s.len() <= 16 => Some(TokenSelector::Serial(s.clone())),
+            (None, Some(s)) if !s.trim().is_empty() && s.len() <= 16 => {
+                Some(TokenSelector::Serial(s.clone()))
+            }
             (None, Some(_)) => {
-                problem("token_serial", "must be 1 to 16 characters (a PKCS#11 serial number)".into());
+                problem(
+                    "token_serial",
+                    "must be 1 to 16 characters (a PKCS#11 serial number)".into(),
+                );
                 None
             }
             (Some(_), Some(_)) => {
-                problem("token_serial", "set token_label or token_serial, not both".into());
+                problem(
+                    "token_serial",
+                    "set token_label or token_serial, not both".into(),
+                );
                 None
             }
             (None, None) => {
-                problem("token_label", "missing: set token_label (preferred) or token_serial".into());
+                problem(
+                    "token_label",
+                    "missing: set token_label (preferred) or token_serial".into(),
+                );
                 None
             }
         };
         let pin = match (&self.pin_file, &self.pin_credential) {
             (Some(p), None) if p.is_absolute() => Some(PinSource::File(p.clone())),
             (Some(p), None) => {
-                problem("pin_file", format!("{} must be an absolute path", p.display()));
+                problem(
+                    "pin_file",
+                    format!("{} must be an absolute path", p.display()),
+                );
                 None
             }
-            (None, Some(c)) if !c.is_empty() && !c.contains('/') => Some(PinSource::Credential(c.clone())),
+            (None, Some(c)) if !c.is_empty() && !c.contains('/') => {
+                Some(PinSource::Credential(c.clone()))
+            }
             (None, Some(_)) => {
-                problem("pin_credential", "must be a credential name without '/'".into());
+                problem(
+                    "pin_credential",
+                    "must be a credential name without '/'".into(),
+                );
                 None
             }
             (Some(_), Some(_)) => {
-                problem("pin_credential", "set pin_file or pin_credential, not both".into());
+                problem(
+                    "pin_credential",
+                    "set pin_file or pin_credential, not both".into(),
+                );
                 None
             }
             (None, None) => {
-                problem("pin_file", "missing: set pin_file (a 0600 file) or pin_credential (systemd)".into());
+                problem(
+                    "pin_file",
+                    "missing: set pin_file (a 0600 file) or pin_credential (systemd)".into(),
+                );
                 None
             }
         };
@@ -172,14 +214,20 @@ impl Pkcs11ConfigFile {
             None => Some(default_sessions()),
             Some(n) if (1..=MAX_SESSIONS).contains(&n) => NonZeroUsize::new(n),
             Some(n) => {
-                problem("sessions", format!("{n} is out of range 1..={MAX_SESSIONS}"));
+                problem(
+                    "sessions",
+                    format!("{n} is out of range 1..={MAX_SESSIONS}"),
+                );
                 None
             }
         };
         match (token, pin, sessions) {
-            (Some(token), Some(pin), Some(sessions)) if problems.is_empty() => {
-                Ok(Pkcs11Config { module, token, pin, sessions })
-            }
+            (Some(token), Some(pin), Some(sessions)) if problems.is_empty() => Ok(Pkcs11Config {
+                module,
+                token,
+                pin,
+                sessions,
+            }),
             _ => Err(problems),
         }
     }
@@ -237,7 +285,12 @@ mod tests {
         let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
         assert_eq!(
             paths,
-            ["backends.hsm.module", "backends.hsm.token_label", "backends.hsm.pin_file", "backends.hsm.sessions"]
+            [
+                "backends.hsm.module",
+                "backends.hsm.token_label",
+                "backends.hsm.pin_file",
+                "backends.hsm.sessions"
+            ]
         );
     }
 }

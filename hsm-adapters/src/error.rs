@@ -45,7 +45,9 @@ pub enum Error {
         reason: String,
     },
     /// No token with the configured label or serial is present.
-    #[error("no PKCS#11 token {selector} is present in {module} (tokens seen: {seen}); check the token label or serial in the configuration")]
+    #[error(
+        "no PKCS#11 token {selector} is present in {module} (tokens seen: {seen}); check the token label or serial in the configuration"
+    )]
     TokenNotFound {
         /// `label "…"` or `serial "…"`.
         selector: String,
@@ -55,7 +57,9 @@ pub enum Error {
         seen: String,
     },
     /// The PIN was rejected by the device.
-    #[error("the device rejected the PIN from {source_desc} ({rv}); check the PIN file — the device may lock after repeated failures")]
+    #[error(
+        "the device rejected the PIN from {source_desc} ({rv}); check the PIN file — the device may lock after repeated failures"
+    )]
     PinIncorrect {
         /// Where the PIN came from (a path, never the PIN).
         source_desc: String,
@@ -126,7 +130,9 @@ pub enum Error {
         what: String,
     },
     /// Every device session stayed busy past the wait limit.
-    #[error("all {sessions} device sessions stayed busy for {waited_ms} ms; reduce load or add sessions")]
+    #[error(
+        "all {sessions} device sessions stayed busy for {waited_ms} ms; reduce load or add sessions"
+    )]
     Busy {
         /// Sessions in the pool.
         sessions: usize,
@@ -145,7 +151,9 @@ pub enum Error {
 
 fn hint_for(rv: RvError) -> &'static str {
     match rv {
-        RvError::TokenNotPresent | RvError::DeviceRemoved => " (the token was removed or re-initialised)",
+        RvError::TokenNotPresent | RvError::DeviceRemoved => {
+            " (the token was removed or re-initialised)"
+        }
         RvError::UserNotLoggedIn => " (the session is not logged in)",
         RvError::KeyFunctionNotPermitted => " (the key's attributes forbid this operation)",
         RvError::MechanismInvalid => " (the device does not offer this mechanism)",
@@ -193,7 +201,9 @@ impl Error {
     pub(crate) fn from_cryptoki(err: cryptoki::error::Error) -> Self {
         match err {
             cryptoki::error::Error::Pkcs11(rv, function) => Error::Pkcs11 { rv, function },
-            other => Error::Encoding { what: format!("PKCS#11 wrapper: {other}") },
+            other => Error::Encoding {
+                what: format!("PKCS#11 wrapper: {other}"),
+            },
         }
     }
 }
@@ -202,9 +212,11 @@ impl Error {
 pub fn classify_rv(rv: RvError) -> ErrorClass {
     use RvError as R;
     match rv {
-        R::DeviceMemory | R::HostMemory | R::FunctionCanceled | R::DeviceError | R::OperationActive => {
-            ErrorClass::Transient
-        }
+        R::DeviceMemory
+        | R::HostMemory
+        | R::FunctionCanceled
+        | R::DeviceError
+        | R::OperationActive => ErrorClass::Transient,
         R::SessionHandleInvalid
         | R::SessionClosed
         | R::SessionCount
@@ -221,12 +233,16 @@ pub fn classify_rv(rv: RvError) -> ErrorClass {
 
 impl From<der::Error> for Error {
     fn from(e: der::Error) -> Self {
-        Error::Encoding { what: e.to_string() }
+        Error::Encoding {
+            what: e.to_string(),
+        }
     }
 }
 
 impl From<spki::Error> for Error {
     fn from(e: spki::Error) -> Self {
-        Error::Encoding { what: e.to_string() }
+        Error::Encoding {
+            what: e.to_string(),
+        }
     }
 }

@@ -11,15 +11,18 @@ use spki::{AlgorithmIdentifierOwned, ObjectIdentifier, SubjectPublicKeyInfoOwned
 use crate::error::{Error, Result};
 
 /// `rsaEncryption` (RFC 8017).
-pub const OID_RSA_ENCRYPTION: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
+pub const OID_RSA_ENCRYPTION: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
 /// `sha256WithRSAEncryption` (RFC 8017).
-pub const OID_SHA256_WITH_RSA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.11");
+pub const OID_SHA256_WITH_RSA: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.11");
 /// `id-ecPublicKey` (RFC 5480).
 pub const OID_EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
 /// `prime256v1` / `secp256r1` (RFC 5480).
 pub const OID_P256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
 /// `ecdsa-with-SHA256` (RFC 5758).
-pub const OID_ECDSA_WITH_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.2");
+pub const OID_ECDSA_WITH_SHA256: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.2");
 
 /// The DER prefix of a PKCS#1 v1.5 `DigestInfo` for SHA-256 (RFC 8017 §9.2, note 1). The digest's
 /// 32 bytes follow it.
@@ -69,7 +72,9 @@ impl KeyAlgorithm {
     /// Whether `scheme` can be used with a key of this algorithm.
     pub fn supports(self, scheme: SignatureScheme) -> bool {
         match scheme {
-            SignatureScheme::RsaPkcs1Sha256 | SignatureScheme::RsaPssSha256 => self.rsa_bits().is_some(),
+            SignatureScheme::RsaPkcs1Sha256 | SignatureScheme::RsaPssSha256 => {
+                self.rsa_bits().is_some()
+            }
             SignatureScheme::EcdsaP256Sha256 => self == Self::EcP256,
         }
     }
@@ -109,7 +114,9 @@ impl std::str::FromStr for KeyAlgorithm {
             .into_iter()
             .find(|a| a.to_string() == s)
             .ok_or_else(|| Error::Unsupported {
-                what: format!("key algorithm {s:?} (expected one of rsa-2048, rsa-3072, rsa-4096, ec-p256)"),
+                what: format!(
+                    "key algorithm {s:?} (expected one of rsa-2048, rsa-3072, rsa-4096, ec-p256)"
+                ),
             })
     }
 }
@@ -183,14 +190,20 @@ impl PublicKey {
             },
             subject_public_key: BitString::from_bytes(&inner)?,
         };
-        Ok(Self { algorithm, spki_der: spki.to_der()? })
+        Ok(Self {
+            algorithm,
+            spki_der: spki.to_der()?,
+        })
     }
 
     /// Builds a P-256 public key from its uncompressed SEC1 point (`04‖X‖Y`, 65 bytes).
     pub fn from_p256_point(point: &[u8]) -> Result<Self> {
         if point.len() != 65 || point[0] != 0x04 {
             return Err(Error::Encoding {
-                what: format!("P-256 public point must be 65 bytes starting 0x04, got {} bytes", point.len()),
+                what: format!(
+                    "P-256 public point must be 65 bytes starting 0x04, got {} bytes",
+                    point.len()
+                ),
             });
         }
         let spki = SubjectPublicKeyInfoOwned {
@@ -200,15 +213,21 @@ impl PublicKey {
             },
             subject_public_key: BitString::from_bytes(point)?,
         };
-        Ok(Self { algorithm: KeyAlgorithm::EcP256, spki_der: spki.to_der()? })
+        Ok(Self {
+            algorithm: KeyAlgorithm::EcP256,
+            spki_der: spki.to_der()?,
+        })
     }
 
     /// Parses a DER `SubjectPublicKeyInfo` and checks that it is a supported algorithm.
     pub fn from_spki_der(der_bytes: &[u8]) -> Result<Self> {
         let spki = SubjectPublicKeyInfoOwned::from_der(der_bytes)?;
-        let bits = spki.subject_public_key.as_bytes().ok_or_else(|| Error::Encoding {
-            what: "public key bit string has unused bits".into(),
-        })?;
+        let bits = spki
+            .subject_public_key
+            .as_bytes()
+            .ok_or_else(|| Error::Encoding {
+                what: "public key bit string has unused bits".into(),
+            })?;
         if spki.algorithm.oid == OID_RSA_ENCRYPTION {
             let inner = RsaPublicKeyDer::from_der(bits)?;
             Self::from_rsa_components(inner.modulus.as_bytes(), inner.public_exponent.as_bytes())
@@ -219,11 +238,15 @@ impl PublicKey {
                 .as_ref()
                 .and_then(|p| p.decode_as::<ObjectIdentifier>().ok());
             if curve != Some(OID_P256) {
-                return Err(Error::Unsupported { what: "EC key on a curve other than P-256".into() });
+                return Err(Error::Unsupported {
+                    what: "EC key on a curve other than P-256".into(),
+                });
             }
             Self::from_p256_point(bits)
         } else {
-            Err(Error::Unsupported { what: format!("public key algorithm {}", spki.algorithm.oid) })
+            Err(Error::Unsupported {
+                what: format!("public key algorithm {}", spki.algorithm.oid),
+            })
         }
     }
 
@@ -246,7 +269,10 @@ impl PublicKey {
 }
 
 fn strip_leading_zeros(bytes: &[u8]) -> &[u8] {
-    let start = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len().saturating_sub(1));
+    let start = bytes
+        .iter()
+        .position(|b| *b != 0)
+        .unwrap_or(bytes.len().saturating_sub(1));
     &bytes[start..]
 }
 
@@ -294,7 +320,10 @@ impl ProtectionReport {
         if bad.is_empty() {
             Ok(())
         } else {
-            Err(Error::ProtectionMismatch { key: key.to_owned(), problems: bad })
+            Err(Error::ProtectionMismatch {
+                key: key.to_owned(),
+                problems: bad,
+            })
         }
     }
 }

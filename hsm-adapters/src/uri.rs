@@ -86,7 +86,10 @@ fn invalid(uri: &str, reason: impl Into<String>) -> Error {
         Some((path, _)) => format!("{path}?<query withheld>"),
         None => uri.to_owned(),
     };
-    Error::InvalidUri { uri: shown, reason: reason.into() }
+    Error::InvalidUri {
+        uri: shown,
+        reason: reason.into(),
+    }
 }
 
 /// Decodes RFC 3986 percent-escapes.
@@ -112,7 +115,8 @@ fn pct_decode(uri: &str, value: &str) -> Result<Vec<u8>> {
 }
 
 fn pct_decode_str(uri: &str, value: &str) -> Result<String> {
-    String::from_utf8(pct_decode(uri, value)?).map_err(|_| invalid(uri, format!("{value:?} is not UTF-8")))
+    String::from_utf8(pct_decode(uri, value)?)
+        .map_err(|_| invalid(uri, format!("{value:?} is not UTF-8")))
 }
 
 /// Percent-encodes everything but RFC 7512's `pchar` set minus the separators it reserves.
@@ -137,19 +141,18 @@ impl FromStr for Pkcs11Uri {
             Some((p, q)) => (p, Some(q)),
             None => (rest, None),
         };
-        if let Some(query) = query {
-            for attr in query.split('&').filter(|a| !a.is_empty()) {
-                let name = attr.split_once('=').map_or(attr, |(n, _)| n);
-                return Err(invalid(
-                    s,
-                    match name {
-                        "pin-value" | "pin-source" => {
-                            "PINs are never taken from a URI; set pin_file in the backend configuration".to_owned()
-                        }
-                        _ => format!("query attribute {name:?} is not supported"),
-                    },
-                ));
-            }
+        if let Some(attr) = query.and_then(|q| q.split('&').find(|a| !a.is_empty())) {
+            let name = attr.split_once('=').map_or(attr, |(n, _)| n);
+            return Err(invalid(
+                s,
+                match name {
+                    "pin-value" | "pin-source" => {
+                        "PINs are never taken from a URI; set pin_file in the backend configuration"
+                            .to_owned()
+                    }
+                    _ => format!("query attribute {name:?} is not supported"),
+                },
+            ));
         }
         let mut uri = Pkcs11Uri::default();
         for attr in path.split(';').filter(|a| !a.is_empty()) {
@@ -157,7 +160,11 @@ impl FromStr for Pkcs11Uri {
                 .split_once('=')
                 .ok_or_else(|| invalid(s, format!("attribute {attr:?} has no '='")))?;
             let dup = |present: bool| -> Result<()> {
-                if present { Err(invalid(s, format!("attribute {name:?} appears twice"))) } else { Ok(()) }
+                if present {
+                    Err(invalid(s, format!("attribute {name:?} appears twice")))
+                } else {
+                    Ok(())
+                }
             };
             match name {
                 "token" => {
@@ -190,13 +197,20 @@ impl FromStr for Pkcs11Uri {
                         "private" => ObjectType::Private,
                         "public" => ObjectType::Public,
                         "cert" => ObjectType::Cert,
-                        other => return Err(invalid(s, format!("type={other} does not name a key or certificate"))),
+                        other => {
+                            return Err(invalid(
+                                s,
+                                format!("type={other} does not name a key or certificate"),
+                            ));
+                        }
                     });
                 }
                 other => {
                     return Err(invalid(
                         s,
-                        format!("attribute {other:?} is not supported (use token, serial, manufacturer, model, object, id, type)"),
+                        format!(
+                            "attribute {other:?} is not supported (use token, serial, manufacturer, model, object, id, type)"
+                        ),
                     ));
                 }
             }
@@ -265,7 +279,9 @@ mod tests {
 
     #[test]
     fn decodes_percent_escapes_and_binary_ids() {
-        let u: Pkcs11Uri = "pkcs11:token=My%20Token;id=%01%02%ff;object=a%3Bb".parse().unwrap();
+        let u: Pkcs11Uri = "pkcs11:token=My%20Token;id=%01%02%ff;object=a%3Bb"
+            .parse()
+            .unwrap();
         assert_eq!(u.token.as_deref(), Some("My Token"));
         assert_eq!(u.id.as_deref(), Some(&[1u8, 2, 255][..]));
         assert_eq!(u.object.as_deref(), Some("a;b"));
@@ -288,7 +304,12 @@ mod tests {
             let err = bad.parse::<KeyUri>().unwrap_err();
             assert_eq!(err.code(), "invalid_key_uri", "{bad}: {err}");
         }
-        let err = "pkcs11:object=k?pin-value=1234".parse::<Pkcs11Uri>().unwrap_err();
-        assert!(!err.to_string().contains("1234"), "PIN leaked into error: {err}");
+        let err = "pkcs11:object=k?pin-value=1234"
+            .parse::<Pkcs11Uri>()
+            .unwrap_err();
+        assert!(
+            !err.to_string().contains("1234"),
+            "PIN leaked into error: {err}"
+        );
     }
 }

@@ -9,7 +9,11 @@
 //!
 //! The module path comes from `PKCS11_MODULE`, default Debian's SoftHSM2.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test harness: a failure is a test failure")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test harness: a failure is a test failure"
+)]
 
 pub mod verify;
 
@@ -85,7 +89,12 @@ fn random_pin() -> SecretString {
 
 /// Writes `content` to a new file with mode 0600.
 pub fn write_secret_file(path: &Path, content: &[u8]) {
-    let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).unwrap();
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap();
     f.write_all(content).unwrap();
 }
 
@@ -104,10 +113,20 @@ impl SoftHsm {
         let module = module_path();
         let so_pin = random_pin();
         let user_pin = random_pin();
-        initialize_token(&module, TOKEN_LABEL, &so_pin, &user_pin).expect("initialise the test token");
+        initialize_token(&module, TOKEN_LABEL, &so_pin, &user_pin)
+            .expect("initialise the test token");
         let pin_file = work_dir.join("user.pin");
-        write_secret_file(&pin_file, secrecy::ExposeSecret::expose_secret(&user_pin).as_bytes());
-        SoftHsm { module, work_dir, pin_file, so_pin, user_pin }
+        write_secret_file(
+            &pin_file,
+            secrecy::ExposeSecret::expose_secret(&user_pin).as_bytes(),
+        );
+        SoftHsm {
+            module,
+            work_dir,
+            pin_file,
+            so_pin,
+            user_pin,
+        }
     }
 
     /// The test's private working directory.
@@ -161,7 +180,13 @@ impl SoftHsm {
         {
             use secrecy::ExposeSecret;
             let mut stdin = child.stdin.take().unwrap();
-            writeln!(stdin, "{}\n{}", self.so_pin.expose_secret(), self.user_pin.expose_secret()).unwrap();
+            writeln!(
+                stdin,
+                "{}\n{}",
+                self.so_pin.expose_secret(),
+                self.user_pin.expose_secret()
+            )
+            .unwrap();
         }
         let out = child.wait_with_output().unwrap();
         assert!(
@@ -191,8 +216,16 @@ fn write_softhsm_conf(dir: &Path) -> PathBuf {
 }
 
 fn run_child(name: &str, tests: &[Test]) -> ExitCode {
-    let test = tests.iter().find(|t| t.name == name).expect("child asked for an unknown test");
+    let test = tests
+        .iter()
+        .find(|t| t.name == name)
+        .expect("child asked for an unknown test");
     let dir = PathBuf::from(std::env::var_os("SITESIGN_TEST_DIR").expect("SITESIGN_TEST_DIR"));
+    // Shown only when the test fails (the parent prints the child's stderr then).
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter("debug")
+        .init();
     let hsm = SoftHsm::create(dir);
     (test.run)(&hsm);
     ExitCode::SUCCESS
@@ -200,18 +233,30 @@ fn run_child(name: &str, tests: &[Test]) -> ExitCode {
 
 fn run_helper_process(name: &str, helpers: &[Helper]) -> ExitCode {
     use std::io::BufRead;
-    let helper = helpers.iter().find(|h| h.name == name).expect("unknown helper");
+    let helper = helpers
+        .iter()
+        .find(|h| h.name == name)
+        .expect("unknown helper");
     let mut lines = std::io::stdin().lock().lines();
     let so_pin = SecretString::from(lines.next().unwrap().unwrap());
     let user_pin = SecretString::from(lines.next().unwrap().unwrap());
     let work_dir = PathBuf::from(std::env::var_os("SITESIGN_TEST_DIR").unwrap());
-    (helper.run)(&HelperEnv { module: module_path(), so_pin, user_pin, token_root: work_dir.join("tokens"), work_dir });
+    (helper.run)(&HelperEnv {
+        module: module_path(),
+        so_pin,
+        user_pin,
+        token_root: work_dir.join("tokens"),
+        work_dir,
+    });
     ExitCode::SUCCESS
 }
 
 /// Runs one test in a child process with its own SoftHSM configuration.
 fn run_in_child(name: &'static str) -> Result<(), Failed> {
-    let dir = tempfile::Builder::new().prefix("sitesign-softhsm-").tempdir().map_err(|e| e.to_string())?;
+    let dir = tempfile::Builder::new()
+        .prefix("sitesign-softhsm-")
+        .tempdir()
+        .map_err(|e| e.to_string())?;
     let conf = write_softhsm_conf(dir.path());
     let out = Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
         .env(CHILD_ENV, name)

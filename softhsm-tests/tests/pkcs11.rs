@@ -2,7 +2,11 @@
 //! process (see the `softhsm_tests` harness). Signatures are checked with `ring` and `openssl`,
 //! protection attributes with raw cryptoki calls that do not go through sitesign's code.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests: a panic is a failure")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a panic is a failure"
+)]
 
 use std::process::ExitCode;
 use std::str::FromStr;
@@ -15,28 +19,75 @@ use der::{Decode, EncodePem};
 use hsm_adapters::pkcs11::Pkcs11Backend;
 use hsm_adapters::pkcs11::token::initialize_token;
 use hsm_adapters::{
-    Error, ErrorClass, KeyAlgorithm, KeyBackend, KeyUri, PinSource, SignatureScheme, SigningKey, X509Signer,
+    Error, ErrorClass, KeyAlgorithm, KeyBackend, KeyUri, PinSource, SignatureScheme, SigningKey,
+    X509Signer,
 };
 use softhsm_tests::verify::{openssl_verify, ring_verify};
 use softhsm_tests::{Helper, HelperEnv, SoftHsm, TOKEN_LABEL, Test, write_secret_file};
 
 const TESTS: &[Test] = &[
-    Test { name: "generated_keys_have_exactly_the_required_protection", run: generated_keys_have_exactly_the_required_protection },
-    Test { name: "private_key_material_cannot_be_read", run: private_key_material_cannot_be_read },
-    Test { name: "signatures_verify_with_ring_and_openssl", run: signatures_verify_with_ring_and_openssl },
-    Test { name: "rsa_3072_and_4096_keys_sign_and_verify", run: rsa_3072_and_4096_keys_sign_and_verify },
-    Test { name: "keys_are_found_by_uri", run: keys_are_found_by_uri },
-    Test { name: "existing_key_names_and_bad_requests_are_refused", run: existing_key_names_and_bad_requests_are_refused },
-    Test { name: "wrong_pin_gives_a_clear_error", run: wrong_pin_gives_a_clear_error },
-    Test { name: "pin_file_problems_give_clear_errors", run: pin_file_problems_give_clear_errors },
-    Test { name: "unknown_token_and_module_give_clear_errors", run: unknown_token_and_module_give_clear_errors },
-    Test { name: "threads_sign_concurrently_with_a_bounded_session_pool", run: threads_sign_concurrently_with_a_bounded_session_pool },
-    Test { name: "survives_token_reinitialised_while_open", run: survives_token_reinitialised_while_open },
-    Test { name: "survives_token_removed_and_restored", run: survives_token_removed_and_restored },
-    Test { name: "x509_certificate_signed_in_the_token_verifies_with_openssl", run: x509_certificate_signed_in_the_token_verifies_with_openssl },
+    Test {
+        name: "generated_keys_have_exactly_the_required_protection",
+        run: generated_keys_have_exactly_the_required_protection,
+    },
+    Test {
+        name: "private_key_material_cannot_be_read",
+        run: private_key_material_cannot_be_read,
+    },
+    Test {
+        name: "signatures_verify_with_ring_and_openssl",
+        run: signatures_verify_with_ring_and_openssl,
+    },
+    Test {
+        name: "rsa_3072_and_4096_keys_sign_and_verify",
+        run: rsa_3072_and_4096_keys_sign_and_verify,
+    },
+    Test {
+        name: "keys_are_found_by_uri",
+        run: keys_are_found_by_uri,
+    },
+    Test {
+        name: "existing_key_names_and_bad_requests_are_refused",
+        run: existing_key_names_and_bad_requests_are_refused,
+    },
+    Test {
+        name: "wrong_pin_gives_a_clear_error",
+        run: wrong_pin_gives_a_clear_error,
+    },
+    Test {
+        name: "pin_file_problems_give_clear_errors",
+        run: pin_file_problems_give_clear_errors,
+    },
+    Test {
+        name: "unknown_token_and_module_give_clear_errors",
+        run: unknown_token_and_module_give_clear_errors,
+    },
+    Test {
+        name: "threads_sign_concurrently_with_a_bounded_session_pool",
+        run: threads_sign_concurrently_with_a_bounded_session_pool,
+    },
+    Test {
+        name: "survives_token_reinitialised_while_open",
+        run: survives_token_reinitialised_while_open,
+    },
+    Test {
+        name: "survives_token_removed_and_restored",
+        run: survives_token_removed_and_restored,
+    },
+    Test {
+        name: "survives_being_logged_out_behind_its_back",
+        run: survives_being_logged_out_behind_its_back,
+    },
+    Test {
+        name: "x509_certificate_signed_in_the_token_verifies_with_openssl",
+        run: x509_certificate_signed_in_the_token_verifies_with_openssl,
+    },
 ];
 
-const HELPERS: &[Helper] = &[Helper { name: "recreate-token-with-new-key", run: recreate_token_with_new_key }];
+const HELPERS: &[Helper] = &[Helper {
+    name: "recreate-token-with-new-key",
+    run: recreate_token_with_new_key,
+}];
 
 fn main() -> ExitCode {
     softhsm_tests::main(TESTS, HELPERS)
@@ -44,7 +95,13 @@ fn main() -> ExitCode {
 
 const MESSAGE: &[u8] = b"eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ0ZXN0In0";
 
-fn assert_verifies(hsm: &SoftHsm, key: &dyn SigningKey, scheme: SignatureScheme, message: &[u8], sig: &[u8]) {
+fn assert_verifies(
+    hsm: &SoftHsm,
+    key: &dyn SigningKey,
+    scheme: SignatureScheme,
+    message: &[u8],
+    sig: &[u8],
+) {
     ring_verify(key.public_key(), scheme, message, sig).unwrap();
     openssl_verify(hsm.work_dir(), key.public_key(), scheme, message, sig).unwrap();
 }
@@ -69,14 +126,18 @@ fn generated_keys_have_exactly_the_required_protection(hsm: &SoftHsm) {
             "CKA_UNWRAP",
             "CKA_DERIVE",
         ] {
-            assert!(names.contains(&required), "{required} not checked: {names:?}");
+            assert!(
+                names.contains(&required),
+                "{required} not checked: {names:?}"
+            );
         }
     }
     drop(backend);
 
     // Read the same attributes back with raw cryptoki, outside sitesign's code.
     let ctx = Pkcs11::new(softhsm_tests::module_path()).unwrap();
-    ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)).unwrap();
+    ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        .unwrap();
     let slot = ctx
         .get_slots_with_token()
         .unwrap()
@@ -85,7 +146,9 @@ fn generated_keys_have_exactly_the_required_protection(hsm: &SoftHsm) {
         .unwrap();
     let session = ctx.open_ro_session(slot).unwrap();
     session.login(UserType::User, Some(hsm.user_pin())).unwrap();
-    let privs = session.find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY)]).unwrap();
+    let privs = session
+        .find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY)])
+        .unwrap();
     assert_eq!(privs.len(), 2);
     for h in privs {
         let attrs = session
@@ -123,7 +186,11 @@ fn generated_keys_have_exactly_the_required_protection(hsm: &SoftHsm) {
             ]
         );
         // Unmodifiable: nobody can later grant decrypt to a signing key.
-        assert!(session.update_attributes(h, &[Attribute::Decrypt(true)]).is_err());
+        assert!(
+            session
+                .update_attributes(h, &[Attribute::Decrypt(true)])
+                .is_err()
+        );
     }
     ctx.finalize().unwrap();
 }
@@ -134,23 +201,42 @@ fn private_key_material_cannot_be_read(hsm: &SoftHsm) {
     let ec = backend.generate_key("ec", KeyAlgorithm::EcP256).unwrap();
     for key in [&rsa, &ec] {
         let check = key.check_protection().unwrap();
-        let material = check.checks.iter().find(|c| c.name.ends_with("readable")).unwrap();
+        let material = check
+            .checks
+            .iter()
+            .find(|c| c.name.ends_with("readable"))
+            .unwrap();
         assert_eq!(material.actual, Some(false), "{material:?}");
     }
     drop((rsa, ec, backend));
 
     let ctx = Pkcs11::new(softhsm_tests::module_path()).unwrap();
-    ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)).unwrap();
+    ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        .unwrap();
     let slot = ctx.get_slots_with_initialized_token().unwrap()[0];
     let session = ctx.open_ro_session(slot).unwrap();
     session.login(UserType::User, Some(hsm.user_pin())).unwrap();
-    for (label, secret) in [("rsa", AttributeType::PrivateExponent), ("ec", AttributeType::Value)] {
+    for (label, secret) in [
+        ("rsa", AttributeType::PrivateExponent),
+        ("ec", AttributeType::Value),
+    ] {
         let h = session
-            .find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY), Attribute::Label(label.into())])
+            .find_objects(&[
+                Attribute::Class(ObjectClass::PRIVATE_KEY),
+                Attribute::Label(label.into()),
+            ])
             .unwrap()[0];
-        let info = session.get_attribute_info(h, &[secret, AttributeType::Prime1]).unwrap();
-        assert!(matches!(info[0], AttributeInfo::Sensitive), "{label}: {secret:?} must be sensitive");
-        assert!(session.get_attributes(h, &[secret]).unwrap().is_empty(), "{label}: {secret:?} was returned");
+        let info = session
+            .get_attribute_info(h, &[secret, AttributeType::Prime1])
+            .unwrap();
+        assert!(
+            matches!(info[0], AttributeInfo::Sensitive),
+            "{label}: {secret:?} must be sensitive"
+        );
+        assert!(
+            session.get_attributes(h, &[secret]).unwrap().is_empty(),
+            "{label}: {secret:?} was returned"
+        );
     }
     ctx.finalize().unwrap();
 }
@@ -158,7 +244,10 @@ fn private_key_material_cannot_be_read(hsm: &SoftHsm) {
 fn signatures_verify_with_ring_and_openssl(hsm: &SoftHsm) {
     let backend = hsm.backend();
     let caps = backend.capabilities();
-    assert!(caps.host_side_hashing, "SoftHSM offers CKM_RSA_PKCS and CKM_ECDSA: {caps:?}");
+    assert!(
+        caps.host_side_hashing,
+        "SoftHSM offers CKM_RSA_PKCS and CKM_ECDSA: {caps:?}"
+    );
     let rsa = backend.generate_key("rsa", KeyAlgorithm::Rsa2048).unwrap();
     let ec = backend.generate_key("ec", KeyAlgorithm::EcP256).unwrap();
     for (key, scheme) in [
@@ -171,58 +260,104 @@ fn signatures_verify_with_ring_and_openssl(hsm: &SoftHsm) {
         assert_verifies(hsm, key.as_ref(), scheme, MESSAGE, &sig);
         // A signature over other bytes must not verify: the checks can fail.
         assert!(ring_verify(key.public_key(), scheme, b"other message", &sig).is_err());
-        assert!(openssl_verify(hsm.work_dir(), key.public_key(), scheme, b"other message", &sig).is_err());
+        assert!(
+            openssl_verify(
+                hsm.work_dir(),
+                key.public_key(),
+                scheme,
+                b"other message",
+                &sig
+            )
+            .is_err()
+        );
     }
     // RS256 is deterministic: the same input gives the same signature.
     assert_eq!(
         rsa.sign(SignatureScheme::RsaPkcs1Sha256, MESSAGE).unwrap(),
         rsa.sign(SignatureScheme::RsaPkcs1Sha256, MESSAGE).unwrap()
     );
-    let err = ec.sign(SignatureScheme::RsaPkcs1Sha256, MESSAGE).unwrap_err();
+    let err = ec
+        .sign(SignatureScheme::RsaPkcs1Sha256, MESSAGE)
+        .unwrap_err();
     assert_eq!(err.code(), "unsupported", "{err}");
 }
 
 fn rsa_3072_and_4096_keys_sign_and_verify(hsm: &SoftHsm) {
     let backend = hsm.backend();
-    for (name, alg) in [("r3072", KeyAlgorithm::Rsa3072), ("r4096", KeyAlgorithm::Rsa4096)] {
+    for (name, alg) in [
+        ("r3072", KeyAlgorithm::Rsa3072),
+        ("r4096", KeyAlgorithm::Rsa4096),
+    ] {
         let key = backend.generate_key(name, alg).unwrap();
         assert_eq!(key.public_key().algorithm(), alg);
         let sig = key.sign(SignatureScheme::RsaPkcs1Sha256, MESSAGE).unwrap();
         assert_eq!(sig.len(), alg.rsa_bits().unwrap() as usize / 8);
-        assert_verifies(hsm, key.as_ref(), SignatureScheme::RsaPkcs1Sha256, MESSAGE, &sig);
+        assert_verifies(
+            hsm,
+            key.as_ref(),
+            SignatureScheme::RsaPkcs1Sha256,
+            MESSAGE,
+            &sig,
+        );
         key.check_protection().unwrap().require_ok(name).unwrap();
     }
 }
 
 fn keys_are_found_by_uri(hsm: &SoftHsm) {
     let backend = hsm.backend();
-    let made = backend.generate_key("ts-2026-11", KeyAlgorithm::Rsa2048).unwrap();
-    assert_eq!(made.uri().to_string(), format!("pkcs11:token={TOKEN_LABEL};object=ts-2026-11;type=private"));
-    let ec = backend.generate_key("ec-key", KeyAlgorithm::EcP256).unwrap();
+    let made = backend
+        .generate_key("ts-2026-11", KeyAlgorithm::Rsa2048)
+        .unwrap();
+    assert_eq!(
+        made.uri().to_string(),
+        format!("pkcs11:token={TOKEN_LABEL};object=ts-2026-11;type=private")
+    );
+    let ec = backend
+        .generate_key("ec-key", KeyAlgorithm::EcP256)
+        .unwrap();
 
     for (uri, want) in [
         (made.uri().to_string(), &made),
         ("pkcs11:object=ts-2026-11".to_owned(), &made),
-        (format!("pkcs11:token={TOKEN_LABEL};object=ec-key;type=private"), &ec),
+        (
+            format!("pkcs11:token={TOKEN_LABEL};object=ec-key;type=private"),
+            &ec,
+        ),
     ] {
         let found = backend.find_key(&KeyUri::from_str(&uri).unwrap()).unwrap();
         assert_eq!(found.public_key(), want.public_key(), "{uri}");
-        let sig = found.sign(want.algorithm().default_scheme(), MESSAGE).unwrap();
-        ring_verify(want.public_key(), want.algorithm().default_scheme(), MESSAGE, &sig).unwrap();
+        let sig = found
+            .sign(want.algorithm().default_scheme(), MESSAGE)
+            .unwrap();
+        ring_verify(
+            want.public_key(),
+            want.algorithm().default_scheme(),
+            MESSAGE,
+            &sig,
+        )
+        .unwrap();
     }
-    let missing = backend.find_key(&"pkcs11:object=nope".parse().unwrap()).unwrap_err();
+    let missing = backend
+        .find_key(&"pkcs11:object=nope".parse().unwrap())
+        .unwrap_err();
     assert!(matches!(missing, Error::KeyNotFound { .. }), "{missing}");
     assert!(missing.to_string().contains("object=nope"), "{missing}");
-    let other_token = backend.find_key(&"pkcs11:token=elsewhere;object=ts-2026-11".parse().unwrap()).unwrap_err();
+    let other_token = backend
+        .find_key(&"pkcs11:token=elsewhere;object=ts-2026-11".parse().unwrap())
+        .unwrap_err();
     assert_eq!(other_token.code(), "invalid_key_uri", "{other_token}");
-    let public = backend.find_key(&"pkcs11:object=ts-2026-11;type=public".parse().unwrap()).unwrap_err();
+    let public = backend
+        .find_key(&"pkcs11:object=ts-2026-11;type=public".parse().unwrap())
+        .unwrap_err();
     assert_eq!(public.code(), "invalid_key_uri", "{public}");
 }
 
 fn existing_key_names_and_bad_requests_are_refused(hsm: &SoftHsm) {
     let backend = hsm.backend();
     let first = backend.generate_key("dup", KeyAlgorithm::EcP256).unwrap();
-    let err = backend.generate_key("dup", KeyAlgorithm::Rsa2048).unwrap_err();
+    let err = backend
+        .generate_key("dup", KeyAlgorithm::Rsa2048)
+        .unwrap_err();
     assert!(matches!(err, Error::KeyExists { .. }), "{err}");
     // The refused request changed nothing: the first key is still the only one and still signs.
     let found = backend.find_key(first.uri()).unwrap();
@@ -243,7 +378,9 @@ fn wrong_pin_gives_a_clear_error(hsm: &SoftHsm) {
     assert!(msg.contains(&wrong.display().to_string()), "{msg}");
     assert!(!msg.contains("not-the-pin"), "PIN in message: {msg}");
     // The right PIN still works afterwards (one failure does not lock SoftHSM).
-    hsm.backend().generate_key("k", KeyAlgorithm::EcP256).unwrap();
+    hsm.backend()
+        .generate_key("k", KeyAlgorithm::EcP256)
+        .unwrap();
 }
 
 fn pin_file_problems_give_clear_errors(hsm: &SoftHsm) {
@@ -251,13 +388,19 @@ fn pin_file_problems_give_clear_errors(hsm: &SoftHsm) {
     let loose = hsm.work_dir().join("loose.pin");
     std::fs::write(&loose, std::fs::read(hsm.pin_file()).unwrap()).unwrap();
     std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
-    for (path, expect) in [(loose, "chmod 600"), (hsm.work_dir().join("missing.pin"), "No such file")] {
+    for (path, expect) in [
+        (loose, "chmod 600"),
+        (hsm.work_dir().join("missing.pin"), "No such file"),
+    ] {
         let mut config = hsm.config(1);
         config.pin = PinSource::File(path.clone());
         let err = Pkcs11Backend::open(config).unwrap_err();
         assert_eq!(err.code(), "pin_file", "{err}");
         let msg = err.to_string();
-        assert!(msg.contains(expect) && msg.contains(&path.display().to_string()), "{msg}");
+        assert!(
+            msg.contains(expect) && msg.contains(&path.display().to_string()),
+            "{msg}"
+        );
     }
 }
 
@@ -266,7 +409,10 @@ fn unknown_token_and_module_give_clear_errors(hsm: &SoftHsm) {
     config.token = hsm_adapters::TokenSelector::Label("no-such-token".into());
     let err = Pkcs11Backend::open(config).unwrap_err();
     assert_eq!(err.code(), "token_not_found");
-    assert!(err.to_string().contains(TOKEN_LABEL), "lists the tokens it saw: {err}");
+    assert!(
+        err.to_string().contains(TOKEN_LABEL),
+        "lists the tokens it saw: {err}"
+    );
 
     let mut config = hsm.config(1);
     config.module = "/bin/true".into();
@@ -297,7 +443,10 @@ fn threads_sign_concurrently_with_a_bounded_session_pool(hsm: &SoftHsm) {
                 })
             })
             .collect();
-        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
     });
     assert_eq!(results.len(), 240);
     for (n, a, b) in &results {
@@ -305,7 +454,11 @@ fn threads_sign_concurrently_with_a_bounded_session_pool(hsm: &SoftHsm) {
         ring_verify(rsa.public_key(), SignatureScheme::RsaPkcs1Sha256, &msg, a).unwrap();
         ring_verify(ec.public_key(), SignatureScheme::EcdsaP256Sha256, &msg, b).unwrap();
     }
-    assert_eq!(backend.sessions_open(), 2, "the pool opens at most the configured sessions");
+    assert_eq!(
+        backend.sessions_open(),
+        2,
+        "the pool opens at most the configured sessions"
+    );
 }
 
 /// Helper process: deletes the test token and creates a new one with the same label, PINs and a
@@ -340,21 +493,35 @@ fn survives_token_reinitialised_while_open(hsm: &SoftHsm) {
         Err(e) => {
             let text = e.to_string();
             assert!(
-                matches!(e.code(), "key_not_found" | "key_protection_mismatch" | "backend_unavailable"),
+                matches!(
+                    e.code(),
+                    "key_not_found" | "key_protection_mismatch" | "backend_unavailable"
+                ),
                 "unexpected error {}: {text}",
                 e.code()
             );
         }
     }
-    assert!(backend.reinitialisations() >= 1, "recovery re-initialised the module");
+    assert!(
+        backend.reinitialisations() >= 1,
+        "recovery re-initialised the module"
+    );
     // The backend itself recovered: the new key under the same name is found and signs, and
     // later calls keep working.
     let new = backend.find_key(old.uri()).unwrap();
     assert_ne!(new.public_key(), old.public_key());
     for i in 0..5 {
         let msg = format!("after recovery {i}");
-        let sig = new.sign(SignatureScheme::RsaPkcs1Sha256, msg.as_bytes()).unwrap();
-        assert_verifies(hsm, new.as_ref(), SignatureScheme::RsaPkcs1Sha256, msg.as_bytes(), &sig);
+        let sig = new
+            .sign(SignatureScheme::RsaPkcs1Sha256, msg.as_bytes())
+            .unwrap();
+        assert_verifies(
+            hsm,
+            new.as_ref(),
+            SignatureScheme::RsaPkcs1Sha256,
+            msg.as_bytes(),
+            &sig,
+        );
     }
     backend.generate_key("after", KeyAlgorithm::EcP256).unwrap();
 }
@@ -365,10 +532,17 @@ fn survives_token_removed_and_restored(hsm: &SoftHsm) {
     key.sign(SignatureScheme::RsaPkcs1Sha256, MESSAGE).unwrap();
 
     // "Unplug" the token: move its directory out of SoftHSM's token directory.
-    let token_dir = std::fs::read_dir(hsm.token_root()).unwrap().next().unwrap().unwrap().path();
+    let token_dir = std::fs::read_dir(hsm.token_root())
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     let parked = hsm.work_dir().join("parked-token");
     std::fs::rename(&token_dir, &parked).unwrap();
-    let err = key.sign(SignatureScheme::RsaPkcs1Sha256, MESSAGE).unwrap_err();
+    let err = key
+        .sign(SignatureScheme::RsaPkcs1Sha256, MESSAGE)
+        .unwrap_err();
     // While it is out, calls fail cleanly, saying the token is not there.
     assert_eq!(err.code(), "backend_unavailable", "{err}");
     assert!(err.to_string().contains(TOKEN_LABEL), "{err}");
@@ -379,10 +553,22 @@ fn survives_token_removed_and_restored(hsm: &SoftHsm) {
     std::fs::rename(&parked, &token_dir).unwrap();
     for i in 0..5 {
         let msg = format!("after restore {i}");
-        let sig = key.sign(SignatureScheme::RsaPkcs1Sha256, msg.as_bytes()).unwrap();
-        assert_verifies(hsm, key.as_ref(), SignatureScheme::RsaPkcs1Sha256, msg.as_bytes(), &sig);
+        let sig = key
+            .sign(SignatureScheme::RsaPkcs1Sha256, msg.as_bytes())
+            .unwrap();
+        assert_verifies(
+            hsm,
+            key.as_ref(),
+            SignatureScheme::RsaPkcs1Sha256,
+            msg.as_bytes(),
+            &sig,
+        );
     }
-    assert_eq!(backend.reinitialisations(), after_unplug + 1, "one more re-initialisation found the token again");
+    assert_eq!(
+        backend.reinitialisations(),
+        after_unplug + 1,
+        "one more re-initialisation found the token again"
+    );
 }
 
 fn x509_certificate_signed_in_the_token_verifies_with_openssl(hsm: &SoftHsm) {
@@ -393,7 +579,10 @@ fn x509_certificate_signed_in_the_token_verifies_with_openssl(hsm: &SoftHsm) {
     use x509_cert::time::Validity;
 
     let backend = hsm.backend();
-    for (name, alg) in [("root-rsa", KeyAlgorithm::Rsa3072), ("root-ec", KeyAlgorithm::EcP256)] {
+    for (name, alg) in [
+        ("root-rsa", KeyAlgorithm::Rsa3072),
+        ("root-ec", KeyAlgorithm::EcP256),
+    ] {
         let key = backend.generate_key(name, alg).unwrap();
         let signer = X509Signer::new(Arc::clone(&key));
         let subject = Name::from_str("CN=sitesign test root,O=sitesign,C=US").unwrap();
@@ -404,7 +593,9 @@ fn x509_certificate_signed_in_the_token_verifies_with_openssl(hsm: &SoftHsm) {
             SubjectPublicKeyInfo::from_der(key.public_key().spki_der()).unwrap(),
         )
         .unwrap();
-        let cert = builder.build::<_, hsm_adapters::X509Signature>(&signer).unwrap();
+        let cert = builder
+            .build::<_, hsm_adapters::X509Signature>(&signer)
+            .unwrap();
         let pem_path = hsm.work_dir().join(format!("{name}.pem"));
         std::fs::write(&pem_path, cert.to_pem(der::pem::LineEnding::LF).unwrap()).unwrap();
         let out = std::process::Command::new("openssl")
@@ -420,4 +611,35 @@ fn x509_certificate_signed_in_the_token_verifies_with_openssl(hsm: &SoftHsm) {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+fn survives_being_logged_out_behind_its_back(hsm: &SoftHsm) {
+    let backend = hsm.backend();
+    let key = backend.generate_key("ts", KeyAlgorithm::EcP256).unwrap();
+    key.sign(SignatureScheme::EcdsaP256Sha256, MESSAGE).unwrap();
+
+    // Log the application out through a second handle on the same (process-wide) module: every
+    // session of the backend is now unauthenticated and C_Sign answers CKR_USER_NOT_LOGGED_IN.
+    let raw = Pkcs11::new(softhsm_tests::module_path()).unwrap();
+    let _ = raw.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK));
+    let slot = raw.get_slots_with_initialized_token().unwrap()[0];
+    let session = raw.open_ro_session(slot).unwrap();
+    session.logout().unwrap();
+    drop(session);
+
+    // Session-level recovery logs in again; no module re-initialisation is needed.
+    for i in 0..5 {
+        let msg = format!("after logout {i}");
+        let sig = key
+            .sign(SignatureScheme::EcdsaP256Sha256, msg.as_bytes())
+            .unwrap();
+        assert_verifies(
+            hsm,
+            key.as_ref(),
+            SignatureScheme::EcdsaP256Sha256,
+            msg.as_bytes(),
+            &sig,
+        );
+    }
+    assert_eq!(backend.reinitialisations(), 0);
 }

@@ -14,7 +14,7 @@
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
-use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Function, Pkcs11};
 use cryptoki::error::RvError;
 use cryptoki::mechanism::MechanismType;
 use cryptoki::session::{Session, UserType};
@@ -68,7 +68,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// uses the same module).
 fn initialize(ctx: &Pkcs11) -> Result<()> {
     match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
-        Ok(()) | Err(cryptoki::error::Error::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => Ok(()),
+        Ok(()) | Err(cryptoki::error::Error::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {
+            Ok(())
+        }
         Err(e) => Err(Error::from_cryptoki(e)),
     }
 }
@@ -102,7 +104,11 @@ fn find_slot(ctx: &Pkcs11, config: &Pkcs11Config) -> Result<(Slot, String)> {
     Err(Error::TokenNotFound {
         selector: config.token.to_string(),
         module: config.module.clone(),
-        seen: if seen.is_empty() { "none".into() } else { seen.join(", ") },
+        seen: if seen.is_empty() {
+            "none".into()
+        } else {
+            seen.join(", ")
+        },
     })
 }
 
@@ -113,20 +119,31 @@ fn login(session: &Session, config: &Pkcs11Config) -> Result<()> {
     match session.login(UserType::User, Some(&pin)) {
         Ok(()) | Err(cryptoki::error::Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
         Err(cryptoki::error::Error::Pkcs11(
-            rv @ (RvError::PinIncorrect | RvError::PinInvalid | RvError::PinLenRange | RvError::PinLocked | RvError::PinExpired),
+            rv @ (RvError::PinIncorrect
+            | RvError::PinInvalid
+            | RvError::PinLenRange
+            | RvError::PinLocked
+            | RvError::PinExpired),
             _,
-        )) => Err(Error::PinIncorrect { source_desc: config.pin.describe(), rv }),
+        )) => Err(Error::PinIncorrect {
+            source_desc: config.pin.describe(),
+            rv,
+        }),
         Err(e) => Err(Error::from_cryptoki(e)),
     }
 }
 
 /// Whether `e` means the token itself is gone or replaced, so that only re-initialising the
-/// module (which rescans slots) can recover.
+/// module (which rescans slots) can recover. A login or session opening that fails for any reason
+/// but the PIN counts too: SoftHSM answers CKR_GENERAL_ERROR when its token vanished.
 fn needs_reinit(e: &Error) -> bool {
     matches!(
         e,
         Error::TokenNotFound { .. }
-            | Error::KeyVanished { .. }
+            | Error::Pkcs11 {
+                function: Function::Login | Function::OpenSession,
+                ..
+            }
             | Error::Pkcs11 {
                 rv: RvError::DeviceRemoved
                     | RvError::TokenNotPresent
@@ -148,7 +165,9 @@ pub(crate) struct PooledSession<'a> {
 impl PooledSession<'_> {
     pub fn session(&self) -> &Session {
         // The Option is only emptied by `discard` (which consumes self) and by `drop`.
-        self.session.as_ref().unwrap_or_else(|| unreachable!("pooled session used after discard"))
+        self.session
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("pooled session used after discard"))
     }
 
     /// Closes this session instead of returning it to the pool.
@@ -183,7 +202,10 @@ impl Device {
         let device = Device {
             ctx,
             config,
-            state: RwLock::new(DeviceState { slot, generation: 0 }),
+            state: RwLock::new(DeviceState {
+                slot,
+                generation: 0,
+            }),
             pool: Mutex::new(PoolInner::default()),
             session_freed: Condvar::new(),
             reinit: Mutex::new(()),
@@ -220,17 +242,27 @@ impl Device {
         let mut pool = lock(&self.pool);
         loop {
             if let Some(session) = pool.idle.pop() {
-                return Ok(PooledSession { device: self, session: Some(session) });
+                return Ok(PooledSession {
+                    device: self,
+                    session: Some(session),
+                });
             }
             if pool.open < capacity {
                 pool.open += 1;
                 drop(pool);
-                let opened = self.ctx.open_rw_session(state.slot).map_err(Error::from_cryptoki).and_then(|s| {
-                    login(&s, &self.config)?;
-                    Ok(s)
-                });
+                let opened = self
+                    .ctx
+                    .open_rw_session(state.slot)
+                    .map_err(Error::from_cryptoki)
+                    .and_then(|s| {
+                        login(&s, &self.config)?;
+                        Ok(s)
+                    });
                 return match opened {
-                    Ok(session) => Ok(PooledSession { device: self, session: Some(session) }),
+                    Ok(session) => Ok(PooledSession {
+                        device: self,
+                        session: Some(session),
+                    }),
                     Err(e) => {
                         lock(&self.pool).open -= 1;
                         self.session_freed.notify_one();
@@ -240,7 +272,10 @@ impl Device {
             }
             let waited = started.elapsed();
             if waited >= SESSION_WAIT {
-                return Err(Error::Busy { sessions: capacity, waited_ms: waited.as_millis() as u64 });
+                return Err(Error::Busy {
+                    sessions: capacity,
+                    waited_ms: waited.as_millis() as u64,
+                });
             }
             pool = self
                 .session_freed
@@ -260,15 +295,28 @@ impl Device {
         on_key_error: impl Fn(),
     ) -> Result<T> {
         let mut attempt = 0;
+        // After a first session-level failure the retry logs in again explicitly (the login state
+        // is shared by all sessions and may have been lost); a second one re-initialises.
+        let mut relogin = false;
         loop {
             attempt += 1;
             let (generation, err) = {
                 let state = self.read_state();
                 let generation = state.generation;
                 let result = self.checkout(&state).and_then(|pooled| {
-                    let r = op(pooled.session(), generation);
+                    let r = if relogin {
+                        login(pooled.session(), &self.config)
+                    } else {
+                        Ok(())
+                    }
+                    .and_then(|()| op(pooled.session(), generation));
                     match &r {
-                        Err(e) if e.class() == ErrorClass::Session => pooled.discard(),
+                        Err(e)
+                            if e.class() != ErrorClass::Key && e.class() != ErrorClass::Fatal =>
+                        {
+                            pooled.discard()
+                        }
+                        Err(Error::Pkcs11 { .. }) => pooled.discard(),
                         _ => drop(pooled),
                     }
                     r
@@ -278,30 +326,39 @@ impl Device {
                     Err(e) => (generation, e),
                 }
             };
-            if attempt >= MAX_ATTEMPTS || err.class() == ErrorClass::Fatal {
+            let reinit_now = needs_reinit(&err) || (relogin && err.class() == ErrorClass::Session);
+            if attempt >= MAX_ATTEMPTS || (err.class() == ErrorClass::Fatal && !reinit_now) {
                 return Err(if attempt > 1 {
-                    Error::RecoveryExhausted { attempts: attempt - 1, last: Box::new(err) }
+                    Error::RecoveryExhausted {
+                        attempts: attempt - 1,
+                        last: Box::new(err),
+                    }
                 } else {
                     err
                 });
             }
             warn!(code = err.code(), error = %err, attempt, "PKCS#11 operation failed; recovering");
             match err.class() {
-                ErrorClass::Key => on_key_error(),
-                ErrorClass::Transient => std::thread::sleep(Duration::from_millis(10 << attempt)),
-                ErrorClass::Session if needs_reinit(&err) => {
+                _ if reinit_now => {
                     // A failing re-initialisation is retried on the next attempt; only a fatal
                     // error from it (wrong PIN, module gone) ends recovery at once.
                     if let Err(e) = self.reinitialise(generation) {
                         if e.class() == ErrorClass::Fatal || attempt + 1 >= MAX_ATTEMPTS {
-                            return Err(Error::RecoveryExhausted { attempts: attempt, last: Box::new(e) });
+                            return Err(Error::RecoveryExhausted {
+                                attempts: attempt,
+                                last: Box::new(e),
+                            });
                         }
                         warn!(code = e.code(), error = %e, "re-initialising the PKCS#11 module failed");
                         std::thread::sleep(Duration::from_millis(50 << attempt));
                     }
+                    relogin = false;
                 }
-                // The failed session was discarded above; the retry opens and logs in a new one.
-                ErrorClass::Session | ErrorClass::Fatal => {}
+                ErrorClass::Key => on_key_error(),
+                ErrorClass::Transient => std::thread::sleep(Duration::from_millis(10 << attempt)),
+                // The failed session was discarded above; the retry logs in on a fresh one.
+                ErrorClass::Session => relogin = true,
+                ErrorClass::Fatal => {}
             }
         }
     }

@@ -18,12 +18,21 @@ use crate::error::{Error, Result};
 /// process (initialisation needs the module to itself), [`Error::KeyExists`]-style refusal is not
 /// needed: a token with the same label is refused with [`Error::Unsupported`], and a module without
 /// a free slot fails with [`Error::TokenNotFound`].
-pub fn initialize_token(module: &Path, label: &str, so_pin: &SecretString, user_pin: &SecretString) -> Result<()> {
+pub fn initialize_token(
+    module: &Path,
+    label: &str,
+    so_pin: &SecretString,
+    user_pin: &SecretString,
+) -> Result<()> {
     if label.is_empty() || label.len() > 32 {
-        return Err(Error::Unsupported { what: "a token label must be 1 to 32 characters".into() });
+        return Err(Error::Unsupported {
+            what: "a token label must be 1 to 32 characters".into(),
+        });
     }
-    let ctx = Pkcs11::new(module)
-        .map_err(|e| Error::Module { module: module.to_owned(), reason: format!("cannot load it as a PKCS#11 library: {e}") })?;
+    let ctx = Pkcs11::new(module).map_err(|e| Error::Module {
+        module: module.to_owned(),
+        reason: format!("cannot load it as a PKCS#11 library: {e}"),
+    })?;
     match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
         Ok(()) => {}
         Err(cryptoki::error::Error::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {
@@ -39,14 +48,25 @@ pub fn initialize_token(module: &Path, label: &str, so_pin: &SecretString, user_
     result.and(finalized)
 }
 
-fn init_in(ctx: &Pkcs11, module: &Path, label: &str, so_pin: &SecretString, user_pin: &SecretString) -> Result<()> {
+fn init_in(
+    ctx: &Pkcs11,
+    module: &Path,
+    label: &str,
+    so_pin: &SecretString,
+    user_pin: &SecretString,
+) -> Result<()> {
     let mut free = None;
     let mut seen = Vec::new();
     for slot in ctx.get_slots_with_token().map_err(Error::from_cryptoki)? {
         let info = ctx.get_token_info(slot).map_err(Error::from_cryptoki)?;
         if info.token_initialized() {
             if info.label().trim_end() == label {
-                return Err(Error::Unsupported { what: format!("a token labelled {label:?} already exists in {}", module.display()) });
+                return Err(Error::Unsupported {
+                    what: format!(
+                        "a token labelled {label:?} already exists in {}",
+                        module.display()
+                    ),
+                });
             }
             seen.push(format!("{:?}", info.label().trim_end()));
         } else if free.is_none() {
@@ -56,11 +76,18 @@ fn init_in(ctx: &Pkcs11, module: &Path, label: &str, so_pin: &SecretString, user
     let slot = free.ok_or_else(|| Error::TokenNotFound {
         selector: "with a free (uninitialised) slot".into(),
         module: module.to_owned(),
-        seen: if seen.is_empty() { "none".into() } else { seen.join(", ") },
+        seen: if seen.is_empty() {
+            "none".into()
+        } else {
+            seen.join(", ")
+        },
     })?;
-    ctx.init_token(slot, so_pin, label).map_err(Error::from_cryptoki)?;
+    ctx.init_token(slot, so_pin, label)
+        .map_err(Error::from_cryptoki)?;
     let session = ctx.open_rw_session(slot).map_err(Error::from_cryptoki)?;
-    session.login(UserType::So, Some(so_pin)).map_err(Error::from_cryptoki)?;
+    session
+        .login(UserType::So, Some(so_pin))
+        .map_err(Error::from_cryptoki)?;
     session.init_pin(user_pin).map_err(Error::from_cryptoki)?;
     session.logout().map_err(Error::from_cryptoki)?;
     Ok(())
