@@ -44,6 +44,14 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
+    /// A file or folder the backend needs could not be used.
+    #[error("{path}: {reason}")]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
     /// No token with the configured label or serial is present.
     #[error(
         "no PKCS#11 token {selector} is present in {module} (tokens seen: {seen}); check the token label or serial in the configuration"
@@ -182,6 +190,7 @@ impl Error {
                 ErrorClass::Fatal => "backend_failure",
             },
             Error::Module { .. } => "backend_module",
+            Error::Io { .. } => "io",
             Error::TokenNotFound { .. } => "token_not_found",
             Error::PinIncorrect { .. } => "pin_incorrect",
             Error::PinFile { .. } => "pin_file",

@@ -33,15 +33,18 @@ pub const SHA256_DIGEST_INFO_PREFIX: [u8; 19] = [
 
 /// The kinds of key pair sitesign generates inside a device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
 pub enum KeyAlgorithm {
     /// RSA with a 2048-bit modulus.
+    #[serde(rename = "rsa-2048")]
     Rsa2048,
     /// RSA with a 3072-bit modulus.
+    #[serde(rename = "rsa-3072")]
     Rsa3072,
     /// RSA with a 4096-bit modulus.
+    #[serde(rename = "rsa-4096")]
     Rsa4096,
     /// ECDSA over NIST P-256.
+    #[serde(rename = "ec-p256")]
     EcP256,
 }
 
@@ -60,6 +63,12 @@ impl KeyAlgorithm {
     }
 
     /// The RSA algorithm with this modulus length, if sitesign supports it.
+    ///
+    /// ```
+    /// use hsm_adapters::KeyAlgorithm;
+    /// assert_eq!(KeyAlgorithm::from_rsa_bits(3072), Some(KeyAlgorithm::Rsa3072));
+    /// assert_eq!(KeyAlgorithm::from_rsa_bits(1024), None);
+    /// ```
     pub fn from_rsa_bits(bits: u32) -> Option<Self> {
         match bits {
             2048 => Some(Self::Rsa2048),
@@ -125,10 +134,13 @@ impl std::str::FromStr for KeyAlgorithm {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum SignatureScheme {
     /// RSASSA-PKCS1-v1_5 with SHA-256 (JWS `RS256`, X.509 `sha256WithRSAEncryption`).
+    #[serde(rename = "RS256")]
     RsaPkcs1Sha256,
     /// RSASSA-PSS with SHA-256, MGF1-SHA-256 and a 32-byte salt (JWS `PS256`).
+    #[serde(rename = "PS256")]
     RsaPssSha256,
     /// ECDSA over P-256 with SHA-256; the signature is raw `r‖s`, 64 bytes (JWS `ES256`).
+    #[serde(rename = "ES256")]
     EcdsaP256Sha256,
 }
 

@@ -19,12 +19,13 @@ pub mod verify;
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::Arc;
 
 use hsm_adapters::pkcs11::Pkcs11Backend;
+use hsm_adapters::pkcs11::softhsm::SoftHsmDir;
 use hsm_adapters::pkcs11::token::initialize_token;
 use hsm_adapters::{PinSource, Pkcs11Config, TokenSelector};
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -198,23 +199,6 @@ impl SoftHsm {
     }
 }
 
-/// Writes a SoftHSM configuration for a test directory and returns its path.
-fn write_softhsm_conf(dir: &Path) -> PathBuf {
-    let tokens = dir.join("tokens");
-    fs::create_dir_all(&tokens).unwrap();
-    fs::set_permissions(&tokens, fs::Permissions::from_mode(0o700)).unwrap();
-    let conf = dir.join("softhsm2.conf");
-    fs::write(
-        &conf,
-        format!(
-            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n",
-            tokens.display()
-        ),
-    )
-    .unwrap();
-    conf
-}
-
 fn run_child(name: &str, tests: &[Test]) -> ExitCode {
     let test = tests
         .iter()
@@ -257,7 +241,7 @@ fn run_in_child(name: &'static str) -> Result<(), Failed> {
         .prefix("sitesign-softhsm-")
         .tempdir()
         .map_err(|e| e.to_string())?;
-    let conf = write_softhsm_conf(dir.path());
+    let conf = SoftHsmDir::create(dir.path()).map_err(|e| e.to_string())?.conf_path();
     let out = Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
         .env(CHILD_ENV, name)
         .env("SOFTHSM2_CONF", &conf)

@@ -5,6 +5,7 @@
 
 mod device;
 mod key;
+pub mod softhsm;
 pub mod token;
 
 use std::sync::Arc;
