@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 
 use hsm_adapters::{ProtectionReport, SignatureScheme, SigningKey};
 use ring::rand::{SecureRandom, SystemRandom};
-use ring::signature::{ECDSA_P256_SHA256_FIXED, RSA_PKCS1_2048_8192_SHA256, RSA_PSS_2048_8192_SHA256, UnparsedPublicKey};
+use ring::signature::{
+    ECDSA_P256_SHA256_FIXED, RSA_PKCS1_2048_8192_SHA256, RSA_PSS_2048_8192_SHA256,
+    UnparsedPublicKey,
+};
 use serde::Serialize;
 
 /// What the self-test found for one key.
@@ -35,7 +38,9 @@ pub enum SelfTestError {
     #[error(transparent)]
     Backend(#[from] hsm_adapters::Error),
     /// The device returned a signature that does not verify.
-    #[error("key {key}: the device's {scheme} signature does not verify under an independent implementation; do not use this key")]
+    #[error(
+        "key {key}: the device's {scheme} signature does not verify under an independent implementation; do not use this key"
+    )]
     BadSignature {
         /// The key's URI.
         key: String,
@@ -71,14 +76,20 @@ pub fn verify_independently(
         SignatureScheme::EcdsaP256Sha256 => &ECDSA_P256_SHA256_FIXED,
     };
     match public.subject_public_key_bytes() {
-        Ok(bytes) => UnparsedPublicKey::new(alg, bytes).verify(message, signature).is_ok(),
+        Ok(bytes) => UnparsedPublicKey::new(alg, bytes)
+            .verify(message, signature)
+            .is_ok(),
         Err(_) => false,
     }
 }
 
 /// Checks `key`: protection attributes, then `rounds` signatures with `scheme` over fresh probe
 /// messages, each verified independently.
-pub fn check_key(key: &dyn SigningKey, scheme: SignatureScheme, rounds: usize) -> Result<SelfTestReport, SelfTestError> {
+pub fn check_key(
+    key: &dyn SigningKey,
+    scheme: SignatureScheme,
+    rounds: usize,
+) -> Result<SelfTestReport, SelfTestError> {
     let uri = key.uri().to_string();
     let protection = key.check_protection()?;
     protection.require_ok(&uri)?;
@@ -92,7 +103,10 @@ pub fn check_key(key: &dyn SigningKey, scheme: SignatureScheme, rounds: usize) -
         let signature = key.sign(scheme, &message)?;
         signing += started.elapsed();
         if !verify_independently(key.public_key(), scheme, &message, &signature) {
-            return Err(SelfTestError::BadSignature { key: uri, scheme: scheme.jws_alg() });
+            return Err(SelfTestError::BadSignature {
+                key: uri,
+                scheme: scheme.jws_alg(),
+            });
         }
     }
     Ok(SelfTestReport {

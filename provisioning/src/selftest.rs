@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use hsm_adapters::pkcs11::softhsm::{CONF_ENV, SoftHsmDir};
+use hsm_adapters::pkcs11::softhsm::SoftHsmDir;
 use hsm_adapters::pkcs11::token::initialize_token;
 use hsm_adapters::{KeyAlgorithm, KeyBackend, SigningKey};
 use ring::rand::{SecureRandom, SystemRandom};
@@ -53,32 +53,26 @@ fn write_private(path: &Path, content: &[u8]) -> Result<(), CliError> {
         .mode(0o600)
         .open(path)
         .map_err(|e| CliError::new("io", format!("cannot create {}: {e}", path.display())))?;
-    f.write_all(content).map_err(|e| CliError::new("io", format!("cannot write {}: {e}", path.display())))
-}
-
-/// Re-runs this command with `SOFTHSM2_CONF` pointing at DIR's instance: SoftHSM reads it only
-/// when the module is loaded, and setting it in a running process is not sound.
-fn rerun_with_conf(conf: &Path) -> Result<ExitCode, CliError> {
-    let exe = std::env::current_exe().map_err(|e| CliError::new("io", format!("cannot find this program: {e}")))?;
-    let status = std::process::Command::new(exe)
-        .args(std::env::args_os().skip(1))
-        .env(CONF_ENV, conf)
-        .status()
-        .map_err(|e| CliError::new("io", format!("cannot re-run with {CONF_ENV}: {e}")))?;
-    Ok(ExitCode::from(u8::try_from(status.code().unwrap_or(1)).unwrap_or(1)))
+    f.write_all(content)
+        .map_err(|e| CliError::new("io", format!("cannot write {}: {e}", path.display())))
 }
 
 pub fn run(args: &Args, out: Output) -> Result<ExitCode, CliError> {
     let dir = absolute(&args.dir)?;
-    fs::create_dir_all(&dir).map_err(|e| CliError::new("io", format!("cannot create {}: {e}", dir.display())))?;
+    fs::create_dir_all(&dir)
+        .map_err(|e| CliError::new("io", format!("cannot create {}: {e}", dir.display())))?;
     let softhsm = SoftHsmDir::create(&dir.join("softhsm"))?;
     if !softhsm.is_active() {
-        return rerun_with_conf(&softhsm.conf_path());
+        let code = softhsm.rerun_self()?;
+        return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
     }
     if !args.module.is_file() {
         return Err(CliError::new(
             "backend_module",
-            format!("{} not found: install softhsm2 (apt-get install softhsm2) or pass --module", args.module.display()),
+            format!(
+                "{} not found: install softhsm2 (apt-get install softhsm2) or pass --module",
+                args.module.display()
+            ),
         ));
     }
 
@@ -90,7 +84,10 @@ pub fn run(args: &Args, out: Output) -> Result<ExitCode, CliError> {
         initialize_token(&args.module, TOKEN_LABEL, &so_pin, &user_pin)?;
         write_private(&dir.join("so.pin"), so_pin.expose_secret().as_bytes())?;
         write_private(&pin_file, user_pin.expose_secret().as_bytes())?;
-        out.line(format!("created SoftHSM token {TOKEN_LABEL:?} in {} (PINs in 0600 files beside it)", softhsm.root().display()));
+        out.line(format!(
+            "created SoftHSM token {TOKEN_LABEL:?} in {} (PINs in 0600 files beside it)",
+            softhsm.root().display()
+        ));
     }
     let config_path = dir.join("sitesign.toml");
     if !config_path.exists() {
@@ -100,30 +97,54 @@ pub fn run(args: &Args, out: Output) -> Result<ExitCode, CliError> {
             args.module.display().to_string(),
             pin_file.display().to_string()
         );
-        fs::write(&config_path, text).map_err(|e| CliError::new("io", format!("cannot write {}: {e}", config_path.display())))?;
+        fs::write(&config_path, text).map_err(|e| {
+            CliError::new("io", format!("cannot write {}: {e}", config_path.display()))
+        })?;
     }
 
     let config = Config::load(&config_path)?;
-    let backend_config = config
-        .backends
-        .get("softhsm")
-        .ok_or_else(|| CliError::new("config", format!("{} has no [backends.softhsm]", config_path.display())))?;
+    let backend_config = config.backends.get("softhsm").ok_or_else(|| {
+        CliError::new(
+            "config",
+            format!("{} has no [backends.softhsm]", config_path.display()),
+        )
+    })?;
     let backend = hsm_adapters::open(backend_config)?;
     out.line(format!("backend: {}", backend.capabilities().device));
 
     let mut reports = Vec::new();
-    for (name, algorithm) in [("selftest-rs256", KeyAlgorithm::Rsa2048), ("selftest-es256", KeyAlgorithm::EcP256)] {
+    for (name, algorithm) in [
+        ("selftest-rs256", KeyAlgorithm::Rsa2048),
+        ("selftest-es256", KeyAlgorithm::EcP256),
+    ] {
         let (key, created) = find_or_generate(backend.as_ref(), name, algorithm)?;
         let scheme = algorithm.default_scheme();
         let report = check_key(key.as_ref(), scheme, args.rounds as usize)?;
-        out.line(format!("key {} ({algorithm}, {})", report.key, if created { "generated in the token" } else { "found" }));
+        out.line(format!(
+            "key {} ({algorithm}, {})",
+            report.key,
+            if created {
+                "generated in the token"
+            } else {
+                "found"
+            }
+        ));
         let flags: Vec<String> = report
             .protection
             .checks
             .iter()
-            .map(|c| format!("{}={}", c.name, c.actual.map_or("?".into(), |v| v.to_string())))
+            .map(|c| {
+                format!(
+                    "{}={}",
+                    c.name,
+                    c.actual.map_or("?".into(), |v| v.to_string())
+                )
+            })
             .collect();
-        out.line(format!("  protection: all as required ({})", flags.join(", ")));
+        out.line(format!(
+            "  protection: all as required ({})",
+            flags.join(", ")
+        ));
         let per_sig = report.sign_micros as f64 / report.signatures as f64 / 1000.0;
         out.line(format!(
             "  {}: {} signatures, every one verified by an independent implementation (ring); {per_sig:.2} ms each, {:.0}/s on one session",
@@ -153,7 +174,9 @@ fn find_or_generate(
     let uri = format!("pkcs11:token={TOKEN_LABEL};object={name};type=private").parse()?;
     match backend.find_key(&uri) {
         Ok(key) => Ok((key, false)),
-        Err(hsm_adapters::Error::KeyNotFound { .. }) => Ok((backend.generate_key(name, algorithm)?, true)),
+        Err(hsm_adapters::Error::KeyNotFound { .. }) => {
+            Ok((backend.generate_key(name, algorithm)?, true))
+        }
         Err(e) => Err(e.into()),
     }
 }

@@ -241,7 +241,9 @@ fn run_in_child(name: &'static str) -> Result<(), Failed> {
         .prefix("sitesign-softhsm-")
         .tempdir()
         .map_err(|e| e.to_string())?;
-    let conf = SoftHsmDir::create(dir.path()).map_err(|e| e.to_string())?.conf_path();
+    let conf = SoftHsmDir::create(dir.path())
+        .map_err(|e| e.to_string())?
+        .conf_path();
     let out = Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
         .env(CHILD_ENV, name)
         .env("SOFTHSM2_CONF", &conf)

@@ -22,7 +22,10 @@ impl SoftHsmDir {
     /// Creates (or reuses) the layout under `root`: `tokens/` with mode 0700 and a
     /// `softhsm2.conf` pointing at it.
     pub fn create(root: &Path) -> Result<Self> {
-        let io = |what: &str, p: &Path, e: std::io::Error| Error::Io { path: p.to_owned(), reason: format!("cannot {what}: {e}") };
+        let io = |what: &str, p: &Path, e: std::io::Error| Error::Io {
+            path: p.to_owned(),
+            reason: format!("cannot {what}: {e}"),
+        };
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -56,6 +59,25 @@ impl SoftHsmDir {
     /// SoftHSM's token directory.
     pub fn token_dir(&self) -> PathBuf {
         self.root.join("tokens")
+    }
+
+    /// Runs this program again, with the same arguments, with `SOFTHSM2_CONF` pointing at this
+    /// instance, and returns its exit code. Setting the variable in a running (possibly
+    /// multi-threaded) process is not sound, and SoftHSM reads it only when it is loaded.
+    pub fn rerun_self(&self) -> Result<i32> {
+        let exe = std::env::current_exe().map_err(|e| Error::Io {
+            path: "/proc/self/exe".into(),
+            reason: e.to_string(),
+        })?;
+        let status = std::process::Command::new(&exe)
+            .args(std::env::args_os().skip(1))
+            .env(CONF_ENV, self.conf_path())
+            .status()
+            .map_err(|e| Error::Io {
+                path: exe,
+                reason: format!("cannot run: {e}"),
+            })?;
+        Ok(status.code().unwrap_or(1))
     }
 
     /// Whether this process's `SOFTHSM2_CONF` points at this instance.
