@@ -80,11 +80,7 @@ impl ConfigFile {
         }
         let mut backends = BTreeMap::new();
         for (name, raw) in &self.backends {
-            if name.is_empty()
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-            {
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
                 problems.push(ConfigProblem {
                     path: format!("backends.{name}"),
                     message: "backend names use letters, digits, '-' and '_'".into(),
@@ -97,39 +93,24 @@ impl ConfigFile {
                 Err(mut p) => problems.append(&mut p),
             }
         }
-        if problems.is_empty() {
-            Ok(Config {
-                state_dir,
-                backends,
-            })
-        } else {
-            Err(problems)
-        }
+        if problems.is_empty() { Ok(Config { state_dir, backends }) } else { Err(problems) }
     }
 }
 
 impl Config {
     /// Reads and validates the configuration file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         Self::parse(&text, path)
     }
 
     /// Parses and validates configuration text that was read from `path`.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let file: ConfigFile = toml::from_str(text).map_err(|e| ConfigError::Syntax {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })?;
+        let file: ConfigFile =
+            toml::from_str(text).map_err(|e| ConfigError::Syntax { path: path.to_owned(), message: e.to_string() })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        file.validate(base)
-            .map_err(|problems| ConfigError::Invalid {
-                path: path.to_owned(),
-                problems,
-            })
+        file.validate(base).map_err(|problems| ConfigError::Invalid { path: path.to_owned(), problems })
     }
 }
 
@@ -144,10 +125,7 @@ mod tests {
             Ok(c) => assert!(c.backends.contains_key("hsm")),
             // On a machine without SoftHSM the module path is the only acceptable complaint.
             Err(ConfigError::Invalid { problems, .. }) => {
-                assert!(
-                    problems.iter().all(|p| p.path.ends_with(".module")),
-                    "{problems:?}"
-                )
+                assert!(problems.iter().all(|p| p.path.ends_with(".module")), "{problems:?}")
             }
             Err(e) => panic!("{e}"),
         }
@@ -157,24 +135,15 @@ mod tests {
     fn reports_every_problem_with_its_path() {
         let text = "[backends.\"bad name\"]\nkind = \"pkcs11\"\ntoken_label = \"t\"\npin_file = \"/p\"\nmodule = \"/bin/sh\"\n";
         let err = Config::parse(text, Path::new("/x/sitesign.toml")).unwrap_err();
-        let ConfigError::Invalid { problems, .. } = err else {
-            panic!("{err}")
-        };
+        let ConfigError::Invalid { problems, .. } = err else { panic!("{err}") };
         let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
         assert_eq!(paths, ["state_dir", "backends.bad name"]);
     }
 
     #[test]
     fn syntax_errors_and_unknown_keys_name_the_place() {
-        let err = Config::parse(
-            "state_dir = \"/var/lib/sitesign\"\nlisten = 3\n",
-            Path::new("/x.toml"),
-        )
-        .unwrap_err();
+        let err = Config::parse("state_dir = \"/var/lib/sitesign\"\nlisten = 3\n", Path::new("/x.toml")).unwrap_err();
         let msg = err.to_string();
-        assert!(
-            msg.contains("unknown field `listen`") && msg.contains("line 2"),
-            "{msg}"
-        );
+        assert!(msg.contains("unknown field `listen`") && msg.contains("line 2"), "{msg}");
     }
 }

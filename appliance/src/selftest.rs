@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 use hsm_adapters::{ProtectionReport, SignatureScheme, SigningKey};
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::signature::{
-    ECDSA_P256_SHA256_FIXED, RSA_PKCS1_2048_8192_SHA256, RSA_PSS_2048_8192_SHA256,
-    UnparsedPublicKey,
+    ECDSA_P256_SHA256_FIXED, RSA_PKCS1_2048_8192_SHA256, RSA_PSS_2048_8192_SHA256, UnparsedPublicKey,
 };
 use serde::Serialize;
 
@@ -76,9 +75,7 @@ pub fn verify_independently(
         SignatureScheme::EcdsaP256Sha256 => &ECDSA_P256_SHA256_FIXED,
     };
     match public.subject_public_key_bytes() {
-        Ok(bytes) => UnparsedPublicKey::new(alg, bytes)
-            .verify(message, signature)
-            .is_ok(),
+        Ok(bytes) => UnparsedPublicKey::new(alg, bytes).verify(message, signature).is_ok(),
         Err(_) => false,
     }
 }
@@ -103,10 +100,7 @@ pub fn check_key(
         let signature = key.sign(scheme, &message)?;
         signing += started.elapsed();
         if !verify_independently(key.public_key(), scheme, &message, &signature) {
-            return Err(SelfTestError::BadSignature {
-                key: uri,
-                scheme: scheme.jws_alg(),
-            });
+            return Err(SelfTestError::BadSignature { key: uri, scheme: scheme.jws_alg() });
         }
     }
     Ok(SelfTestReport {

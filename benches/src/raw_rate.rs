@@ -42,19 +42,12 @@ struct Args {
 
 fn random_pin(rng: &SystemRandom) -> anyhow::Result<SecretString> {
     let mut b = [0u8; 12];
-    rng.fill(&mut b)
-        .map_err(|_| anyhow::anyhow!("no randomness"))?;
-    Ok(SecretString::from(
-        b.iter().map(|x| format!("{x:02x}")).collect::<String>(),
-    ))
+    rng.fill(&mut b).map_err(|_| anyhow::anyhow!("no randomness"))?;
+    Ok(SecretString::from(b.iter().map(|x| format!("{x:02x}")).collect::<String>()))
 }
 
 /// Signs with `threads` threads for `seconds`, returning (signatures, elapsed).
-fn measure(
-    key: &Arc<dyn hsm_adapters::SigningKey>,
-    threads: usize,
-    seconds: f64,
-) -> anyhow::Result<(u64, Duration)> {
+fn measure(key: &Arc<dyn hsm_adapters::SigningKey>, threads: usize, seconds: f64) -> anyhow::Result<(u64, Duration)> {
     let scheme = key.algorithm().default_scheme();
     let count = AtomicU64::new(0);
     let stop = AtomicBool::new(false);
@@ -84,8 +77,7 @@ fn measure(
         std::thread::sleep(Duration::from_secs_f64(seconds));
         stop.store(true, Ordering::Relaxed);
         for w in workers {
-            w.join()
-                .map_err(|_| anyhow::anyhow!("a signing thread panicked"))??;
+            w.join().map_err(|_| anyhow::anyhow!("a signing thread panicked"))??;
         }
         Ok(began.elapsed())
     })?;
@@ -98,9 +90,7 @@ fn run(args: &Args) -> anyhow::Result<i32> {
     let root = match &args.dir {
         Some(d) => d.clone(),
         None => {
-            temp = tempfile::Builder::new()
-                .prefix("sitesign-raw-rate-")
-                .tempdir()?;
+            temp = tempfile::Builder::new().prefix("sitesign-raw-rate-").tempdir()?;
             temp.path().to_owned()
         }
     };
@@ -120,27 +110,18 @@ fn run(args: &Args) -> anyhow::Result<i32> {
         return Ok(softhsm.rerun_self()?);
     }
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let sessions: Vec<usize> = if args.sessions.is_empty() {
-        (1..=cpus).collect()
-    } else {
-        args.sessions.clone()
-    };
+    let sessions: Vec<usize> = if args.sessions.is_empty() { (1..=cpus).collect() } else { args.sessions.clone() };
     if sessions.iter().any(|s| *s == 0 || *s > 256) {
         bail!("session counts must be 1 to 256");
     }
     let rng = SystemRandom::new();
     let (so_pin, user_pin) = (random_pin(&rng)?, random_pin(&rng)?);
-    initialize_token(&args.module, "raw-rate", &so_pin, &user_pin)
-        .context("initialise the benchmark token")?;
+    initialize_token(&args.module, "raw-rate", &so_pin, &user_pin).context("initialise the benchmark token")?;
     let pin_file = softhsm.root().join("user.pin");
     {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&pin_file)?;
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&pin_file)?;
         f.write_all(user_pin.expose_secret().as_bytes())?;
     }
     let max_sessions = *sessions.iter().max().unwrap_or(&1);

@@ -23,6 +23,26 @@ pub const MAX_SESSIONS: usize = 256;
 pub enum BackendConfigFile {
     /// `kind = "pkcs11"`
     Pkcs11(Pkcs11ConfigFile),
+    /// `kind = "tpm"`
+    Tpm(TpmConfigFile),
+}
+
+/// The keys of a `kind = "tpm"` backend table.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TpmConfigFile {
+    /// TCTI: `device:/dev/tpmrm0` (default), `swtpm:host=127.0.0.1,port=2321`, `tabrmd`.
+    pub tcti: Option<String>,
+    /// Persistent handle of the storage primary key (SRK), created if absent; default 0x81000001.
+    pub parent_handle: Option<String>,
+    /// Folder for TPM-wrapped key blobs (`tpm:object=NAME` keys).
+    pub key_dir: Option<PathBuf>,
+    /// File holding the keys' auth value (mode 0600); none means an empty auth value.
+    pub auth_file: Option<PathBuf>,
+    /// Systemd credential holding the keys' auth value, instead of `auth_file`.
+    pub auth_credential: Option<String>,
+    /// Requests that may wait for the TPM before callers block; default 64.
+    pub queue_depth: Option<usize>,
 }
 
 /// The keys of a `kind = "pkcs11"` backend table.
@@ -89,12 +109,34 @@ pub struct Pkcs11Config {
     pub sessions: NonZeroUsize,
 }
 
+/// A validated TPM backend configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TpmConfig {
+    /// How to reach the TPM.
+    pub tcti: tss_esapi::tcti_ldr::TctiNameConf,
+    /// Persistent handle of the storage primary key.
+    pub parent_handle: u32,
+    /// Folder for wrapped key blobs.
+    pub key_dir: PathBuf,
+    /// Where the keys' auth value comes from; `None` for an empty auth value.
+    pub auth: Option<PinSource>,
+    /// Bound of the request queue in front of the TPM's owner thread.
+    pub queue_depth: NonZeroUsize,
+}
+
+/// The default TCTI: the kernel's resource manager.
+pub const DEFAULT_TCTI: &str = "device:/dev/tpmrm0";
+/// The default persistent handle of the storage primary key (TCG's conventional SRK handle).
+pub const DEFAULT_SRK_HANDLE: u32 = 0x8100_0001;
+
 /// A validated backend configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum BackendConfig {
     /// A PKCS#11 token.
     Pkcs11(Pkcs11Config),
+    /// A TPM 2.0.
+    Tpm(TpmConfig),
 }
 
 /// The default session count: one per CPU.
@@ -109,6 +151,81 @@ impl BackendConfigFile {
     pub fn validate(&self, at: &str) -> Result<BackendConfig, Vec<ConfigProblem>> {
         match self {
             BackendConfigFile::Pkcs11(raw) => raw.validate(at).map(BackendConfig::Pkcs11),
+            BackendConfigFile::Tpm(raw) => raw.validate(at).map(BackendConfig::Tpm),
+        }
+    }
+}
+
+impl TpmConfigFile {
+    fn validate(&self, at: &str) -> Result<TpmConfig, Vec<ConfigProblem>> {
+        let mut problems = Vec::new();
+        let mut problem = |key: &str, message: String| {
+            problems.push(ConfigProblem { path: format!("{at}.{key}"), message });
+        };
+        let tcti_text = self.tcti.as_deref().unwrap_or(DEFAULT_TCTI);
+        let tcti = match tcti_text.parse::<tss_esapi::tcti_ldr::TctiNameConf>() {
+            Ok(t) => Some(t),
+            Err(_) => {
+                problem(
+                    "tcti",
+                    format!(
+                        "{tcti_text:?} is not a TCTI (use device:/dev/tpmrm0, swtpm:host=127.0.0.1,port=2321 or tabrmd)"
+                    ),
+                );
+                None
+            }
+        };
+        let parent_handle = match self.parent_handle.as_deref() {
+            None => Some(DEFAULT_SRK_HANDLE),
+            Some(h) => match h.strip_prefix("0x").and_then(|x| u32::from_str_radix(x, 16).ok()) {
+                Some(v) if v >> 24 == 0x81 => Some(v),
+                _ => {
+                    problem("parent_handle", format!("{h:?} is not a persistent handle (0x81000000 to 0x81FFFFFF)"));
+                    None
+                }
+            },
+        };
+        let key_dir = match &self.key_dir {
+            Some(d) if d.is_absolute() => Some(d.clone()),
+            Some(d) => {
+                problem("key_dir", format!("{} must be an absolute path", d.display()));
+                None
+            }
+            None => {
+                problem("key_dir", "missing: set the folder for TPM-wrapped key blobs".into());
+                None
+            }
+        };
+        let auth = match (&self.auth_file, &self.auth_credential) {
+            (None, None) => Some(None),
+            (Some(p), None) if p.is_absolute() => Some(Some(PinSource::File(p.clone()))),
+            (Some(p), None) => {
+                problem("auth_file", format!("{} must be an absolute path", p.display()));
+                None
+            }
+            (None, Some(c)) if !c.is_empty() && !c.contains('/') => Some(Some(PinSource::Credential(c.clone()))),
+            (None, Some(_)) => {
+                problem("auth_credential", "must be a credential name without '/'".into());
+                None
+            }
+            (Some(_), Some(_)) => {
+                problem("auth_credential", "set auth_file or auth_credential, not both".into());
+                None
+            }
+        };
+        let queue_depth = match self.queue_depth {
+            None => NonZeroUsize::new(64),
+            Some(n) if (1..=65_536).contains(&n) => NonZeroUsize::new(n),
+            Some(n) => {
+                problem("queue_depth", format!("{n} is out of range 1..=65536"));
+                None
+            }
+        };
+        match (tcti, parent_handle, key_dir, auth, queue_depth) {
+            (Some(tcti), Some(parent_handle), Some(key_dir), Some(auth), Some(queue_depth)) if problems.is_empty() => {
+                Ok(TpmConfig { tcti, parent_handle, key_dir, auth, queue_depth })
+            }
+            _ => Err(problems),
         }
     }
 }
@@ -117,96 +234,54 @@ impl Pkcs11ConfigFile {
     fn validate(&self, at: &str) -> Result<Pkcs11Config, Vec<ConfigProblem>> {
         let mut problems = Vec::new();
         let mut problem = |key: &str, message: String| {
-            problems.push(ConfigProblem {
-                path: format!("{at}.{key}"),
-                message,
-            });
+            problems.push(ConfigProblem { path: format!("{at}.{key}"), message });
         };
-        let module = self
-            .module
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_PKCS11_MODULE));
+        let module = self.module.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_PKCS11_MODULE));
         if !module.is_absolute() {
-            problem(
-                "module",
-                format!("{} must be an absolute path", module.display()),
-            );
+            problem("module", format!("{} must be an absolute path", module.display()));
         } else if !module.is_file() {
             problem(
                 "module",
-                format!(
-                    "{} does not exist; install the vendor's PKCS#11 library or fix the path",
-                    module.display()
-                ),
+                format!("{} does not exist; install the vendor's PKCS#11 library or fix the path", module.display()),
             );
         }
         let token = match (&self.token_label, &self.token_serial) {
-            (Some(l), None) if !l.trim().is_empty() && l.len() <= 32 => {
-                Some(TokenSelector::Label(l.clone()))
-            }
+            (Some(l), None) if !l.trim().is_empty() && l.len() <= 32 => Some(TokenSelector::Label(l.clone())),
             (Some(_), None) => {
-                problem(
-                    "token_label",
-                    "must be 1 to 32 characters (a PKCS#11 token label)".into(),
-                );
+                problem("token_label", "must be 1 to 32 characters (a PKCS#11 token label)".into());
                 None
             }
-            (None, Some(s)) if !s.trim().is_empty() && s.len() <= 16 => {
-                Some(TokenSelector::Serial(s.clone()))
-            }
+            (None, Some(s)) if !s.trim().is_empty() && s.len() <= 16 => Some(TokenSelector::Serial(s.clone())),
             (None, Some(_)) => {
-                problem(
-                    "token_serial",
-                    "must be 1 to 16 characters (a PKCS#11 serial number)".into(),
-                );
+                problem("token_serial", "must be 1 to 16 characters (a PKCS#11 serial number)".into());
                 None
             }
             (Some(_), Some(_)) => {
-                problem(
-                    "token_serial",
-                    "set token_label or token_serial, not both".into(),
-                );
+                problem("token_serial", "set token_label or token_serial, not both".into());
                 None
             }
             (None, None) => {
-                problem(
-                    "token_label",
-                    "missing: set token_label (preferred) or token_serial".into(),
-                );
+                problem("token_label", "missing: set token_label (preferred) or token_serial".into());
                 None
             }
         };
         let pin = match (&self.pin_file, &self.pin_credential) {
             (Some(p), None) if p.is_absolute() => Some(PinSource::File(p.clone())),
             (Some(p), None) => {
-                problem(
-                    "pin_file",
-                    format!("{} must be an absolute path", p.display()),
-                );
+                problem("pin_file", format!("{} must be an absolute path", p.display()));
                 None
             }
-            (None, Some(c)) if !c.is_empty() && !c.contains('/') => {
-                Some(PinSource::Credential(c.clone()))
-            }
+            (None, Some(c)) if !c.is_empty() && !c.contains('/') => Some(PinSource::Credential(c.clone())),
             (None, Some(_)) => {
-                problem(
-                    "pin_credential",
-                    "must be a credential name without '/'".into(),
-                );
+                problem("pin_credential", "must be a credential name without '/'".into());
                 None
             }
             (Some(_), Some(_)) => {
-                problem(
-                    "pin_credential",
-                    "set pin_file or pin_credential, not both".into(),
-                );
+                problem("pin_credential", "set pin_file or pin_credential, not both".into());
                 None
             }
             (None, None) => {
-                problem(
-                    "pin_file",
-                    "missing: set pin_file (a 0600 file) or pin_credential (systemd)".into(),
-                );
+                problem("pin_file", "missing: set pin_file (a 0600 file) or pin_credential (systemd)".into());
                 None
             }
         };
@@ -214,20 +289,14 @@ impl Pkcs11ConfigFile {
             None => Some(default_sessions()),
             Some(n) if (1..=MAX_SESSIONS).contains(&n) => NonZeroUsize::new(n),
             Some(n) => {
-                problem(
-                    "sessions",
-                    format!("{n} is out of range 1..={MAX_SESSIONS}"),
-                );
+                problem("sessions", format!("{n} is out of range 1..={MAX_SESSIONS}"));
                 None
             }
         };
         match (token, pin, sessions) {
-            (Some(token), Some(pin), Some(sessions)) if problems.is_empty() => Ok(Pkcs11Config {
-                module,
-                token,
-                pin,
-                sessions,
-            }),
+            (Some(token), Some(pin), Some(sessions)) if problems.is_empty() => {
+                Ok(Pkcs11Config { module, token, pin, sessions })
+            }
             _ => Err(problems),
         }
     }
@@ -260,37 +329,46 @@ mod tests {
         )
         .unwrap();
         let cfg = doc.backends["hsm"].validate("backends.hsm").unwrap();
-        let BackendConfig::Pkcs11(p) = cfg;
+        let BackendConfig::Pkcs11(p) = cfg else { panic!("{cfg:?}") };
         assert_eq!(p.token, TokenSelector::Label("sitesign".into()));
         assert_eq!(p.pin, PinSource::File("/etc/sitesign/pin".into()));
         assert_eq!(p.sessions.get(), 4);
     }
 
     #[test]
+    fn valid_and_invalid_tpm_tables() {
+        let doc = parse(
+            "[backends.tpm]\nkind = \"tpm\"\ntcti = \"swtpm:host=127.0.0.1,port=2321\"\nkey_dir = \"/var/lib/sitesign/tpm\"\n",
+        )
+        .unwrap();
+        let BackendConfig::Tpm(t) = doc.backends["tpm"].validate("backends.tpm").unwrap() else { panic!() };
+        assert_eq!(t.parent_handle, DEFAULT_SRK_HANDLE);
+        assert_eq!(t.auth, None);
+        let doc =
+            parse("[backends.tpm]\nkind = \"tpm\"\ntcti = \"serial:/dev/ttyS0\"\nparent_handle = \"0x01000001\"\n")
+                .unwrap();
+        let problems = doc.backends["tpm"].validate("backends.tpm").unwrap_err();
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(paths, ["backends.tpm.tcti", "backends.tpm.parent_handle", "backends.tpm.key_dir"]);
+    }
+
+    #[test]
     fn unknown_keys_and_kinds_are_refused() {
-        let err = parse("[backends.hsm]\nkind = \"pkcs11\"\ntoken_label = \"t\"\npin = \"1234\"\n")
-            .err()
-            .unwrap();
+        let err = parse("[backends.hsm]\nkind = \"pkcs11\"\ntoken_label = \"t\"\npin = \"1234\"\n").err().unwrap();
         assert!(err.to_string().contains("unknown field `pin`"), "{err}");
         assert!(parse("[backends.hsm]\nkind = \"floppy\"\n").is_err());
     }
 
     #[test]
     fn every_problem_is_reported_with_its_path() {
-        let doc = parse(
-            "[backends.hsm]\nkind = \"pkcs11\"\nmodule = \"relative.so\"\nsessions = 0\npin_file = \"pin\"\n",
-        )
-        .unwrap();
+        let doc =
+            parse("[backends.hsm]\nkind = \"pkcs11\"\nmodule = \"relative.so\"\nsessions = 0\npin_file = \"pin\"\n")
+                .unwrap();
         let problems = doc.backends["hsm"].validate("backends.hsm").unwrap_err();
         let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
         assert_eq!(
             paths,
-            [
-                "backends.hsm.module",
-                "backends.hsm.token_label",
-                "backends.hsm.pin_file",
-                "backends.hsm.sessions"
-            ]
+            ["backends.hsm.module", "backends.hsm.token_label", "backends.hsm.pin_file", "backends.hsm.sessions"]
         );
     }
 }

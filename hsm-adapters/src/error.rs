@@ -36,6 +36,16 @@ pub enum Error {
         /// The PKCS#11 function that returned it.
         function: Function,
     },
+    /// A TPM command (or the TSS stack under it) returned an error code.
+    #[error("TPM {operation} failed: {message} (TSS2_RC {rc:#x}){}", tpm_hint(*rc))]
+    Tpm {
+        /// The raw TSS2 response code (layer in bits 16–23; 0 is the TPM itself).
+        rc: u32,
+        /// The command or step that failed.
+        operation: &'static str,
+        /// The stack's description of the code.
+        message: String,
+    },
     /// The PKCS#11 module could not be loaded or used (not a PKCS#11 library, missing symbols…).
     #[error("PKCS#11 module {module}: {reason}")]
     Module {
@@ -138,9 +148,7 @@ pub enum Error {
         what: String,
     },
     /// Every device session stayed busy past the wait limit.
-    #[error(
-        "all {sessions} device sessions stayed busy for {waited_ms} ms; reduce load or add sessions"
-    )]
+    #[error("all {sessions} device sessions stayed busy for {waited_ms} ms; reduce load or add sessions")]
     Busy {
         /// Sessions in the pool.
         sessions: usize,
@@ -157,11 +165,69 @@ pub enum Error {
     },
 }
 
+fn tpm_hint(rc: u32) -> &'static str {
+    match classify_tpm_rc(rc) {
+        _ if is_tpm_auth_failure(rc) => {
+            " (the auth value was rejected; check auth_file — the TPM locks out after repeated failures)"
+        }
+        _ if rc == TPM_RC_LOCKOUT => " (the TPM is in dictionary-attack lockout; wait or reset it with lockout auth)",
+        ErrorClass::Session => " (the TPM is unreachable or was restarted)",
+        _ => "",
+    }
+}
+
+const TPM_RC_LOCKOUT: u32 = 0x921;
+const TSS_LAYER_TPM: u32 = 0;
+const TSS_LAYER_ESYS: u32 = 7;
+const TSS_LAYER_SYS: u32 = 8;
+const TSS_LAYER_MU: u32 = 9;
+const TSS_LAYER_TCTI: u32 = 10;
+const TSS_LAYER_RESMGR: u32 = 11;
+
+/// Whether `rc` says an authorization failed (TPM_RC_AUTH_FAIL or TPM_RC_BAD_AUTH, any position).
+pub fn is_tpm_auth_failure(rc: u32) -> bool {
+    rc >> 16 == TSS_LAYER_TPM && rc & 0x80 != 0 && matches!(rc & 0x3f, 0x0e | 0x22)
+}
+
+/// Classifies a TSS2 response code (TPM 2.0 Part 2 §6.6 for the TPM's own codes; the TSS layers
+/// for the stack's).
+pub fn classify_tpm_rc(rc: u32) -> ErrorClass {
+    let layer = (rc >> 16) & 0xff;
+    let base = rc & 0xffff;
+    match layer {
+        TSS_LAYER_TPM if rc & 0x80 != 0 => match rc & 0x3f {
+            // TPM_RC_HANDLE: the handle does not name a loaded object.
+            0x0b => ErrorClass::Key,
+            _ => ErrorClass::Fatal,
+        },
+        TSS_LAYER_TPM if rc & 0x800 != 0 => match rc & 0x7f {
+            // OBJECT_MEMORY, SESSION_MEMORY, MEMORY, SESSION_HANDLES, OBJECT_HANDLES, YIELDED,
+            // CANCELED, TESTING, NV_RATE, RETRY, NV_UNAVAILABLE
+            0x02..=0x06 | 0x08..=0x0a | 0x20 | 0x22 | 0x23 => ErrorClass::Transient,
+            // REFERENCE_H0..H6: a handle the command referred to is not loaded.
+            0x10..=0x16 => ErrorClass::Key,
+            _ => ErrorClass::Fatal,
+        },
+        // TPM_RC_INITIALIZE: the TPM was restarted and needs TPM2_Startup.
+        TSS_LAYER_TPM if base == 0x100 => ErrorClass::Session,
+        TSS_LAYER_TPM => ErrorClass::Fatal,
+        TSS_LAYER_TCTI | TSS_LAYER_RESMGR => ErrorClass::Session,
+        TSS_LAYER_ESYS | TSS_LAYER_SYS | TSS_LAYER_MU => match base {
+            // NO_CONNECTION, IO_ERROR, MALFORMED_RESPONSE, INSUFFICIENT_RESPONSE
+            8 | 10 | 17 | 19 => ErrorClass::Session,
+            // TRY_AGAIN
+            9 => ErrorClass::Transient,
+            // BAD_TR: the ESYS handle is stale.
+            24 => ErrorClass::Key,
+            _ => ErrorClass::Fatal,
+        },
+        _ => ErrorClass::Fatal,
+    }
+}
+
 fn hint_for(rv: RvError) -> &'static str {
     match rv {
-        RvError::TokenNotPresent | RvError::DeviceRemoved => {
-            " (the token was removed or re-initialised)"
-        }
+        RvError::TokenNotPresent | RvError::DeviceRemoved => " (the token was removed or re-initialised)",
         RvError::UserNotLoggedIn => " (the session is not logged in)",
         RvError::KeyFunctionNotPermitted => " (the key's attributes forbid this operation)",
         RvError::MechanismInvalid => " (the device does not offer this mechanism)",
@@ -174,6 +240,7 @@ impl Error {
     pub fn class(&self) -> ErrorClass {
         match self {
             Error::Pkcs11 { rv, .. } => classify_rv(*rv),
+            Error::Tpm { rc, .. } => classify_tpm_rc(*rc),
             Error::Busy { .. } => ErrorClass::Transient,
             Error::TokenNotFound { .. } | Error::KeyVanished { .. } => ErrorClass::Session,
             _ => ErrorClass::Fatal,
@@ -184,6 +251,14 @@ impl Error {
     pub fn code(&self) -> &'static str {
         match self {
             Error::Pkcs11 { rv, .. } => match classify_rv(*rv) {
+                ErrorClass::Transient => "backend_busy",
+                ErrorClass::Session => "backend_unavailable",
+                ErrorClass::Key => "key_unavailable",
+                ErrorClass::Fatal => "backend_failure",
+            },
+            Error::Tpm { rc, .. } if is_tpm_auth_failure(*rc) => "tpm_auth_failed",
+            Error::Tpm { rc, .. } if *rc == TPM_RC_LOCKOUT => "tpm_lockout",
+            Error::Tpm { rc, .. } => match classify_tpm_rc(*rc) {
                 ErrorClass::Transient => "backend_busy",
                 ErrorClass::Session => "backend_unavailable",
                 ErrorClass::Key => "key_unavailable",
@@ -206,13 +281,29 @@ impl Error {
         }
     }
 
+    /// Wraps a tss-esapi error from `operation`, keeping the raw response code.
+    pub(crate) fn from_tss(operation: &'static str, err: tss_esapi::Error) -> Self {
+        match err {
+            tss_esapi::Error::Tss2Error(code) => {
+                // tss-esapi keeps the raw code private but prints it as "…: 0x…".
+                let shown = match code {
+                    tss_esapi::constants::response_code::Tss2ResponseCode::FormatZero(z) => z.to_string(),
+                    tss_esapi::constants::response_code::Tss2ResponseCode::FormatOne(o) => o.to_string(),
+                    tss_esapi::constants::response_code::Tss2ResponseCode::Success => "0x0".into(),
+                };
+                let rc =
+                    shown.rsplit("0x").next().and_then(|h| u32::from_str_radix(h.trim(), 16).ok()).unwrap_or(u32::MAX);
+                Error::Tpm { rc, operation, message: code.to_string() }
+            }
+            tss_esapi::Error::WrapperError(kind) => Error::Encoding { what: format!("TPM {operation}: {kind}") },
+        }
+    }
+
     /// Wraps a cryptoki error, keeping the return value and function.
     pub(crate) fn from_cryptoki(err: cryptoki::error::Error) -> Self {
         match err {
             cryptoki::error::Error::Pkcs11(rv, function) => Error::Pkcs11 { rv, function },
-            other => Error::Encoding {
-                what: format!("PKCS#11 wrapper: {other}"),
-            },
+            other => Error::Encoding { what: format!("PKCS#11 wrapper: {other}") },
         }
     }
 }
@@ -221,11 +312,9 @@ impl Error {
 pub fn classify_rv(rv: RvError) -> ErrorClass {
     use RvError as R;
     match rv {
-        R::DeviceMemory
-        | R::HostMemory
-        | R::FunctionCanceled
-        | R::DeviceError
-        | R::OperationActive => ErrorClass::Transient,
+        R::DeviceMemory | R::HostMemory | R::FunctionCanceled | R::DeviceError | R::OperationActive => {
+            ErrorClass::Transient
+        }
         R::SessionHandleInvalid
         | R::SessionClosed
         | R::SessionCount
@@ -242,16 +331,34 @@ pub fn classify_rv(rv: RvError) -> ErrorClass {
 
 impl From<der::Error> for Error {
     fn from(e: der::Error) -> Self {
-        Error::Encoding {
-            what: e.to_string(),
-        }
+        Error::Encoding { what: e.to_string() }
     }
 }
 
 impl From<spki::Error> for Error {
     fn from(e: spki::Error) -> Self {
-        Error::Encoding {
-            what: e.to_string(),
-        }
+        Error::Encoding { what: e.to_string() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tpm_codes_are_classified_as_the_spec_says() {
+        assert_eq!(classify_tpm_rc(0x922), ErrorClass::Transient); // TPM_RC_RETRY
+        assert_eq!(classify_tpm_rc(0x908), ErrorClass::Transient); // TPM_RC_YIELDED
+        assert_eq!(classify_tpm_rc(0x90a), ErrorClass::Transient); // TPM_RC_TESTING
+        assert_eq!(classify_tpm_rc(0x921), ErrorClass::Fatal); // TPM_RC_LOCKOUT
+        assert_eq!(classify_tpm_rc(0x98e), ErrorClass::Fatal); // TPM_RC_AUTH_FAIL, session 1
+        assert!(is_tpm_auth_failure(0x98e) && is_tpm_auth_failure(0x9a2));
+        assert_eq!(classify_tpm_rc(0x18b), ErrorClass::Key); // TPM_RC_HANDLE, handle 1
+        assert_eq!(classify_tpm_rc(0x100), ErrorClass::Session); // TPM_RC_INITIALIZE
+        assert_eq!(classify_tpm_rc(0xa000a), ErrorClass::Session); // TCTI IO error
+        assert_eq!(classify_tpm_rc(0x70018), ErrorClass::Key); // ESYS BAD_TR
+        let e = Error::Tpm { rc: 0x921, operation: "sign", message: String::new() };
+        assert_eq!(e.code(), "tpm_lockout");
+        assert!(e.to_string().contains("lockout"));
     }
 }

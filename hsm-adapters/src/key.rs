@@ -11,25 +11,20 @@ use spki::{AlgorithmIdentifierOwned, ObjectIdentifier, SubjectPublicKeyInfoOwned
 use crate::error::{Error, Result};
 
 /// `rsaEncryption` (RFC 8017).
-pub const OID_RSA_ENCRYPTION: ObjectIdentifier =
-    ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
+pub const OID_RSA_ENCRYPTION: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
 /// `sha256WithRSAEncryption` (RFC 8017).
-pub const OID_SHA256_WITH_RSA: ObjectIdentifier =
-    ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.11");
+pub const OID_SHA256_WITH_RSA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.11");
 /// `id-ecPublicKey` (RFC 5480).
 pub const OID_EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
 /// `prime256v1` / `secp256r1` (RFC 5480).
 pub const OID_P256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
 /// `ecdsa-with-SHA256` (RFC 5758).
-pub const OID_ECDSA_WITH_SHA256: ObjectIdentifier =
-    ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.2");
+pub const OID_ECDSA_WITH_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.2");
 
 /// The DER prefix of a PKCS#1 v1.5 `DigestInfo` for SHA-256 (RFC 8017 §9.2, note 1). The digest's
 /// 32 bytes follow it.
-pub const SHA256_DIGEST_INFO_PREFIX: [u8; 19] = [
-    0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05,
-    0x00, 0x04, 0x20,
-];
+pub const SHA256_DIGEST_INFO_PREFIX: [u8; 19] =
+    [0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00, 0x04, 0x20];
 
 /// The kinds of key pair sitesign generates inside a device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -81,9 +76,7 @@ impl KeyAlgorithm {
     /// Whether `scheme` can be used with a key of this algorithm.
     pub fn supports(self, scheme: SignatureScheme) -> bool {
         match scheme {
-            SignatureScheme::RsaPkcs1Sha256 | SignatureScheme::RsaPssSha256 => {
-                self.rsa_bits().is_some()
-            }
+            SignatureScheme::RsaPkcs1Sha256 | SignatureScheme::RsaPssSha256 => self.rsa_bits().is_some(),
             SignatureScheme::EcdsaP256Sha256 => self == Self::EcP256,
         }
     }
@@ -119,14 +112,9 @@ impl fmt::Display for KeyAlgorithm {
 impl std::str::FromStr for KeyAlgorithm {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|a| a.to_string() == s)
-            .ok_or_else(|| Error::Unsupported {
-                what: format!(
-                    "key algorithm {s:?} (expected one of rsa-2048, rsa-3072, rsa-4096, ec-p256)"
-                ),
-            })
+        Self::ALL.into_iter().find(|a| a.to_string() == s).ok_or_else(|| Error::Unsupported {
+            what: format!("key algorithm {s:?} (expected one of rsa-2048, rsa-3072, rsa-4096, ec-p256)"),
+        })
     }
 }
 
@@ -187,48 +175,32 @@ impl PublicKey {
             .ok()
             .map(|b| b - modulus.first().map_or(8, |m| m.leading_zeros()))
             .unwrap_or(0);
-        let algorithm = KeyAlgorithm::from_rsa_bits(bits).ok_or_else(|| Error::Unsupported {
-            what: format!("RSA key with a {bits}-bit modulus"),
-        })?;
+        let algorithm = KeyAlgorithm::from_rsa_bits(bits)
+            .ok_or_else(|| Error::Unsupported { what: format!("RSA key with a {bits}-bit modulus") })?;
         let inner = RsaPublicKeyDer {
             modulus: UintRef::new(modulus)?,
             public_exponent: UintRef::new(strip_leading_zeros(public_exponent))?,
         }
         .to_der()?;
         let spki = SubjectPublicKeyInfoOwned {
-            algorithm: AlgorithmIdentifierOwned {
-                oid: OID_RSA_ENCRYPTION,
-                parameters: Some(der::asn1::Null.into()),
-            },
+            algorithm: AlgorithmIdentifierOwned { oid: OID_RSA_ENCRYPTION, parameters: Some(der::asn1::Null.into()) },
             subject_public_key: BitString::from_bytes(&inner)?,
         };
-        Ok(Self {
-            algorithm,
-            spki_der: spki.to_der()?,
-        })
+        Ok(Self { algorithm, spki_der: spki.to_der()? })
     }
 
     /// Builds a P-256 public key from its uncompressed SEC1 point (`04‖X‖Y`, 65 bytes).
     pub fn from_p256_point(point: &[u8]) -> Result<Self> {
         if point.len() != 65 || point[0] != 0x04 {
             return Err(Error::Encoding {
-                what: format!(
-                    "P-256 public point must be 65 bytes starting 0x04, got {} bytes",
-                    point.len()
-                ),
+                what: format!("P-256 public point must be 65 bytes starting 0x04, got {} bytes", point.len()),
             });
         }
         let spki = SubjectPublicKeyInfoOwned {
-            algorithm: AlgorithmIdentifierOwned {
-                oid: OID_EC_PUBLIC_KEY,
-                parameters: Some(der::Any::from(&OID_P256)),
-            },
+            algorithm: AlgorithmIdentifierOwned { oid: OID_EC_PUBLIC_KEY, parameters: Some(der::Any::from(&OID_P256)) },
             subject_public_key: BitString::from_bytes(point)?,
         };
-        Ok(Self {
-            algorithm: KeyAlgorithm::EcP256,
-            spki_der: spki.to_der()?,
-        })
+        Ok(Self { algorithm: KeyAlgorithm::EcP256, spki_der: spki.to_der()? })
     }
 
     /// Parses a DER `SubjectPublicKeyInfo` and checks that it is a supported algorithm.
@@ -237,28 +209,18 @@ impl PublicKey {
         let bits = spki
             .subject_public_key
             .as_bytes()
-            .ok_or_else(|| Error::Encoding {
-                what: "public key bit string has unused bits".into(),
-            })?;
+            .ok_or_else(|| Error::Encoding { what: "public key bit string has unused bits".into() })?;
         if spki.algorithm.oid == OID_RSA_ENCRYPTION {
             let inner = RsaPublicKeyDer::from_der(bits)?;
             Self::from_rsa_components(inner.modulus.as_bytes(), inner.public_exponent.as_bytes())
         } else if spki.algorithm.oid == OID_EC_PUBLIC_KEY {
-            let curve = spki
-                .algorithm
-                .parameters
-                .as_ref()
-                .and_then(|p| p.decode_as::<ObjectIdentifier>().ok());
+            let curve = spki.algorithm.parameters.as_ref().and_then(|p| p.decode_as::<ObjectIdentifier>().ok());
             if curve != Some(OID_P256) {
-                return Err(Error::Unsupported {
-                    what: "EC key on a curve other than P-256".into(),
-                });
+                return Err(Error::Unsupported { what: "EC key on a curve other than P-256".into() });
             }
             Self::from_p256_point(bits)
         } else {
-            Err(Error::Unsupported {
-                what: format!("public key algorithm {}", spki.algorithm.oid),
-            })
+            Err(Error::Unsupported { what: format!("public key algorithm {}", spki.algorithm.oid) })
         }
     }
 
@@ -281,10 +243,7 @@ impl PublicKey {
 }
 
 fn strip_leading_zeros(bytes: &[u8]) -> &[u8] {
-    let start = bytes
-        .iter()
-        .position(|b| *b != 0)
-        .unwrap_or(bytes.len().saturating_sub(1));
+    let start = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len().saturating_sub(1));
     &bytes[start..]
 }
 
@@ -329,14 +288,7 @@ impl ProtectionReport {
                 None => format!("{} could not be read, must be {}", c.name, c.expected),
             })
             .collect();
-        if bad.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::ProtectionMismatch {
-                key: key.to_owned(),
-                problems: bad,
-            })
-        }
+        if bad.is_empty() { Ok(()) } else { Err(Error::ProtectionMismatch { key: key.to_owned(), problems: bad }) }
     }
 }
 

@@ -1,7 +1,8 @@
 //! sitesign's key backends.
 //!
-//! One small abstraction — [`KeyBackend`] hands out [`SigningKey`]s, which sign — and its
-//! implementation for PKCS#11 tokens ([`pkcs11::Pkcs11Backend`], through `cryptoki`). Private keys
+//! One small abstraction — [`KeyBackend`] hands out [`SigningKey`]s, which sign — and its two
+//! implementations: PKCS#11 tokens ([`pkcs11::Pkcs11Backend`], through `cryptoki`) and TPM 2.0
+//! ([`tpm::TpmBackend`], through `tss-esapi`). Private keys
 //! are generated inside the device and never leave it. [`X509Signer`] adapts a device key to
 //! RustCrypto's `signature::Signer` + `Keypair` so the x509-cert builder can sign with it.
 //!
@@ -15,19 +16,18 @@ pub mod key;
 pub mod pin;
 pub mod pkcs11;
 pub mod signer;
+pub mod tpm;
 pub mod uri;
 
 use std::sync::Arc;
 
 pub use backend::{KeyBackend, SigningKey};
-pub use config::{BackendConfig, BackendConfigFile, ConfigProblem, Pkcs11Config, TokenSelector};
+pub use config::{BackendConfig, BackendConfigFile, ConfigProblem, Pkcs11Config, TokenSelector, TpmConfig};
 pub use error::{Error, ErrorClass, Result};
-pub use key::{
-    Capabilities, KeyAlgorithm, ProtectionCheck, ProtectionReport, PublicKey, SignatureScheme,
-};
+pub use key::{Capabilities, KeyAlgorithm, ProtectionCheck, ProtectionReport, PublicKey, SignatureScheme};
 pub use pin::PinSource;
 pub use signer::{X509Signature, X509Signer};
-pub use uri::{KeyUri, Pkcs11Uri};
+pub use uri::{KeyUri, Pkcs11Uri, TpmUri};
 
 /// Opens the backend a validated configuration describes.
 ///
@@ -35,5 +35,6 @@ pub use uri::{KeyUri, Pkcs11Uri};
 pub fn open(config: &BackendConfig) -> Result<Arc<dyn KeyBackend>> {
     match config {
         BackendConfig::Pkcs11(c) => Ok(Arc::new(pkcs11::Pkcs11Backend::open(c.clone())?)),
+        BackendConfig::Tpm(c) => Ok(Arc::new(tpm::TpmBackend::open(c.clone())?)),
     }
 }

@@ -56,19 +56,12 @@ impl PinSource {
     /// longer than 255 bytes. The message names the problem and the path, never the content.
     pub fn read(&self) -> Result<SecretString> {
         let path = self.path()?;
-        let fail = |reason: String| Error::PinFile {
-            path: path.clone(),
-            reason,
-        };
+        let fail = |reason: String| Error::PinFile { path: path.clone(), reason };
         let mut file = File::options()
             .read(true)
             .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
             .open(&path)
-            .map_err(|e| {
-                fail(format!(
-                    "{e} (create it with mode 0600, owned by the service user)"
-                ))
-            })?;
+            .map_err(|e| fail(format!("{e} (create it with mode 0600, owned by the service user)")))?;
         let meta = file.metadata().map_err(|e| fail(e.to_string()))?;
         if !meta.is_file() {
             return Err(fail("not a regular file".into()));
@@ -81,16 +74,10 @@ impl PinSource {
         }
         let euid = rustix::process::geteuid().as_raw();
         if meta.uid() != euid && meta.uid() != 0 {
-            return Err(fail(format!(
-                "owned by uid {}, but this process runs as uid {euid}",
-                meta.uid()
-            )));
+            return Err(fail(format!("owned by uid {}, but this process runs as uid {euid}", meta.uid())));
         }
         let mut buf = Zeroizing::new(Vec::with_capacity(64));
-        file.by_ref()
-            .take(MAX_PIN_LEN as u64 + 3)
-            .read_to_end(&mut buf)
-            .map_err(|e| fail(e.to_string()))?;
+        file.by_ref().take(MAX_PIN_LEN as u64 + 3).read_to_end(&mut buf).map_err(|e| fail(e.to_string()))?;
         let mut len = buf.len();
         if buf[..len].ends_with(b"\n") {
             len -= 1;
@@ -104,8 +91,7 @@ impl PinSource {
         if len > MAX_PIN_LEN {
             return Err(fail(format!("longer than {MAX_PIN_LEN} bytes")));
         }
-        let pin = std::str::from_utf8(&buf[..len])
-            .map_err(|_| fail("the PIN is not UTF-8 text".into()))?;
+        let pin = std::str::from_utf8(&buf[..len]).map_err(|_| fail("the PIN is not UTF-8 text".into()))?;
         if pin.contains(['\n', '\r', '\0']) {
             return Err(fail("the file holds more than one line".into()));
         }
@@ -134,10 +120,7 @@ mod tests {
     #[test]
     fn reads_a_pin_and_strips_one_newline() {
         let (_d, p) = pin_file(b"s3cret-PIN\n", 0o600);
-        assert_eq!(
-            PinSource::File(p).read().unwrap().expose_secret(),
-            "s3cret-PIN"
-        );
+        assert_eq!(PinSource::File(p).read().unwrap().expose_secret(), "s3cret-PIN");
     }
 
     #[test]
@@ -152,29 +135,12 @@ mod tests {
 
     #[test]
     fn refuses_missing_empty_and_multiline_files() {
-        let missing = PinSource::File(PathBuf::from("/nonexistent/sitesign/pin"))
-            .read()
-            .unwrap_err();
-        assert!(
-            missing.to_string().contains("/nonexistent/sitesign/pin"),
-            "{missing}"
-        );
+        let missing = PinSource::File(PathBuf::from("/nonexistent/sitesign/pin")).read().unwrap_err();
+        assert!(missing.to_string().contains("/nonexistent/sitesign/pin"), "{missing}");
         let (_d, p) = pin_file(b"\n", 0o600);
-        assert!(
-            PinSource::File(p)
-                .read()
-                .unwrap_err()
-                .to_string()
-                .contains("empty")
-        );
+        assert!(PinSource::File(p).read().unwrap_err().to_string().contains("empty"));
         let (_d2, p2) = pin_file(b"one\ntwo\n", 0o600);
-        assert!(
-            PinSource::File(p2)
-                .read()
-                .unwrap_err()
-                .to_string()
-                .contains("more than one line")
-        );
+        assert!(PinSource::File(p2).read().unwrap_err().to_string().contains("more than one line"));
     }
 
     #[test]

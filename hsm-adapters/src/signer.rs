@@ -6,10 +6,7 @@ use std::sync::Arc;
 
 use der::Encode;
 use der::asn1::{BitString, UintRef};
-use spki::{
-    AlgorithmIdentifierOwned, DynSignatureAlgorithmIdentifier, EncodePublicKey,
-    SignatureBitStringEncoding,
-};
+use spki::{AlgorithmIdentifierOwned, DynSignatureAlgorithmIdentifier, EncodePublicKey, SignatureBitStringEncoding};
 
 use crate::backend::SigningKey;
 use crate::error::{Error, Result};
@@ -58,15 +55,11 @@ impl DynSignatureAlgorithmIdentifier for X509Signer {
     fn signature_algorithm_identifier(&self) -> spki::Result<AlgorithmIdentifierOwned> {
         Ok(match self.scheme() {
             // RFC 4055 §5: the parameters of sha256WithRSAEncryption are NULL.
-            SignatureScheme::RsaPkcs1Sha256 => AlgorithmIdentifierOwned {
-                oid: OID_SHA256_WITH_RSA,
-                parameters: Some(der::asn1::Null.into()),
-            },
+            SignatureScheme::RsaPkcs1Sha256 => {
+                AlgorithmIdentifierOwned { oid: OID_SHA256_WITH_RSA, parameters: Some(der::asn1::Null.into()) }
+            }
             // RFC 5758 §3.2: the parameters of ecdsa-with-SHA256 are absent.
-            _ => AlgorithmIdentifierOwned {
-                oid: OID_ECDSA_WITH_SHA256,
-                parameters: None,
-            },
+            _ => AlgorithmIdentifierOwned { oid: OID_ECDSA_WITH_SHA256, parameters: None },
         })
     }
 }
@@ -97,33 +90,22 @@ struct EcdsaSigValue<'a> {
 /// DER-encodes a raw `r‖s` P-256 signature as `ECDSA-Sig-Value` (RFC 5480 / SEC 1).
 pub fn ecdsa_raw_to_der(raw: &[u8]) -> Result<Vec<u8>> {
     if raw.len() != 64 {
-        return Err(Error::Encoding {
-            what: format!("P-256 signature must be 64 bytes, got {}", raw.len()),
-        });
+        return Err(Error::Encoding { what: format!("P-256 signature must be 64 bytes, got {}", raw.len()) });
     }
     let trim = |b: &[u8]| {
         let start = b.iter().position(|x| *x != 0).unwrap_or(b.len() - 1);
         b[start..].to_vec()
     };
     let (r, s) = (trim(&raw[..32]), trim(&raw[32..]));
-    Ok(EcdsaSigValue {
-        r: UintRef::new(&r)?,
-        s: UintRef::new(&s)?,
-    }
-    .to_der()?)
+    Ok(EcdsaSigValue { r: UintRef::new(&r)?, s: UintRef::new(&s)? }.to_der()?)
 }
 
 impl signature::Signer<X509Signature> for X509Signer {
     fn try_sign(&self, msg: &[u8]) -> Result<X509Signature, signature::Error> {
         let scheme = self.scheme();
-        let raw = self
-            .key
-            .sign(scheme, msg)
-            .map_err(signature::Error::from_source)?;
+        let raw = self.key.sign(scheme, msg).map_err(signature::Error::from_source)?;
         let encoded = match scheme {
-            SignatureScheme::EcdsaP256Sha256 => {
-                ecdsa_raw_to_der(&raw).map_err(signature::Error::from_source)?
-            }
+            SignatureScheme::EcdsaP256Sha256 => ecdsa_raw_to_der(&raw).map_err(signature::Error::from_source)?,
             _ => raw,
         };
         Ok(X509Signature(encoded))

@@ -12,6 +12,8 @@ use crate::error::{Error, Result};
 pub enum KeyUri {
     /// A key in a PKCS#11 token.
     Pkcs11(Pkcs11Uri),
+    /// A key in a TPM.
+    Tpm(TpmUri),
 }
 
 impl FromStr for KeyUri {
@@ -19,8 +21,10 @@ impl FromStr for KeyUri {
     fn from_str(s: &str) -> Result<Self> {
         if s.starts_with("pkcs11:") {
             Ok(KeyUri::Pkcs11(s.parse()?))
+        } else if s.starts_with("tpm:") {
+            Ok(KeyUri::Tpm(s.parse()?))
         } else {
-            Err(invalid(s, "a key URI starts with \"pkcs11:\""))
+            Err(invalid(s, "a key URI starts with \"pkcs11:\" or \"tpm:\""))
         }
     }
 }
@@ -29,6 +33,63 @@ impl fmt::Display for KeyUri {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             KeyUri::Pkcs11(u) => u.fmt(f),
+            KeyUri::Tpm(u) => u.fmt(f),
+        }
+    }
+}
+
+/// A key in a TPM: either a persistent handle (`tpm:handle=0x81010001`) or a TPM-wrapped key
+/// blob named `object` (`tpm:object=ts-2026-11`), kept as `<object>.pub` / `<object>.priv`
+/// (tpm2-tools' TPM2B formats) in the backend's key folder and loaded under its persistent parent.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum TpmUri {
+    /// A persistent key handle, 0x81000000 to 0x81FFFFFF.
+    Handle(u32),
+    /// A wrapped key blob in the backend's key folder.
+    Object(String),
+}
+
+/// Whether `name` is usable as a wrapped-key name (it becomes a file name).
+pub fn valid_object_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+impl FromStr for TpmUri {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let rest = s.strip_prefix("tpm:").ok_or_else(|| invalid(s, "a TPM URI starts with \"tpm:\""))?;
+        if rest.contains('?') {
+            return Err(invalid(s, "TPM URIs take no query; the auth value comes from the backend configuration"));
+        }
+        let (name, value) = rest.split_once('=').ok_or_else(|| invalid(s, "expected handle=0x81… or object=NAME"))?;
+        match name {
+            "handle" => {
+                let hex = value
+                    .strip_prefix("0x")
+                    .or_else(|| value.strip_prefix("0X"))
+                    .ok_or_else(|| invalid(s, "a handle is hexadecimal, 0x81000000 to 0x81FFFFFF"))?;
+                let h =
+                    u32::from_str_radix(hex, 16).map_err(|_| invalid(s, format!("{value:?} is not a hex handle")))?;
+                if h >> 24 != 0x81 {
+                    return Err(invalid(s, "a persistent handle is 0x81000000 to 0x81FFFFFF"));
+                }
+                Ok(TpmUri::Handle(h))
+            }
+            "object" if valid_object_name(value) => Ok(TpmUri::Object(value.to_owned())),
+            "object" => Err(invalid(s, "an object name uses letters, digits, '-', '_' and '.' (not first), up to 128")),
+            other => Err(invalid(s, format!("attribute {other:?} is not supported (use handle= or object=)"))),
+        }
+    }
+}
+
+impl fmt::Display for TpmUri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TpmUri::Handle(h) => write!(f, "tpm:handle={h:#010x}"),
+            TpmUri::Object(o) => write!(f, "tpm:object={o}"),
         }
     }
 }
@@ -86,10 +147,7 @@ fn invalid(uri: &str, reason: impl Into<String>) -> Error {
         Some((path, _)) => format!("{path}?<query withheld>"),
         None => uri.to_owned(),
     };
-    Error::InvalidUri {
-        uri: shown,
-        reason: reason.into(),
-    }
+    Error::InvalidUri { uri: shown, reason: reason.into() }
 }
 
 /// Decodes RFC 3986 percent-escapes.
@@ -115,8 +173,7 @@ fn pct_decode(uri: &str, value: &str) -> Result<Vec<u8>> {
 }
 
 fn pct_decode_str(uri: &str, value: &str) -> Result<String> {
-    String::from_utf8(pct_decode(uri, value)?)
-        .map_err(|_| invalid(uri, format!("{value:?} is not UTF-8")))
+    String::from_utf8(pct_decode(uri, value)?).map_err(|_| invalid(uri, format!("{value:?} is not UTF-8")))
 }
 
 /// Percent-encodes everything but RFC 7512's `pchar` set minus the separators it reserves.
@@ -134,9 +191,7 @@ impl FromStr for Pkcs11Uri {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self> {
-        let rest = s
-            .strip_prefix("pkcs11:")
-            .ok_or_else(|| invalid(s, "a PKCS#11 URI starts with \"pkcs11:\""))?;
+        let rest = s.strip_prefix("pkcs11:").ok_or_else(|| invalid(s, "a PKCS#11 URI starts with \"pkcs11:\""))?;
         let (path, query) = match rest.split_once('?') {
             Some((p, q)) => (p, Some(q)),
             None => (rest, None),
@@ -147,8 +202,7 @@ impl FromStr for Pkcs11Uri {
                 s,
                 match name {
                     "pin-value" | "pin-source" => {
-                        "PINs are never taken from a URI; set pin_file in the backend configuration"
-                            .to_owned()
+                        "PINs are never taken from a URI; set pin_file in the backend configuration".to_owned()
                     }
                     _ => format!("query attribute {name:?} is not supported"),
                 },
@@ -156,15 +210,10 @@ impl FromStr for Pkcs11Uri {
         }
         let mut uri = Pkcs11Uri::default();
         for attr in path.split(';').filter(|a| !a.is_empty()) {
-            let (name, value) = attr
-                .split_once('=')
-                .ok_or_else(|| invalid(s, format!("attribute {attr:?} has no '='")))?;
+            let (name, value) =
+                attr.split_once('=').ok_or_else(|| invalid(s, format!("attribute {attr:?} has no '='")))?;
             let dup = |present: bool| -> Result<()> {
-                if present {
-                    Err(invalid(s, format!("attribute {name:?} appears twice")))
-                } else {
-                    Ok(())
-                }
+                if present { Err(invalid(s, format!("attribute {name:?} appears twice"))) } else { Ok(()) }
             };
             match name {
                 "token" => {
@@ -198,10 +247,7 @@ impl FromStr for Pkcs11Uri {
                         "public" => ObjectType::Public,
                         "cert" => ObjectType::Cert,
                         other => {
-                            return Err(invalid(
-                                s,
-                                format!("type={other} does not name a key or certificate"),
-                            ));
+                            return Err(invalid(s, format!("type={other} does not name a key or certificate")));
                         }
                     });
                 }
@@ -279,14 +325,29 @@ mod tests {
 
     #[test]
     fn decodes_percent_escapes_and_binary_ids() {
-        let u: Pkcs11Uri = "pkcs11:token=My%20Token;id=%01%02%ff;object=a%3Bb"
-            .parse()
-            .unwrap();
+        let u: Pkcs11Uri = "pkcs11:token=My%20Token;id=%01%02%ff;object=a%3Bb".parse().unwrap();
         assert_eq!(u.token.as_deref(), Some("My Token"));
         assert_eq!(u.id.as_deref(), Some(&[1u8, 2, 255][..]));
         assert_eq!(u.object.as_deref(), Some("a;b"));
         let again: Pkcs11Uri = u.to_string().parse().unwrap();
         assert_eq!(again, u);
+    }
+
+    #[test]
+    fn tpm_uris_parse_and_round_trip() {
+        for s in ["tpm:handle=0x81010001", "tpm:object=ts-2026-11"] {
+            let u: KeyUri = s.parse().unwrap();
+            assert_eq!(u.to_string(), s);
+        }
+        for bad in [
+            "tpm:handle=0x80000001",
+            "tpm:handle=81010001",
+            "tpm:object=../etc",
+            "tpm:object=.hidden",
+            "tpm:object=a?auth=1",
+        ] {
+            assert_eq!(bad.parse::<KeyUri>().unwrap_err().code(), "invalid_key_uri", "{bad}");
+        }
     }
 
     #[test]
@@ -304,12 +365,7 @@ mod tests {
             let err = bad.parse::<KeyUri>().unwrap_err();
             assert_eq!(err.code(), "invalid_key_uri", "{bad}: {err}");
         }
-        let err = "pkcs11:object=k?pin-value=1234"
-            .parse::<Pkcs11Uri>()
-            .unwrap_err();
-        assert!(
-            !err.to_string().contains("1234"),
-            "PIN leaked into error: {err}"
-        );
+        let err = "pkcs11:object=k?pin-value=1234".parse::<Pkcs11Uri>().unwrap_err();
+        assert!(!err.to_string().contains("1234"), "PIN leaked into error: {err}");
     }
 }

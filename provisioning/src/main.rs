@@ -38,10 +38,7 @@ pub struct CliError {
 impl CliError {
     /// A CLI error with `code` and `message`.
     pub fn new(code: &'static str, message: impl Into<String>) -> Self {
-        CliError {
-            code,
-            message: message.into(),
-        }
+        CliError { code, message: message.into() }
     }
 }
 

@@ -39,9 +39,7 @@ pub struct Args {
 
 fn random_pin() -> Result<SecretString, CliError> {
     let mut bytes = [0u8; 16];
-    SystemRandom::new()
-        .fill(&mut bytes)
-        .map_err(|_| CliError::new("random", "the system random generator failed"))?;
+    SystemRandom::new().fill(&mut bytes).map_err(|_| CliError::new("random", "the system random generator failed"))?;
     let pin: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     Ok(SecretString::from(pin))
 }
@@ -53,14 +51,12 @@ fn write_private(path: &Path, content: &[u8]) -> Result<(), CliError> {
         .mode(0o600)
         .open(path)
         .map_err(|e| CliError::new("io", format!("cannot create {}: {e}", path.display())))?;
-    f.write_all(content)
-        .map_err(|e| CliError::new("io", format!("cannot write {}: {e}", path.display())))
+    f.write_all(content).map_err(|e| CliError::new("io", format!("cannot write {}: {e}", path.display())))
 }
 
 pub fn run(args: &Args, out: Output) -> Result<ExitCode, CliError> {
     let dir = absolute(&args.dir)?;
-    fs::create_dir_all(&dir)
-        .map_err(|e| CliError::new("io", format!("cannot create {}: {e}", dir.display())))?;
+    fs::create_dir_all(&dir).map_err(|e| CliError::new("io", format!("cannot create {}: {e}", dir.display())))?;
     let softhsm = SoftHsmDir::create(&dir.join("softhsm"))?;
     if !softhsm.is_active() {
         let code = softhsm.rerun_self()?;
@@ -97,54 +93,35 @@ pub fn run(args: &Args, out: Output) -> Result<ExitCode, CliError> {
             args.module.display().to_string(),
             pin_file.display().to_string()
         );
-        fs::write(&config_path, text).map_err(|e| {
-            CliError::new("io", format!("cannot write {}: {e}", config_path.display()))
-        })?;
+        fs::write(&config_path, text)
+            .map_err(|e| CliError::new("io", format!("cannot write {}: {e}", config_path.display())))?;
     }
 
     let config = Config::load(&config_path)?;
-    let backend_config = config.backends.get("softhsm").ok_or_else(|| {
-        CliError::new(
-            "config",
-            format!("{} has no [backends.softhsm]", config_path.display()),
-        )
-    })?;
+    let backend_config = config
+        .backends
+        .get("softhsm")
+        .ok_or_else(|| CliError::new("config", format!("{} has no [backends.softhsm]", config_path.display())))?;
     let backend = hsm_adapters::open(backend_config)?;
     out.line(format!("backend: {}", backend.capabilities().device));
 
     let mut reports = Vec::new();
-    for (name, algorithm) in [
-        ("selftest-rs256", KeyAlgorithm::Rsa2048),
-        ("selftest-es256", KeyAlgorithm::EcP256),
-    ] {
+    for (name, algorithm) in [("selftest-rs256", KeyAlgorithm::Rsa2048), ("selftest-es256", KeyAlgorithm::EcP256)] {
         let (key, created) = find_or_generate(backend.as_ref(), name, algorithm)?;
         let scheme = algorithm.default_scheme();
         let report = check_key(key.as_ref(), scheme, args.rounds as usize)?;
         out.line(format!(
             "key {} ({algorithm}, {})",
             report.key,
-            if created {
-                "generated in the token"
-            } else {
-                "found"
-            }
+            if created { "generated in the token" } else { "found" }
         ));
         let flags: Vec<String> = report
             .protection
             .checks
             .iter()
-            .map(|c| {
-                format!(
-                    "{}={}",
-                    c.name,
-                    c.actual.map_or("?".into(), |v| v.to_string())
-                )
-            })
+            .map(|c| format!("{}={}", c.name, c.actual.map_or("?".into(), |v| v.to_string())))
             .collect();
-        out.line(format!(
-            "  protection: all as required ({})",
-            flags.join(", ")
-        ));
+        out.line(format!("  protection: all as required ({})", flags.join(", ")));
         let per_sig = report.sign_micros as f64 / report.signatures as f64 / 1000.0;
         out.line(format!(
             "  {}: {} signatures, every one verified by an independent implementation (ring); {per_sig:.2} ms each, {:.0}/s on one session",
@@ -174,9 +151,7 @@ fn find_or_generate(
     let uri = format!("pkcs11:token={TOKEN_LABEL};object={name};type=private").parse()?;
     match backend.find_key(&uri) {
         Ok(key) => Ok((key, false)),
-        Err(hsm_adapters::Error::KeyNotFound { .. }) => {
-            Ok((backend.generate_key(name, algorithm)?, true))
-        }
+        Err(hsm_adapters::Error::KeyNotFound { .. }) => Ok((backend.generate_key(name, algorithm)?, true)),
         Err(e) => Err(e.into()),
     }
 }

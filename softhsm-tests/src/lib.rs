@@ -1,20 +1,20 @@
-//! Test harness for sitesign's integration tests against real SoftHSM2 tokens.
+//! Test harness for sitesign's integration tests against real devices: SoftHSM2 tokens and swtpm
+//! TPMs.
 //!
 //! SoftHSM reads `SOFTHSM2_CONF` once, when the module is initialised, and a process can load it
 //! only once; so every test runs in its own child process with its own configuration and token
-//! directory in a fresh temporary directory. A test binary built on this harness
-//! (`harness = false`) calls [`main`] with its list of tests: in the parent it behaves like
-//! libtest (filters, `--list`, `--exact`, the usual summary line) and runs each test by
-//! re-executing itself; in the child it creates the token and runs the one test.
+//! directory (or its own swtpm) in a fresh temporary directory. A test binary built on this
+//! harness (`harness = false`) calls [`main`] with its list of tests: in the parent it behaves
+//! like libtest (filters, `--list`, `--exact`, the usual summary line) and runs each test by
+//! re-executing itself; in the child it creates the device and runs the one test.
 //!
-//! The module path comes from `PKCS11_MODULE`, default Debian's SoftHSM2.
+//! A [`Body::Both`] test is written once against [`Fixture`] and runs as `softhsm::NAME` and
+//! `swtpm::NAME`: the conformance suite. The PKCS#11 module comes from `PKCS11_MODULE`, default
+//! Debian's SoftHSM2.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    reason = "test harness: a failure is a test failure"
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test harness: a failure is a test failure")]
 
+pub mod swtpm;
 pub mod verify;
 
 use std::fs;
@@ -27,6 +27,8 @@ use std::sync::Arc;
 use hsm_adapters::pkcs11::Pkcs11Backend;
 use hsm_adapters::pkcs11::softhsm::SoftHsmDir;
 use hsm_adapters::pkcs11::token::initialize_token;
+use hsm_adapters::tpm::TpmBackend;
+use hsm_adapters::{KeyAlgorithm, KeyBackend, TpmConfig};
 use hsm_adapters::{PinSource, Pkcs11Config, TokenSelector};
 use libtest_mimic::{Arguments, Failed, Trial};
 use ring::rand::{SecureRandom, SystemRandom};
@@ -40,13 +42,42 @@ const HELPER_ENV: &str = "SITESIGN_TEST_HELPER";
 /// The token label every test token gets.
 pub const TOKEN_LABEL: &str = "sitesign-test";
 
-/// One integration test: a name and a body that gets a fresh SoftHSM token.
+/// What a test runs against.
+#[derive(Debug, Clone, Copy)]
+pub enum Body {
+    /// A fresh SoftHSM token.
+    SoftHsm(fn(&SoftHsm)),
+    /// A fresh swtpm.
+    Swtpm(fn(&TpmEnv)),
+    /// Both, one after the other as two tests, through the backend trait only.
+    Both(fn(&dyn Fixture)),
+}
+
+/// One integration test: a name and a body; the body panics to fail.
 #[derive(Debug, Clone, Copy)]
 pub struct Test {
-    /// The test's name as listed and filtered.
+    /// The test's name (prefixed `softhsm::` or `swtpm::` when listed).
     pub name: &'static str,
-    /// The body; it panics to fail.
-    pub run: fn(&SoftHsm),
+    /// The body.
+    pub body: Body,
+}
+
+/// A device under test, seen through the backend trait: what the conformance suite needs.
+pub trait Fixture {
+    /// `softhsm` or `swtpm`.
+    fn kind(&self) -> &'static str;
+    /// The test's private folder.
+    fn work_dir(&self) -> &Path;
+    /// Opens a new backend on the device with the right secret.
+    fn open(&self) -> Arc<dyn KeyBackend>;
+    /// Opens a backend whose PIN / auth value is `secret` (a wrong one, in tests).
+    fn open_with_secret(&self, secret: &[u8]) -> Result<Arc<dyn KeyBackend>, hsm_adapters::Error>;
+    /// The algorithms this device must support.
+    fn algorithms(&self) -> Vec<KeyAlgorithm>;
+    /// Takes the device away (token unplugged, TPM process killed).
+    fn device_down(&self);
+    /// Brings it back, with its keys.
+    fn device_up(&self);
 }
 
 /// A helper the tests can run in a separate process against the same token directory (to change
@@ -90,12 +121,7 @@ fn random_pin() -> SecretString {
 
 /// Writes `content` to a new file with mode 0600.
 pub fn write_secret_file(path: &Path, content: &[u8]) {
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .unwrap();
+    let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).unwrap();
     f.write_all(content).unwrap();
 }
 
@@ -114,20 +140,10 @@ impl SoftHsm {
         let module = module_path();
         let so_pin = random_pin();
         let user_pin = random_pin();
-        initialize_token(&module, TOKEN_LABEL, &so_pin, &user_pin)
-            .expect("initialise the test token");
+        initialize_token(&module, TOKEN_LABEL, &so_pin, &user_pin).expect("initialise the test token");
         let pin_file = work_dir.join("user.pin");
-        write_secret_file(
-            &pin_file,
-            secrecy::ExposeSecret::expose_secret(&user_pin).as_bytes(),
-        );
-        SoftHsm {
-            module,
-            work_dir,
-            pin_file,
-            so_pin,
-            user_pin,
-        }
+        write_secret_file(&pin_file, secrecy::ExposeSecret::expose_secret(&user_pin).as_bytes());
+        SoftHsm { module, work_dir, pin_file, so_pin, user_pin }
     }
 
     /// The test's private working directory.
@@ -181,13 +197,7 @@ impl SoftHsm {
         {
             use secrecy::ExposeSecret;
             let mut stdin = child.stdin.take().unwrap();
-            writeln!(
-                stdin,
-                "{}\n{}",
-                self.so_pin.expose_secret(),
-                self.user_pin.expose_secret()
-            )
-            .unwrap();
+            writeln!(stdin, "{}\n{}", self.so_pin.expose_secret(), self.user_pin.expose_secret()).unwrap();
         }
         let out = child.wait_with_output().unwrap();
         assert!(
@@ -199,51 +209,164 @@ impl SoftHsm {
     }
 }
 
-fn run_child(name: &str, tests: &[Test]) -> ExitCode {
-    let test = tests
-        .iter()
-        .find(|t| t.name == name)
-        .expect("child asked for an unknown test");
+impl Fixture for SoftHsm {
+    fn kind(&self) -> &'static str {
+        "softhsm"
+    }
+    fn work_dir(&self) -> &Path {
+        &self.work_dir
+    }
+    fn open(&self) -> Arc<dyn KeyBackend> {
+        self.backend()
+    }
+    fn open_with_secret(&self, secret: &[u8]) -> Result<Arc<dyn KeyBackend>, hsm_adapters::Error> {
+        let path = self.work_dir.join(format!("other-{}.pin", unique()));
+        write_secret_file(&path, secret);
+        let mut config = self.config(1);
+        config.pin = PinSource::File(path);
+        Ok(Arc::new(Pkcs11Backend::open(config)?))
+    }
+    fn algorithms(&self) -> Vec<KeyAlgorithm> {
+        KeyAlgorithm::ALL.to_vec()
+    }
+    fn device_down(&self) {
+        // "Unplug" the token: move its folder out of SoftHSM's token folder.
+        let parked = self.work_dir.join("parked");
+        fs::create_dir_all(&parked).unwrap();
+        for token in fs::read_dir(self.token_root()).unwrap() {
+            let token = token.unwrap();
+            fs::rename(token.path(), parked.join(token.file_name())).unwrap();
+        }
+    }
+    fn device_up(&self) {
+        for token in fs::read_dir(self.work_dir.join("parked")).unwrap() {
+            let token = token.unwrap();
+            fs::rename(token.path(), self.token_root().join(token.file_name())).unwrap();
+        }
+    }
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A fresh swtpm for one test, with a random auth value for its keys in a 0600 file.
+#[derive(Debug)]
+pub struct TpmEnv {
+    work_dir: PathBuf,
+    /// The running swtpm.
+    pub swtpm: swtpm::Swtpm,
+    auth_file: PathBuf,
+}
+
+impl TpmEnv {
+    fn create(work_dir: PathBuf) -> Self {
+        let swtpm = swtpm::Swtpm::start(&work_dir);
+        let auth = random_pin();
+        let auth_file = work_dir.join("tpm.auth");
+        write_secret_file(&auth_file, secrecy::ExposeSecret::expose_secret(&auth).as_bytes());
+        std::fs::create_dir_all(work_dir.join("keys")).unwrap();
+        TpmEnv { work_dir, swtpm, auth_file }
+    }
+
+    /// The file holding the keys' auth value (mode 0600), for tpm2-tools' `-p file:PATH`.
+    pub fn auth_file(&self) -> &Path {
+        &self.auth_file
+    }
+
+    /// The folder holding wrapped key blobs.
+    pub fn key_dir(&self) -> PathBuf {
+        self.work_dir.join("keys")
+    }
+
+    /// A backend configuration for this swtpm.
+    pub fn config(&self) -> TpmConfig {
+        TpmConfig {
+            tcti: self.swtpm.tcti().parse().unwrap(),
+            parent_handle: hsm_adapters::config::DEFAULT_SRK_HANDLE,
+            key_dir: self.key_dir(),
+            auth: Some(PinSource::File(self.auth_file.clone())),
+            queue_depth: std::num::NonZeroUsize::new(64).unwrap(),
+        }
+    }
+
+    /// Opens a backend on this swtpm.
+    pub fn backend(&self) -> Arc<TpmBackend> {
+        Arc::new(TpmBackend::open(self.config()).expect("open the swtpm backend"))
+    }
+}
+
+impl Fixture for TpmEnv {
+    fn kind(&self) -> &'static str {
+        "swtpm"
+    }
+    fn work_dir(&self) -> &Path {
+        &self.work_dir
+    }
+    fn open(&self) -> Arc<dyn KeyBackend> {
+        self.backend()
+    }
+    fn open_with_secret(&self, secret: &[u8]) -> Result<Arc<dyn KeyBackend>, hsm_adapters::Error> {
+        let path = self.work_dir.join(format!("other-{}.auth", unique()));
+        write_secret_file(&path, secret);
+        let mut config = self.config();
+        config.auth = Some(PinSource::File(path));
+        Ok(Arc::new(TpmBackend::open(config)?))
+    }
+    fn algorithms(&self) -> Vec<KeyAlgorithm> {
+        // swtpm (libtpms 0.9) offers RSA up to 3072 bits.
+        vec![KeyAlgorithm::Rsa2048, KeyAlgorithm::Rsa3072, KeyAlgorithm::EcP256]
+    }
+    fn device_down(&self) {
+        self.swtpm.stop();
+    }
+    fn device_up(&self) {
+        self.swtpm.restart();
+    }
+}
+
+/// The trial names a test runs as.
+fn trial_names(test: &Test) -> Vec<String> {
+    match test.body {
+        Body::SoftHsm(_) => vec![format!("softhsm::{}", test.name)],
+        Body::Swtpm(_) => vec![format!("swtpm::{}", test.name)],
+        Body::Both(_) => vec![format!("softhsm::{}", test.name), format!("swtpm::{}", test.name)],
+    }
+}
+
+fn run_child(trial: &str, tests: &[Test]) -> ExitCode {
+    let (device, name) = trial.split_once("::").expect("trial names are DEVICE::NAME");
+    let test = tests.iter().find(|t| t.name == name).expect("child asked for an unknown test");
     let dir = PathBuf::from(std::env::var_os("SITESIGN_TEST_DIR").expect("SITESIGN_TEST_DIR"));
     // Shown only when the test fails (the parent prints the child's stderr then).
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter("debug")
-        .init();
-    let hsm = SoftHsm::create(dir);
-    (test.run)(&hsm);
+    tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter("debug").init();
+    match (device, test.body) {
+        ("softhsm", Body::SoftHsm(f)) => f(&SoftHsm::create(dir)),
+        ("softhsm", Body::Both(f)) => f(&SoftHsm::create(dir)),
+        ("swtpm", Body::Swtpm(f)) => f(&TpmEnv::create(dir)),
+        ("swtpm", Body::Both(f)) => f(&TpmEnv::create(dir)),
+        _ => panic!("no such trial: {trial}"),
+    }
     ExitCode::SUCCESS
 }
 
 fn run_helper_process(name: &str, helpers: &[Helper]) -> ExitCode {
     use std::io::BufRead;
-    let helper = helpers
-        .iter()
-        .find(|h| h.name == name)
-        .expect("unknown helper");
+    let helper = helpers.iter().find(|h| h.name == name).expect("unknown helper");
     let mut lines = std::io::stdin().lock().lines();
     let so_pin = SecretString::from(lines.next().unwrap().unwrap());
     let user_pin = SecretString::from(lines.next().unwrap().unwrap());
     let work_dir = PathBuf::from(std::env::var_os("SITESIGN_TEST_DIR").unwrap());
-    (helper.run)(&HelperEnv {
-        module: module_path(),
-        so_pin,
-        user_pin,
-        token_root: work_dir.join("tokens"),
-        work_dir,
-    });
+    (helper.run)(&HelperEnv { module: module_path(), so_pin, user_pin, token_root: work_dir.join("tokens"), work_dir });
     ExitCode::SUCCESS
 }
 
 /// Runs one test in a child process with its own SoftHSM configuration.
-fn run_in_child(name: &'static str) -> Result<(), Failed> {
-    let dir = tempfile::Builder::new()
-        .prefix("sitesign-softhsm-")
-        .tempdir()
-        .map_err(|e| e.to_string())?;
-    let conf = SoftHsmDir::create(dir.path())
-        .map_err(|e| e.to_string())?
-        .conf_path();
+fn run_in_child(name: &str) -> Result<(), Failed> {
+    let dir = tempfile::Builder::new().prefix("sitesign-softhsm-").tempdir().map_err(|e| e.to_string())?;
+    let conf = SoftHsmDir::create(dir.path()).map_err(|e| e.to_string())?.conf_path();
     let out = Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
         .env(CHILD_ENV, name)
         .env("SOFTHSM2_CONF", &conf)
@@ -277,17 +400,18 @@ pub fn main(tests: &'static [Test], helpers: &'static [Helper]) -> ExitCode {
     let args = Arguments::from_args();
     let trials = tests
         .iter()
-        .map(|t| {
+        .flat_map(trial_names)
+        .map(|name| {
             let module = module.clone();
-            Trial::test(t.name, move || {
-                if !module.is_file() {
+            Trial::test(name.clone(), move || {
+                if name.starts_with("softhsm::") && !module.is_file() {
                     return Err(format!(
                         "PKCS#11 module {} not found: install softhsm2 (the test command does) or set PKCS11_MODULE",
                         module.display()
                     )
                     .into());
                 }
-                run_in_child(t.name)
+                run_in_child(&name)
             })
         })
         .collect();

@@ -68,9 +68,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// uses the same module).
 fn initialize(ctx: &Pkcs11) -> Result<()> {
     match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
-        Ok(()) | Err(cryptoki::error::Error::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {
-            Ok(())
-        }
+        Ok(()) | Err(cryptoki::error::Error::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => Ok(()),
         Err(e) => Err(Error::from_cryptoki(e)),
     }
 }
@@ -104,11 +102,7 @@ fn find_slot(ctx: &Pkcs11, config: &Pkcs11Config) -> Result<(Slot, String)> {
     Err(Error::TokenNotFound {
         selector: config.token.to_string(),
         module: config.module.clone(),
-        seen: if seen.is_empty() {
-            "none".into()
-        } else {
-            seen.join(", ")
-        },
+        seen: if seen.is_empty() { "none".into() } else { seen.join(", ") },
     })
 }
 
@@ -125,10 +119,7 @@ fn login(session: &Session, config: &Pkcs11Config) -> Result<()> {
             | RvError::PinLocked
             | RvError::PinExpired),
             _,
-        )) => Err(Error::PinIncorrect {
-            source_desc: config.pin.describe(),
-            rv,
-        }),
+        )) => Err(Error::PinIncorrect { source_desc: config.pin.describe(), rv }),
         Err(e) => Err(Error::from_cryptoki(e)),
     }
 }
@@ -140,10 +131,7 @@ fn needs_reinit(e: &Error) -> bool {
     matches!(
         e,
         Error::TokenNotFound { .. }
-            | Error::Pkcs11 {
-                function: Function::Login | Function::OpenSession,
-                ..
-            }
+            | Error::Pkcs11 { function: Function::Login | Function::OpenSession, .. }
             | Error::Pkcs11 {
                 rv: RvError::DeviceRemoved
                     | RvError::TokenNotPresent
@@ -165,9 +153,7 @@ pub(crate) struct PooledSession<'a> {
 impl PooledSession<'_> {
     pub fn session(&self) -> &Session {
         // The Option is only emptied by `discard` (which consumes self) and by `drop`.
-        self.session
-            .as_ref()
-            .unwrap_or_else(|| unreachable!("pooled session used after discard"))
+        self.session.as_ref().unwrap_or_else(|| unreachable!("pooled session used after discard"))
     }
 
     /// Closes this session instead of returning it to the pool.
@@ -202,10 +188,7 @@ impl Device {
         let device = Device {
             ctx,
             config,
-            state: RwLock::new(DeviceState {
-                slot,
-                generation: 0,
-            }),
+            state: RwLock::new(DeviceState { slot, generation: 0 }),
             pool: Mutex::new(PoolInner::default()),
             session_freed: Condvar::new(),
             reinit: Mutex::new(()),
@@ -242,27 +225,17 @@ impl Device {
         let mut pool = lock(&self.pool);
         loop {
             if let Some(session) = pool.idle.pop() {
-                return Ok(PooledSession {
-                    device: self,
-                    session: Some(session),
-                });
+                return Ok(PooledSession { device: self, session: Some(session) });
             }
             if pool.open < capacity {
                 pool.open += 1;
                 drop(pool);
-                let opened = self
-                    .ctx
-                    .open_rw_session(state.slot)
-                    .map_err(Error::from_cryptoki)
-                    .and_then(|s| {
-                        login(&s, &self.config)?;
-                        Ok(s)
-                    });
+                let opened = self.ctx.open_rw_session(state.slot).map_err(Error::from_cryptoki).and_then(|s| {
+                    login(&s, &self.config)?;
+                    Ok(s)
+                });
                 return match opened {
-                    Ok(session) => Ok(PooledSession {
-                        device: self,
-                        session: Some(session),
-                    }),
+                    Ok(session) => Ok(PooledSession { device: self, session: Some(session) }),
                     Err(e) => {
                         lock(&self.pool).open -= 1;
                         self.session_freed.notify_one();
@@ -272,16 +245,10 @@ impl Device {
             }
             let waited = started.elapsed();
             if waited >= SESSION_WAIT {
-                return Err(Error::Busy {
-                    sessions: capacity,
-                    waited_ms: waited.as_millis() as u64,
-                });
+                return Err(Error::Busy { sessions: capacity, waited_ms: waited.as_millis() as u64 });
             }
-            pool = self
-                .session_freed
-                .wait_timeout(pool, SESSION_WAIT - waited)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+            pool =
+                self.session_freed.wait_timeout(pool, SESSION_WAIT - waited).unwrap_or_else(PoisonError::into_inner).0;
         }
     }
 
@@ -304,18 +271,10 @@ impl Device {
                 let state = self.read_state();
                 let generation = state.generation;
                 let result = self.checkout(&state).and_then(|pooled| {
-                    let r = if relogin {
-                        login(pooled.session(), &self.config)
-                    } else {
-                        Ok(())
-                    }
-                    .and_then(|()| op(pooled.session(), generation));
+                    let r = if relogin { login(pooled.session(), &self.config) } else { Ok(()) }
+                        .and_then(|()| op(pooled.session(), generation));
                     match &r {
-                        Err(e)
-                            if e.class() != ErrorClass::Key && e.class() != ErrorClass::Fatal =>
-                        {
-                            pooled.discard()
-                        }
+                        Err(e) if e.class() != ErrorClass::Key && e.class() != ErrorClass::Fatal => pooled.discard(),
                         Err(Error::Pkcs11 { .. }) => pooled.discard(),
                         _ => drop(pooled),
                     }
@@ -328,11 +287,10 @@ impl Device {
             };
             let reinit_now = needs_reinit(&err) || (relogin && err.class() == ErrorClass::Session);
             if attempt >= MAX_ATTEMPTS || (err.class() == ErrorClass::Fatal && !reinit_now) {
-                return Err(if attempt > 1 {
-                    Error::RecoveryExhausted {
-                        attempts: attempt - 1,
-                        last: Box::new(err),
-                    }
+                // A definitive answer (key not found, wrong PIN…) is returned as it is, even after
+                // a recovery; only an error that is still retryable is reported as exhausted.
+                return Err(if attempt > 1 && err.class() != ErrorClass::Fatal {
+                    Error::RecoveryExhausted { attempts: attempt - 1, last: Box::new(err) }
                 } else {
                     err
                 });
@@ -344,10 +302,7 @@ impl Device {
                     // error from it (wrong PIN, module gone) ends recovery at once.
                     if let Err(e) = self.reinitialise(generation) {
                         if e.class() == ErrorClass::Fatal || attempt + 1 >= MAX_ATTEMPTS {
-                            return Err(Error::RecoveryExhausted {
-                                attempts: attempt,
-                                last: Box::new(e),
-                            });
+                            return Err(Error::RecoveryExhausted { attempts: attempt, last: Box::new(e) });
                         }
                         warn!(code = e.code(), error = %e, "re-initialising the PKCS#11 module failed");
                         std::thread::sleep(Duration::from_millis(50 << attempt));
@@ -393,11 +348,9 @@ impl Device {
 
 impl Drop for Device {
     fn drop(&mut self) {
+        // Close our sessions (the token logs the application out with the last one). The module
+        // stays initialised: it is process-wide state that another backend in this process may be
+        // using, and finalising it under that backend would break its sessions.
         lock(&self.pool).idle.clear();
-        // Finalise so the module flushes its state; a second backend on the same module in this
-        // process would lose its sessions, which its own recovery then handles.
-        if let Err(e) = self.ctx.clone().finalize() {
-            warn!(error = %e, "C_Finalize failed");
-        }
     }
 }

@@ -4,9 +4,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsPssParams};
 use cryptoki::mechanism::{Mechanism, MechanismType};
-use cryptoki::object::{
-    Attribute, AttributeInfo, AttributeType, KeyType, ObjectClass, ObjectHandle,
-};
+use cryptoki::object::{Attribute, AttributeInfo, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 use der::Decode;
 use der::asn1::OctetString;
@@ -17,8 +15,7 @@ use super::{Hashing, Pkcs11Backend};
 use crate::backend::SigningKey;
 use crate::error::{Error, Result};
 use crate::key::{
-    KeyAlgorithm, ProtectionCheck, ProtectionReport, PublicKey, SHA256_DIGEST_INFO_PREFIX,
-    SignatureScheme,
+    KeyAlgorithm, ProtectionCheck, ProtectionReport, PublicKey, SHA256_DIGEST_INFO_PREFIX, SignatureScheme,
 };
 use crate::uri::{KeyUri, Pkcs11Uri};
 
@@ -32,11 +29,7 @@ const REQUIRED_FLAGS: [(AttributeType, &str, bool); 11] = [
     (AttributeType::Sensitive, "CKA_SENSITIVE", true),
     (AttributeType::AlwaysSensitive, "CKA_ALWAYS_SENSITIVE", true),
     (AttributeType::Extractable, "CKA_EXTRACTABLE", false),
-    (
-        AttributeType::NeverExtractable,
-        "CKA_NEVER_EXTRACTABLE",
-        true,
-    ),
+    (AttributeType::NeverExtractable, "CKA_NEVER_EXTRACTABLE", true),
     (AttributeType::Local, "CKA_LOCAL", true),
     (AttributeType::Sign, "CKA_SIGN", true),
     (AttributeType::Decrypt, "CKA_DECRYPT", false),
@@ -119,10 +112,7 @@ fn read_public_key(session: &Session, private: ObjectHandle) -> Result<PublicKey
     match key_type {
         Some(KeyType::RSA) => {
             // RSA private key objects carry the modulus and public exponent themselves.
-            let attrs = ck(session.get_attributes(
-                private,
-                &[AttributeType::Modulus, AttributeType::PublicExponent],
-            ))?;
+            let attrs = ck(session.get_attributes(private, &[AttributeType::Modulus, AttributeType::PublicExponent]))?;
             let (mut n, mut e) = (None, None);
             for a in attrs {
                 match a {
@@ -133,9 +123,7 @@ fn read_public_key(session: &Session, private: ObjectHandle) -> Result<PublicKey
             }
             match (n, e) {
                 (Some(n), Some(e)) => PublicKey::from_rsa_components(&n, &e),
-                _ => Err(Error::Encoding {
-                    what: "the token did not return the RSA modulus and exponent".into(),
-                }),
+                _ => Err(Error::Encoding { what: "the token did not return the RSA modulus and exponent".into() }),
             }
         }
         Some(KeyType::EC) => {
@@ -143,8 +131,7 @@ fn read_public_key(session: &Session, private: ObjectHandle) -> Result<PublicKey
             let id = id.ok_or_else(|| Error::Encoding {
                 what: "EC private key has no CKA_ID to find its public key".into(),
             })?;
-            let publics = ck(session
-                .find_objects(&[Attribute::Class(ObjectClass::PUBLIC_KEY), Attribute::Id(id)]))?;
+            let publics = ck(session.find_objects(&[Attribute::Class(ObjectClass::PUBLIC_KEY), Attribute::Id(id)]))?;
             let public = *publics.first().ok_or_else(|| Error::Encoding {
                 what: "the EC private key has no public key object with the same CKA_ID".into(),
             })?;
@@ -154,9 +141,7 @@ fn read_public_key(session: &Session, private: ObjectHandle) -> Result<PublicKey
                     Attribute::EcPoint(p) => Some(p),
                     _ => None,
                 })
-                .ok_or_else(|| Error::Encoding {
-                    what: "the token did not return CKA_EC_POINT".into(),
-                })?;
+                .ok_or_else(|| Error::Encoding { what: "the token did not return CKA_EC_POINT".into() })?;
             // PKCS#11 says CKA_EC_POINT is a DER OCTET STRING; some tokens return the bare point.
             if point.len() == 65 && point[0] == 0x04 {
                 PublicKey::from_p256_point(&point)
@@ -164,27 +149,18 @@ fn read_public_key(session: &Session, private: ObjectHandle) -> Result<PublicKey
                 PublicKey::from_p256_point(OctetString::from_der(&point)?.as_bytes())
             }
         }
-        other => Err(Error::Unsupported {
-            what: format!("key type {other:?} (sitesign uses RSA and EC P-256 keys)"),
-        }),
+        other => Err(Error::Unsupported { what: format!("key type {other:?} (sitesign uses RSA and EC P-256 keys)") }),
     }
 }
 
 /// Generates a key pair named `name` in the token.
-pub(super) fn generate(
-    device: &Arc<Device>,
-    uri: Pkcs11Uri,
-    name: &str,
-    algorithm: KeyAlgorithm,
-) -> Result<Pkcs11Key> {
+pub(super) fn generate(device: &Arc<Device>, uri: Pkcs11Uri, name: &str, algorithm: KeyAlgorithm) -> Result<Pkcs11Key> {
     let label = name.as_bytes().to_vec();
     let (public, handle, id) = device.with_session(
         |session, generation| {
             let existing = ck(session.find_objects(&[Attribute::Label(label.clone())]))?;
             if !existing.is_empty() {
-                return Err(Error::KeyExists {
-                    uri: uri.to_string(),
-                });
+                return Err(Error::KeyExists { uri: uri.to_string() });
             }
             let id = ck(session.generate_random_vec(16))?;
             let (mechanism, public_t, private_t) = generation_templates(algorithm, &label, &id);
@@ -194,10 +170,7 @@ pub(super) fn generate(
                     Ok(pk)
                 } else {
                     Err(Error::Encoding {
-                        what: format!(
-                            "asked the token for {algorithm}, it made {}",
-                            pk.algorithm()
-                        ),
+                        what: format!("asked the token for {algorithm}, it made {}", pk.algorithm()),
                     })
                 }
             });
@@ -213,11 +186,7 @@ pub(super) fn generate(
         },
         || {},
     )?;
-    let template = vec![
-        Attribute::Class(ObjectClass::PRIVATE_KEY),
-        Attribute::Label(label),
-        Attribute::Id(id),
-    ];
+    let template = vec![Attribute::Class(ObjectClass::PRIVATE_KEY), Attribute::Label(label), Attribute::Id(id)];
     Ok(Pkcs11Key {
         device: Arc::clone(device),
         uri: KeyUri::Pkcs11(uri),
@@ -232,22 +201,13 @@ fn find_one(session: &Session, template: &[Attribute], uri: &KeyUri) -> Result<O
     let found = ck(session.find_objects(template))?;
     match found.as_slice() {
         [one] => Ok(*one),
-        [] => Err(Error::KeyNotFound {
-            uri: uri.to_string(),
-        }),
-        many => Err(Error::KeyAmbiguous {
-            uri: uri.to_string(),
-            count: many.len(),
-        }),
+        [] => Err(Error::KeyNotFound { uri: uri.to_string() }),
+        many => Err(Error::KeyAmbiguous { uri: uri.to_string(), count: many.len() }),
     }
 }
 
 /// Finds the key named by `uri` (whose search template is `template`).
-pub(super) fn find(
-    device: &Arc<Device>,
-    uri: Pkcs11Uri,
-    template: Vec<Attribute>,
-) -> Result<Pkcs11Key> {
+pub(super) fn find(device: &Arc<Device>, uri: Pkcs11Uri, template: Vec<Attribute>) -> Result<Pkcs11Key> {
     let key_uri = KeyUri::Pkcs11(uri);
     let (public, handle) = device.with_session(
         |session, generation| {
@@ -256,13 +216,7 @@ pub(super) fn find(
         },
         || {},
     )?;
-    Ok(Pkcs11Key {
-        device: Arc::clone(device),
-        uri: key_uri,
-        template,
-        public,
-        handle: Mutex::new(Some(handle)),
-    })
+    Ok(Pkcs11Key { device: Arc::clone(device), uri: key_uri, template, public, handle: Mutex::new(Some(handle)) })
 }
 
 impl Pkcs11Key {
@@ -283,10 +237,7 @@ impl Pkcs11Key {
         if public != self.public {
             return Err(Error::ProtectionMismatch {
                 key: self.uri.to_string(),
-                problems: vec![
-                    "the token now holds a different key under this name; find the key again"
-                        .into(),
-                ],
+                problems: vec!["the token now holds a different key under this name; find the key again".into()],
             });
         }
         *cached = Some((generation, h));
@@ -309,40 +260,21 @@ impl SigningKey for Pkcs11Key {
 
     fn sign(&self, scheme: SignatureScheme, message: &[u8]) -> Result<Vec<u8>> {
         if !self.algorithm().supports(scheme) {
-            return Err(Error::Unsupported {
-                what: format!("{scheme:?} with a {} key", self.algorithm()),
-            });
+            return Err(Error::Unsupported { what: format!("{scheme:?} with a {} key", self.algorithm()) });
         }
-        let hashing =
-            Pkcs11Backend::hashing(&self.device, scheme).ok_or_else(|| Error::Unsupported {
-                what: format!("this token offers no mechanism for {scheme:?}"),
-            })?;
-        let pss = PkcsPssParams {
-            hash_alg: MechanismType::SHA256,
-            mgf: PkcsMgfType::MGF1_SHA256,
-            s_len: 32u64.into(),
-        };
+        let hashing = Pkcs11Backend::hashing(&self.device, scheme)
+            .ok_or_else(|| Error::Unsupported { what: format!("this token offers no mechanism for {scheme:?}") })?;
+        let pss = PkcsPssParams { hash_alg: MechanismType::SHA256, mgf: PkcsMgfType::MGF1_SHA256, s_len: 32u64.into() };
         let digest = Sha256::digest(message);
         let (mechanism, data): (Mechanism<'_>, Vec<u8>) = match (scheme, hashing) {
-            (SignatureScheme::RsaPkcs1Sha256, Hashing::Host) => (
-                Mechanism::RsaPkcs,
-                [&SHA256_DIGEST_INFO_PREFIX[..], &digest[..]].concat(),
-            ),
-            (SignatureScheme::RsaPkcs1Sha256, Hashing::Device) => {
-                (Mechanism::Sha256RsaPkcs, message.to_vec())
+            (SignatureScheme::RsaPkcs1Sha256, Hashing::Host) => {
+                (Mechanism::RsaPkcs, [&SHA256_DIGEST_INFO_PREFIX[..], &digest[..]].concat())
             }
-            (SignatureScheme::RsaPssSha256, Hashing::Host) => {
-                (Mechanism::RsaPkcsPss(pss), digest.to_vec())
-            }
-            (SignatureScheme::RsaPssSha256, Hashing::Device) => {
-                (Mechanism::Sha256RsaPkcsPss(pss), message.to_vec())
-            }
-            (SignatureScheme::EcdsaP256Sha256, Hashing::Host) => {
-                (Mechanism::Ecdsa, digest.to_vec())
-            }
-            (SignatureScheme::EcdsaP256Sha256, Hashing::Device) => {
-                (Mechanism::EcdsaSha256, message.to_vec())
-            }
+            (SignatureScheme::RsaPkcs1Sha256, Hashing::Device) => (Mechanism::Sha256RsaPkcs, message.to_vec()),
+            (SignatureScheme::RsaPssSha256, Hashing::Host) => (Mechanism::RsaPkcsPss(pss), digest.to_vec()),
+            (SignatureScheme::RsaPssSha256, Hashing::Device) => (Mechanism::Sha256RsaPkcsPss(pss), message.to_vec()),
+            (SignatureScheme::EcdsaP256Sha256, Hashing::Host) => (Mechanism::Ecdsa, digest.to_vec()),
+            (SignatureScheme::EcdsaP256Sha256, Hashing::Device) => (Mechanism::EcdsaSha256, message.to_vec()),
         };
         let signature = self.device.with_session(
             |session, generation| {
@@ -365,10 +297,7 @@ impl SigningKey for Pkcs11Key {
 
     fn check_protection(&self) -> Result<ProtectionReport> {
         let material = match self.algorithm().rsa_bits() {
-            Some(_) => (
-                AttributeType::PrivateExponent,
-                "CKA_PRIVATE_EXPONENT readable",
-            ),
+            Some(_) => (AttributeType::PrivateExponent, "CKA_PRIVATE_EXPONENT readable"),
             None => (AttributeType::Value, "CKA_VALUE readable"),
         };
         self.device.with_session(
@@ -381,20 +310,14 @@ impl SigningKey for Pkcs11Key {
                     .map(|(t, name, expected)| ProtectionCheck {
                         name,
                         expected: *expected,
-                        actual: values
-                            .iter()
-                            .find(|a| a.attribute_type() == *t)
-                            .and_then(bool_value),
+                        actual: values.iter().find(|a| a.attribute_type() == *t).and_then(bool_value),
                     })
                     .collect();
                 let info = ck(session.get_attribute_info(h, &[material.0]))?;
                 checks.push(ProtectionCheck {
                     name: material.1,
                     expected: false,
-                    actual: Some(!matches!(
-                        info.first(),
-                        Some(AttributeInfo::Sensitive | AttributeInfo::Unavailable)
-                    )),
+                    actual: Some(!matches!(info.first(), Some(AttributeInfo::Sensitive | AttributeInfo::Unavailable))),
                 });
                 Ok(ProtectionReport { checks })
             },

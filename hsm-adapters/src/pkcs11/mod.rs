@@ -46,10 +46,7 @@ impl Pkcs11Backend {
     pub fn open(config: Pkcs11Config) -> Result<Self> {
         let device = Arc::new(Device::open(config)?);
         let capabilities = capabilities(&device);
-        Ok(Pkcs11Backend {
-            device,
-            capabilities,
-        })
+        Ok(Pkcs11Backend { device, capabilities })
     }
 
     /// The token label or serial this backend is bound to.
@@ -70,13 +67,8 @@ impl Pkcs11Backend {
     /// The mechanism this token uses for `scheme`.
     pub(crate) fn hashing(device: &Device, scheme: SignatureScheme) -> Option<Hashing> {
         let (raw, hashed) = match scheme {
-            SignatureScheme::RsaPkcs1Sha256 => {
-                (MechanismType::RSA_PKCS, MechanismType::SHA256_RSA_PKCS)
-            }
-            SignatureScheme::RsaPssSha256 => (
-                MechanismType::RSA_PKCS_PSS,
-                MechanismType::SHA256_RSA_PKCS_PSS,
-            ),
+            SignatureScheme::RsaPkcs1Sha256 => (MechanismType::RSA_PKCS, MechanismType::SHA256_RSA_PKCS),
+            SignatureScheme::RsaPssSha256 => (MechanismType::RSA_PKCS_PSS, MechanismType::SHA256_RSA_PKCS_PSS),
             SignatureScheme::EcdsaP256Sha256 => (MechanismType::ECDSA, MechanismType::ECDSA_SHA256),
         };
         if device.mechanisms.contains(&raw) {
@@ -99,20 +91,14 @@ impl Pkcs11Backend {
         } else {
             Err(Error::InvalidUri {
                 uri: uri.to_string(),
-                reason: format!(
-                    "names another token than this backend's ({})",
-                    self.device.config.token
-                ),
+                reason: format!("names another token than this backend's ({})", self.device.config.token),
             })
         }
     }
 
     fn uri_for(&self, name: &str) -> Pkcs11Uri {
-        let mut uri = Pkcs11Uri {
-            object: Some(name.to_owned()),
-            object_type: Some(ObjectType::Private),
-            ..Default::default()
-        };
+        let mut uri =
+            Pkcs11Uri { object: Some(name.to_owned()), object_type: Some(ObjectType::Private), ..Default::default() };
         match &self.device.config.token {
             TokenSelector::Label(l) => uri.token = Some(l.clone()),
             TokenSelector::Serial(s) => uri.serial = Some(s.clone()),
@@ -125,27 +111,15 @@ fn capabilities(device: &Device) -> Capabilities {
     let has = |m: MechanismType| device.mechanisms.contains(&m);
     let mut key_algorithms = Vec::new();
     if has(MechanismType::RSA_PKCS_KEY_PAIR_GEN) {
-        key_algorithms.extend([
-            KeyAlgorithm::Rsa2048,
-            KeyAlgorithm::Rsa3072,
-            KeyAlgorithm::Rsa4096,
-        ]);
+        key_algorithms.extend([KeyAlgorithm::Rsa2048, KeyAlgorithm::Rsa3072, KeyAlgorithm::Rsa4096]);
     }
     if has(MechanismType::ECC_KEY_PAIR_GEN) {
         key_algorithms.push(KeyAlgorithm::EcP256);
     }
-    let all = [
-        SignatureScheme::RsaPkcs1Sha256,
-        SignatureScheme::RsaPssSha256,
-        SignatureScheme::EcdsaP256Sha256,
-    ];
-    let schemes: Vec<SignatureScheme> = all
-        .into_iter()
-        .filter(|s| Pkcs11Backend::hashing(device, *s).is_some())
-        .collect();
-    let host_side_hashing = schemes
-        .iter()
-        .all(|s| Pkcs11Backend::hashing(device, *s) == Some(Hashing::Host));
+    let all = [SignatureScheme::RsaPkcs1Sha256, SignatureScheme::RsaPssSha256, SignatureScheme::EcdsaP256Sha256];
+    let schemes: Vec<SignatureScheme> =
+        all.into_iter().filter(|s| Pkcs11Backend::hashing(device, *s).is_some()).collect();
+    let host_side_hashing = schemes.iter().all(|s| Pkcs11Backend::hashing(device, *s) == Some(Hashing::Host));
     Capabilities {
         device: device.token_description.clone(),
         key_algorithms,
@@ -162,14 +136,10 @@ impl KeyBackend for Pkcs11Backend {
 
     fn generate_key(&self, name: &str, algorithm: KeyAlgorithm) -> Result<Arc<dyn SigningKey>> {
         if name.is_empty() || name.len() > 128 {
-            return Err(Error::Unsupported {
-                what: "a key name must be 1 to 128 characters".into(),
-            });
+            return Err(Error::Unsupported { what: "a key name must be 1 to 128 characters".into() });
         }
         if !self.capabilities.key_algorithms.contains(&algorithm) {
-            return Err(Error::Unsupported {
-                what: format!("this token cannot generate {algorithm} keys"),
-            });
+            return Err(Error::Unsupported { what: format!("this token cannot generate {algorithm} keys") });
         }
         let uri = self.uri_for(name);
         let key = key::generate(&self.device, uri, name, algorithm)?;
@@ -177,10 +147,7 @@ impl KeyBackend for Pkcs11Backend {
     }
 
     fn find_key(&self, uri: &KeyUri) -> Result<Arc<dyn SigningKey>> {
-        #[allow(
-            unreachable_patterns,
-            reason = "KeyUri gains a TPM variant with the TPM backend"
-        )]
+        #[allow(unreachable_patterns, reason = "KeyUri gains a TPM variant with the TPM backend")]
         let uri = match uri {
             KeyUri::Pkcs11(u) => u,
             other => {

@@ -65,18 +65,13 @@ impl SoftHsmDir {
     /// instance, and returns its exit code. Setting the variable in a running (possibly
     /// multi-threaded) process is not sound, and SoftHSM reads it only when it is loaded.
     pub fn rerun_self(&self) -> Result<i32> {
-        let exe = std::env::current_exe().map_err(|e| Error::Io {
-            path: "/proc/self/exe".into(),
-            reason: e.to_string(),
-        })?;
+        let exe =
+            std::env::current_exe().map_err(|e| Error::Io { path: "/proc/self/exe".into(), reason: e.to_string() })?;
         let status = std::process::Command::new(&exe)
             .args(std::env::args_os().skip(1))
             .env(CONF_ENV, self.conf_path())
             .status()
-            .map_err(|e| Error::Io {
-                path: exe,
-                reason: format!("cannot run: {e}"),
-            })?;
+            .map_err(|e| Error::Io { path: exe, reason: format!("cannot run: {e}") })?;
         Ok(status.code().unwrap_or(1))
     }
 

@@ -18,16 +18,9 @@ use crate::error::{Error, Result};
 /// process (initialisation needs the module to itself), [`Error::KeyExists`]-style refusal is not
 /// needed: a token with the same label is refused with [`Error::Unsupported`], and a module without
 /// a free slot fails with [`Error::TokenNotFound`].
-pub fn initialize_token(
-    module: &Path,
-    label: &str,
-    so_pin: &SecretString,
-    user_pin: &SecretString,
-) -> Result<()> {
+pub fn initialize_token(module: &Path, label: &str, so_pin: &SecretString, user_pin: &SecretString) -> Result<()> {
     if label.is_empty() || label.len() > 32 {
-        return Err(Error::Unsupported {
-            what: "a token label must be 1 to 32 characters".into(),
-        });
+        return Err(Error::Unsupported { what: "a token label must be 1 to 32 characters".into() });
     }
     let ctx = Pkcs11::new(module).map_err(|e| Error::Module {
         module: module.to_owned(),
@@ -48,13 +41,7 @@ pub fn initialize_token(
     result.and(finalized)
 }
 
-fn init_in(
-    ctx: &Pkcs11,
-    module: &Path,
-    label: &str,
-    so_pin: &SecretString,
-    user_pin: &SecretString,
-) -> Result<()> {
+fn init_in(ctx: &Pkcs11, module: &Path, label: &str, so_pin: &SecretString, user_pin: &SecretString) -> Result<()> {
     let mut free = None;
     let mut seen = Vec::new();
     for slot in ctx.get_slots_with_token().map_err(Error::from_cryptoki)? {
@@ -62,10 +49,7 @@ fn init_in(
         if info.token_initialized() {
             if info.label().trim_end() == label {
                 return Err(Error::Unsupported {
-                    what: format!(
-                        "a token labelled {label:?} already exists in {}",
-                        module.display()
-                    ),
+                    what: format!("a token labelled {label:?} already exists in {}", module.display()),
                 });
             }
             seen.push(format!("{:?}", info.label().trim_end()));
@@ -76,18 +60,11 @@ fn init_in(
     let slot = free.ok_or_else(|| Error::TokenNotFound {
         selector: "with a free (uninitialised) slot".into(),
         module: module.to_owned(),
-        seen: if seen.is_empty() {
-            "none".into()
-        } else {
-            seen.join(", ")
-        },
+        seen: if seen.is_empty() { "none".into() } else { seen.join(", ") },
     })?;
-    ctx.init_token(slot, so_pin, label)
-        .map_err(Error::from_cryptoki)?;
+    ctx.init_token(slot, so_pin, label).map_err(Error::from_cryptoki)?;
     let session = ctx.open_rw_session(slot).map_err(Error::from_cryptoki)?;
-    session
-        .login(UserType::So, Some(so_pin))
-        .map_err(Error::from_cryptoki)?;
+    session.login(UserType::So, Some(so_pin)).map_err(Error::from_cryptoki)?;
     session.init_pin(user_pin).map_err(Error::from_cryptoki)?;
     session.logout().map_err(Error::from_cryptoki)?;
     Ok(())
