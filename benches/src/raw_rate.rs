@@ -2,8 +2,10 @@
 //! backend trait, N threads each with its own session, nothing else on the path. Every later
 //! throughput figure of sitesign is reported as a ratio of this number measured in the same run.
 //!
-//! It provisions a private SoftHSM instance in a temporary folder (its own `SOFTHSM2_CONF`),
-//! generates the key inside the token, and prints one JSON line per session count.
+//! `--backend softhsm` (default) provisions a private SoftHSM instance in a temporary folder (its
+//! own `SOFTHSM2_CONF`); `--backend swtpm` starts a private swtpm; `--backend tpm --tcti T` uses
+//! the TPM that T names (its key blobs go to a temporary folder). The key is generated inside the
+//! device, and one JSON line is printed per session (thread) count.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,17 +18,36 @@ use clap::Parser;
 use hsm_adapters::pkcs11::Pkcs11Backend;
 use hsm_adapters::pkcs11::softhsm::SoftHsmDir;
 use hsm_adapters::pkcs11::token::initialize_token;
-use hsm_adapters::{KeyAlgorithm, KeyBackend, PinSource, Pkcs11Config, TokenSelector};
+use hsm_adapters::tpm::TpmBackend;
+use hsm_adapters::{KeyAlgorithm, KeyBackend, PinSource, Pkcs11Config, TokenSelector, TpmConfig};
 use ring::rand::{SecureRandom, SystemRandom};
 use secrecy::{ExposeSecret, SecretString};
 
-/// Measure the raw sign rate of a SoftHSM token.
+/// Which device to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Device {
+    /// A private SoftHSM2 token.
+    Softhsm,
+    /// A private swtpm.
+    Swtpm,
+    /// The TPM named by --tcti.
+    Tpm,
+}
+
+/// Measure the raw sign rate of a key backend.
 #[derive(Debug, Parser)]
 struct Args {
+    /// The device to measure.
+    #[arg(long, value_enum, default_value = "softhsm")]
+    backend: Device,
+    /// TCTI of the TPM for `--backend tpm`, e.g. device:/dev/tpmrm0.
+    #[arg(long, default_value = hsm_adapters::config::DEFAULT_TCTI)]
+    tcti: String,
     /// Key algorithm: rsa-2048, rsa-3072, rsa-4096 or ec-p256.
     #[arg(long, default_value = "rsa-2048")]
     algorithm: String,
-    /// Session counts to measure, comma-separated. Default: 1 up to the number of CPUs.
+    /// Session (thread) counts to measure, comma-separated. Default: 1 up to the number of CPUs
+    /// for SoftHSM, 1 for a TPM (which runs one command at a time).
     #[arg(long, value_delimiter = ',')]
     sessions: Vec<usize>,
     /// Seconds to measure each session count.
@@ -84,8 +105,50 @@ fn measure(key: &Arc<dyn hsm_adapters::SigningKey>, threads: usize, seconds: f64
     Ok((count.load(Ordering::Relaxed), elapsed))
 }
 
+/// Measures `key` for each session count and prints the JSON lines.
+fn report(args: &Args, key: &Arc<dyn hsm_adapters::SigningKey>, sessions: &[usize]) -> anyhow::Result<()> {
+    let algorithm = key.algorithm();
+    // Warm up: open every session (or load the key) before measuring.
+    measure(key, sessions.iter().copied().max().unwrap_or(1), 0.2)?;
+    for &n in sessions {
+        let (signatures, elapsed) = measure(key, n, args.seconds)?;
+        let line = serde_json::json!({
+            "backend": format!("{:?}", args.backend).to_lowercase(),
+            "algorithm": algorithm.to_string(),
+            "scheme": algorithm.default_scheme().jws_alg(),
+            "sessions": n,
+            "signatures": signatures,
+            "seconds": elapsed.as_secs_f64(),
+            "rate_per_s": signatures as f64 / elapsed.as_secs_f64(),
+        });
+        println!("{line}");
+    }
+    Ok(())
+}
+
+fn run_tpm(args: &Args, algorithm: KeyAlgorithm) -> anyhow::Result<i32> {
+    let dir = tempfile::Builder::new().prefix("sitesign-raw-rate-").tempdir()?;
+    let swtpm = (args.backend == Device::Swtpm).then(|| softhsm_tests::swtpm::Swtpm::start(dir.path()));
+    let tcti = swtpm.as_ref().map_or_else(|| args.tcti.clone(), |s| s.tcti());
+    let backend = TpmBackend::open(TpmConfig {
+        tcti: tcti.parse().map_err(|e| anyhow::anyhow!("TCTI {tcti:?}: {e}"))?,
+        parent_handle: hsm_adapters::config::DEFAULT_SRK_HANDLE,
+        key_dir: dir.path().join("keys"),
+        auth: None,
+        queue_depth: std::num::NonZeroUsize::new(64).context("queue")?,
+    })?;
+    let key = backend.generate_key("raw-rate", algorithm)?;
+    let sessions = if args.sessions.is_empty() { vec![1] } else { args.sessions.clone() };
+    report(args, &key, &sessions)?;
+    drop((key, backend, swtpm));
+    Ok(0)
+}
+
 fn run(args: &Args) -> anyhow::Result<i32> {
     let algorithm: KeyAlgorithm = args.algorithm.parse()?;
+    if args.backend != Device::Softhsm {
+        return run_tpm(args, algorithm);
+    }
     let temp;
     let root = match &args.dir {
         Some(d) => d.clone(),
@@ -132,21 +195,7 @@ fn run(args: &Args) -> anyhow::Result<i32> {
         sessions: std::num::NonZeroUsize::new(max_sessions).context("sessions")?,
     })?;
     let key = backend.generate_key("raw-rate", algorithm)?;
-    // Warm up: open every session before measuring.
-    measure(&key, max_sessions, 0.2)?;
-    for n in sessions {
-        let (signatures, elapsed) = measure(&key, n, args.seconds)?;
-        let line = serde_json::json!({
-            "backend": "softhsm",
-            "algorithm": algorithm.to_string(),
-            "scheme": algorithm.default_scheme().jws_alg(),
-            "sessions": n,
-            "signatures": signatures,
-            "seconds": elapsed.as_secs_f64(),
-            "rate_per_s": signatures as f64 / elapsed.as_secs_f64(),
-        });
-        println!("{line}");
-    }
+    report(args, &key, &sessions)?;
     Ok(0)
 }
 

@@ -24,6 +24,7 @@ use secrecy::ExposeSecret;
 use tracing::{info, warn};
 use tss_esapi::Context;
 use tss_esapi::attributes::ObjectAttributesBuilder;
+use tss_esapi::constants::CapabilityType;
 use tss_esapi::constants::tss::{TPM2_RH_NULL, TPM2_ST_HASHCHECK};
 use tss_esapi::handles::{KeyHandle, ObjectHandle, PersistentTpmHandle, TpmHandle};
 use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
@@ -32,6 +33,7 @@ use tss_esapi::interface_types::ecc::EccCurve;
 use tss_esapi::interface_types::key_bits::RsaKeyBits;
 use tss_esapi::interface_types::resource_handles::{Hierarchy, Provision};
 use tss_esapi::interface_types::session_handles::AuthSession;
+use tss_esapi::structures::CapabilityData;
 use tss_esapi::structures::{
     Auth, Digest, EccPoint, EccScheme, HashScheme, HashcheckTicket, Private, Public, PublicBuffer, PublicBuilder,
     PublicEccParametersBuilder, PublicKeyRsa, PublicParameters, PublicRsaParametersBuilder, RsaExponent, RsaScheme,
@@ -227,31 +229,25 @@ impl Worker {
     fn connect(&mut self) -> Result<()> {
         let mut ctx = tss("connect", Context::new(self.config.tcti.clone()))?;
         let persistent = tss("parent handle", PersistentTpmHandle::new(self.config.parent_handle))?;
-        let srk = match ctx.tr_from_tpm_public(TpmHandle::Persistent(persistent)) {
-            Ok(h) => KeyHandle::from(h),
-            Err(e) => {
-                let err = Error::from_tss("find storage key", e);
-                // Only "no such handle" means the SRK is absent; anything else is a real failure.
-                if err.class() == ErrorClass::Session {
-                    return Err(err);
-                }
-                info!(handle = format!("{:#010x}", self.config.parent_handle), "creating the storage primary key");
-                let template = srk_template()?;
-                let primary = tss(
-                    "create storage primary key",
-                    ctx.execute_with_session(Some(AuthSession::Password), |c| {
-                        c.create_primary(Hierarchy::Owner, template, None, None, None, None)
-                    }),
-                )?
-                .key_handle;
-                let kept = ctx.execute_with_session(Some(AuthSession::Password), |c| {
-                    c.evict_control(Provision::Owner, primary.into(), Persistent::Persistent(persistent))
-                });
-                let flushed = ctx.flush_context(primary.into());
-                let kept = tss("persist storage primary key", kept)?;
-                tss("flush storage primary key", flushed)?;
-                KeyHandle::from(kept)
-            }
+        let srk = if persistent_exists(&mut ctx, self.config.parent_handle)? {
+            KeyHandle::from(tss("find storage key", ctx.tr_from_tpm_public(TpmHandle::Persistent(persistent)))?)
+        } else {
+            info!(handle = format!("{:#010x}", self.config.parent_handle), "creating the storage primary key");
+            let template = srk_template()?;
+            let primary = tss(
+                "create storage primary key",
+                ctx.execute_with_session(Some(AuthSession::Password), |c| {
+                    c.create_primary(Hierarchy::Owner, template, None, None, None, None)
+                }),
+            )?
+            .key_handle;
+            let kept = ctx.execute_with_session(Some(AuthSession::Password), |c| {
+                c.evict_control(Provision::Owner, primary.into(), Persistent::Persistent(persistent))
+            });
+            let flushed = ctx.flush_context(primary.into());
+            let kept = tss("persist storage primary key", kept)?;
+            tss("flush storage primary key", flushed)?;
+            KeyHandle::from(kept)
         };
         self.ctx = Some(ctx);
         self.srk = Some(srk);
@@ -341,11 +337,11 @@ impl Worker {
         let handle = match uri {
             TpmUri::Handle(h) => {
                 let persistent = tss("key handle", PersistentTpmHandle::new(*h))?;
-                let found = self.ctx()?.tr_from_tpm_public(TpmHandle::Persistent(persistent));
-                KeyHandle::from(found.map_err(|e| match Error::from_tss("find persistent key", e) {
-                    e if e.class() == ErrorClass::Session => e,
-                    _ => Error::KeyNotFound { uri: crate::uri::KeyUri::Tpm(uri.clone()).to_string() },
-                })?)
+                let ctx = self.ctx()?;
+                if !persistent_exists(ctx, *h)? {
+                    return Err(Error::KeyNotFound { uri: crate::uri::KeyUri::Tpm(uri.clone()).to_string() });
+                }
+                KeyHandle::from(tss("find persistent key", ctx.tr_from_tpm_public(TpmHandle::Persistent(persistent)))?)
             }
             TpmUri::Object(name) => {
                 let (public, private) = self.read_blob(name, uri)?;
@@ -500,6 +496,16 @@ impl Worker {
             }
         }
     }
+}
+
+/// Whether persistent handle `handle` is in use (TPM2_GetCapability, so that an absent handle is
+/// an answer rather than an error the TSS logs).
+fn persistent_exists(ctx: &mut Context, handle: u32) -> Result<bool> {
+    let (data, _more) = tss("list persistent handles", ctx.get_capability(CapabilityType::Handles, handle, 1))?;
+    Ok(match data {
+        CapabilityData::Handles(list) => list.iter().any(|h| u32::from(*h) == handle),
+        _ => false,
+    })
 }
 
 /// The public key in a TPM public area.
