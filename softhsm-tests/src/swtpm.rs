@@ -36,15 +36,16 @@ impl Swtpm {
         for _ in 0..20 {
             let Some(port) = free_pair() else { continue };
             let tpm = Swtpm { state_dir: state_dir.clone(), port, child: Mutex::new(None) };
-            if tpm.spawn() {
+            if tpm.spawn(true) {
                 return tpm;
             }
         }
         panic!("could not start swtpm on a free port pair (is swtpm installed?)");
     }
 
-    /// Spawns the process and waits until it accepts connections; false if it exited first.
-    fn spawn(&self) -> bool {
+    /// Spawns the process and waits until it accepts connections; false if it exited first. With
+    /// `startup`, swtpm sends TPM2_Startup(CLEAR) itself, as a platform's firmware would.
+    fn spawn(&self, startup: bool) -> bool {
         let mut child = Command::new("swtpm")
             .arg("socket")
             .arg("--tpm2")
@@ -55,7 +56,7 @@ impl Swtpm {
             .arg("--ctrl")
             .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", self.port + 1))
             .arg("--flags")
-            .arg("not-need-init,startup-clear")
+            .arg(if startup { "not-need-init,startup-clear" } else { "not-need-init" })
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -94,10 +95,20 @@ impl Swtpm {
 
     /// Starts it again on the same ports with the same state.
     pub fn restart(&self) {
+        self.restart_with(true);
+    }
+
+    /// Starts it again with nobody sending TPM2_Startup: every command answers TPM_RC_INITIALIZE
+    /// until a client starts it.
+    pub fn restart_unstarted(&self) {
+        self.restart_with(false);
+    }
+
+    fn restart_with(&self, startup: bool) {
         self.stop();
         // The ports were just released; a few tries cover the kernel's brief hold on them.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.spawn() {
+        while !self.spawn(startup) {
             assert!(Instant::now() < deadline, "swtpm did not restart on port {}", self.port);
         }
     }

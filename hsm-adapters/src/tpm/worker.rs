@@ -68,7 +68,14 @@ impl WorkerHandle {
     pub fn start(config: TpmConfig) -> Result<Self> {
         let (tx, rx) = sync_channel::<Job>(config.queue_depth.get());
         let recoveries = Arc::new(AtomicU64::new(0));
-        let worker = Worker { config, ctx: None, srk: None, loaded: Vec::new(), recoveries: Arc::clone(&recoveries) };
+        let worker = Worker {
+            config,
+            ctx: None,
+            srk: None,
+            loaded: Vec::new(),
+            recoveries: Arc::clone(&recoveries),
+            needs_startup: false,
+        };
         let thread = std::thread::Builder::new()
             .name("sitesign-tpm".into())
             .spawn(move || run(worker, rx))
@@ -115,6 +122,8 @@ pub(crate) struct Worker {
     /// Loaded keys, least recently used first.
     loaded: Vec<(TpmUri, KeyHandle)>,
     recoveries: Arc<AtomicU64>,
+    /// Set when the TPM answered TPM_RC_INITIALIZE: it was reset and nobody sent TPM2_Startup.
+    needs_startup: bool,
 }
 
 fn tss<T>(operation: &'static str, r: tss_esapi::Result<T>) -> Result<T> {
@@ -228,6 +237,11 @@ impl Worker {
 
     fn connect(&mut self) -> Result<()> {
         let mut ctx = tss("connect", Context::new(self.config.tcti.clone()))?;
+        if std::mem::take(&mut self.needs_startup) {
+            // Usually the platform or the kernel starts the TPM; after a bare reset nobody has.
+            // TPM_RC_INITIALIZE here means it is started already, which is fine.
+            let _ = ctx.startup(tss_esapi::constants::StartupType::Clear);
+        }
         let persistent = tss("parent handle", PersistentTpmHandle::new(self.config.parent_handle))?;
         let srk = if persistent_exists(&mut ctx, self.config.parent_handle)? {
             KeyHandle::from(tss("find storage key", ctx.tr_from_tpm_public(TpmHandle::Persistent(persistent)))?)
@@ -287,6 +301,7 @@ impl Worker {
             self.recoveries.fetch_add(1, Ordering::Relaxed);
             match class {
                 ErrorClass::Session => {
+                    self.needs_startup = matches!(err, Error::Tpm { rc: 0x100, .. });
                     self.disconnect();
                     std::thread::sleep(Duration::from_millis(50 << attempt));
                 }

@@ -45,6 +45,7 @@ const TESTS: &[Test] = tests![
     Swtpm tpm::persistent_handle_keys_are_used_by_uri,
     Swtpm tpm::many_keys_share_the_few_transient_slots,
     Swtpm tpm::a_tpm_reset_reloads_keys_and_is_counted,
+    Swtpm tpm::a_tpm_reset_without_startup_is_started_and_recovered,
     Swtpm tpm::an_unreachable_tpm_gives_a_clear_error_quickly,
 ];
 

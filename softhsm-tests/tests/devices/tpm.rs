@@ -149,6 +149,17 @@ pub fn a_tpm_reset_reloads_keys_and_is_counted(env: &TpmEnv) {
     assert!(backend.recoveries() >= 1, "the stale handle was recovered");
 }
 
+pub fn a_tpm_reset_without_startup_is_started_and_recovered(env: &TpmEnv) {
+    let backend = env.backend();
+    let key = backend.generate_key("ts", KeyAlgorithm::Rsa2048).unwrap();
+    env.swtpm.restart_unstarted();
+    // The first command gets TPM_RC_INITIALIZE; the backend reconnects, sends TPM2_Startup and
+    // reloads the key.
+    let sig = key.sign(SignatureScheme::RsaPkcs1Sha256, MESSAGE).unwrap();
+    ring_verify(key.public_key(), SignatureScheme::RsaPkcs1Sha256, MESSAGE, &sig).unwrap();
+    assert!(backend.recoveries() >= 1);
+}
+
 pub fn an_unreachable_tpm_gives_a_clear_error_quickly(env: &TpmEnv) {
     let mut config = env.config();
     env.swtpm.stop();
