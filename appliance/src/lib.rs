@@ -6,4 +6,6 @@
 //! state store and batch pipeline join it as they are built.
 
 pub mod config;
+pub mod pki;
 pub mod selftest;
+pub mod store;
