@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use hsm_adapters::{BackendConfig, BackendConfigFile, ConfigProblem};
+use hsm_adapters::{BackendConfig, BackendConfigFile, ConfigProblem, KeyAlgorithm};
 use serde::Deserialize;
 
 /// The file as written.
@@ -16,6 +16,66 @@ pub struct ConfigFile {
     /// Key backends by name (`[backends.NAME]`).
     #[serde(default)]
     pub backends: BTreeMap<String, BackendConfigFile>,
+    /// The certificate authority (`[pki]`).
+    pub pki: Option<PkiConfigFile>,
+}
+
+/// The `[pki]` table as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PkiConfigFile {
+    /// The organisation in certificate subjects (e.g. "Contoso CM01").
+    pub site_name: Option<String>,
+    /// Backend that holds the SMS Issuing key.
+    pub issuing_backend: String,
+    /// `rsa-3072` (default), `rsa-2048` or `rsa-4096`.
+    pub issuing_algorithm: Option<String>,
+    /// Default 7300 (20 years).
+    pub issuing_validity_days: Option<u32>,
+    /// Backend that holds the token-signing keys; default the issuing backend.
+    pub token_signing_backend: Option<String>,
+    /// `rsa-2048` (default, RS256) or `ec-p256` (ES256).
+    pub token_signing_algorithm: Option<String>,
+    /// Default 730 (2 years).
+    pub token_signing_validity_days: Option<u32>,
+    /// Validity of mp-client and role-ssl certificates; default 365.
+    pub role_validity_days: Option<u32>,
+    /// Backend that holds the appliance's TLS key; default the issuing backend.
+    pub tls_backend: Option<String>,
+    /// Default `ec-p256`.
+    pub tls_algorithm: Option<String>,
+    /// Default 365.
+    pub tls_validity_days: Option<u32>,
+    /// DNS names and IP addresses of the appliance's TLS certificate; default localhost, 127.0.0.1.
+    pub tls_names: Option<Vec<String>>,
+}
+
+/// The validated `[pki]` table.
+#[derive(Debug, Clone)]
+pub struct PkiConfig {
+    /// Organisation in subjects.
+    pub site_name: String,
+    /// (backend, algorithm, validity days) of the SMS Issuing key.
+    pub issuing: KeyPlan,
+    /// Of the token-signing key.
+    pub token_signing: KeyPlan,
+    /// Of the appliance's TLS key.
+    pub tls: KeyPlan,
+    /// Validity of role certificates, days.
+    pub role_validity_days: u32,
+    /// Names in the TLS certificate.
+    pub tls_names: Vec<String>,
+}
+
+/// Where a key is made and for how long its certificate lasts.
+#[derive(Debug, Clone)]
+pub struct KeyPlan {
+    /// Backend name.
+    pub backend: String,
+    /// Algorithm.
+    pub algorithm: KeyAlgorithm,
+    /// Certificate validity in days.
+    pub validity_days: u32,
 }
 
 /// The validated configuration.
@@ -25,6 +85,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Key backends by name.
     pub backends: BTreeMap<String, BackendConfig>,
+    /// The certificate authority, if configured.
+    pub pki: Option<PkiConfig>,
 }
 
 /// Why a configuration could not be used.
@@ -93,11 +155,96 @@ impl ConfigFile {
                 Err(mut p) => problems.append(&mut p),
             }
         }
-        if problems.is_empty() { Ok(Config { state_dir, backends }) } else { Err(problems) }
+        let pki = self.pki.as_ref().and_then(|p| validate_pki(p, &self.backends, &mut problems));
+        if problems.is_empty() { Ok(Config { state_dir, backends, pki }) } else { Err(problems) }
     }
 }
 
+fn validate_pki(
+    p: &PkiConfigFile,
+    backends: &BTreeMap<String, BackendConfigFile>,
+    problems: &mut Vec<ConfigProblem>,
+) -> Option<PkiConfig> {
+    let before = problems.len();
+    let mut problem = |key: &str, message: String| problems.push(ConfigProblem { path: format!("pki.{key}"), message });
+    let site_name = p.site_name.clone().unwrap_or_else(|| "ConfigMgr site".into());
+    if site_name.is_empty()
+        || site_name.len() > 64
+        || !site_name.chars().all(|c| c.is_ascii_alphanumeric() || " -_.'()".contains(c))
+    {
+        problem("site_name", "1 to 64 letters, digits, spaces and - _ . ' ( )".into());
+    }
+    let mut plan = |role: &str,
+                    backend: Option<&String>,
+                    algorithm: Option<&String>,
+                    default_alg: KeyAlgorithm,
+                    allowed: &[KeyAlgorithm],
+                    days: Option<u32>,
+                    default_days: u32| {
+        let backend = backend.unwrap_or(&p.issuing_backend).clone();
+        if !backends.contains_key(&backend) {
+            problem(&format!("{role}_backend"), format!("no backend named {backend:?} in [backends]"));
+        }
+        let algorithm = match algorithm.map(|a| a.parse::<KeyAlgorithm>()) {
+            None => default_alg,
+            Some(Ok(a)) if allowed.contains(&a) => a,
+            Some(_) => {
+                let names: Vec<String> = allowed.iter().map(|a| a.to_string()).collect();
+                problem(&format!("{role}_algorithm"), format!("must be one of {}", names.join(", ")));
+                default_alg
+            }
+        };
+        let validity_days = days.unwrap_or(default_days);
+        if !(1..=36_500).contains(&validity_days) {
+            problem(&format!("{role}_validity_days"), "must be 1 to 36500".into());
+        }
+        KeyPlan { backend, algorithm, validity_days }
+    };
+    use KeyAlgorithm::{EcP256, Rsa2048, Rsa3072, Rsa4096};
+    let issuing = plan(
+        "issuing",
+        Some(&p.issuing_backend),
+        p.issuing_algorithm.as_ref(),
+        Rsa3072,
+        &[Rsa2048, Rsa3072, Rsa4096],
+        p.issuing_validity_days,
+        7300,
+    );
+    let token_signing = plan(
+        "token_signing",
+        p.token_signing_backend.as_ref(),
+        p.token_signing_algorithm.as_ref(),
+        Rsa2048,
+        &[Rsa2048, Rsa3072, Rsa4096, EcP256],
+        p.token_signing_validity_days,
+        730,
+    );
+    let tls = plan("tls", p.tls_backend.as_ref(), p.tls_algorithm.as_ref(), EcP256, &KeyAlgorithm::ALL, p.tls_validity_days, 365);
+    let role_validity_days = p.role_validity_days.unwrap_or(365);
+    if !(1..=3650).contains(&role_validity_days) {
+        problem("role_validity_days", "must be 1 to 3650".into());
+    }
+    let tls_names = p.tls_names.clone().unwrap_or_else(|| vec!["localhost".into(), "127.0.0.1".into()]);
+    if tls_names.is_empty() {
+        problem("tls_names", "list at least one DNS name or IP address".into());
+    } else if let Err(e) = crate::pki::csr::alt_names_for(crate::pki::ProfileKind::ApplianceTls, &tls_names) {
+        problem("tls_names", e.to_string());
+    }
+    (problems.len() == before).then_some(PkiConfig { site_name, issuing, token_signing, tls, role_validity_days, tls_names })
+}
+
 impl Config {
+    /// Environment variables that the configured PKCS#11 modules need and that differ from this
+    /// process's environment. A program that gets a non-empty list re-runs itself with them set
+    /// before it loads any module.
+    pub fn missing_environment(&self) -> Vec<(String, String)> {
+        self.backends
+            .values()
+            .flat_map(|b| b.environment().iter().cloned())
+            .filter(|(k, v)| std::env::var_os(k).is_none_or(|cur| cur != std::ffi::OsStr::new(v)))
+            .collect()
+    }
+
     /// Reads and validates the configuration file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text =

@@ -6,6 +6,7 @@
 //! state store and batch pipeline join it as they are built.
 
 pub mod config;
+pub mod ops;
 pub mod pki;
 pub mod selftest;
 pub mod store;

@@ -193,6 +193,7 @@ fn run(args: &Args) -> anyhow::Result<i32> {
         token: TokenSelector::Label("raw-rate".into()),
         pin: PinSource::File(pin_file),
         sessions: std::num::NonZeroUsize::new(max_sessions).context("sessions")?,
+        environment: Vec::new(),
     })?;
     let key = backend.generate_key("raw-rate", algorithm)?;
     report(args, &key, &sessions)?;

@@ -61,6 +61,10 @@ pub struct Pkcs11ConfigFile {
     pub pin_credential: Option<String>,
     /// Sessions to open, one per signing worker; default: the number of CPUs.
     pub sessions: Option<usize>,
+    /// Environment variables the module reads its own configuration from (SoftHSM2:
+    /// `SOFTHSM2_CONF`). sitesign's programs set them for themselves before loading the module.
+    #[serde(default)]
+    pub environment: std::collections::BTreeMap<String, String>,
 }
 
 /// A configuration problem: the key path and what is wrong there.
@@ -107,6 +111,8 @@ pub struct Pkcs11Config {
     pub pin: PinSource,
     /// Sessions in the pool.
     pub sessions: NonZeroUsize,
+    /// Environment variables the module needs (see [`Pkcs11ConfigFile::environment`]).
+    pub environment: Vec<(String, String)>,
 }
 
 /// A validated TPM backend configuration.
@@ -142,6 +148,16 @@ pub enum BackendConfig {
 /// The default session count: one per CPU.
 pub fn default_sessions() -> NonZeroUsize {
     std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN)
+}
+
+impl BackendConfig {
+    /// Environment variables this backend's module needs set before it is loaded.
+    pub fn environment(&self) -> &[(String, String)] {
+        match self {
+            BackendConfig::Pkcs11(c) => &c.environment,
+            BackendConfig::Tpm(_) => &[],
+        }
+    }
 }
 
 impl BackendConfigFile {
@@ -293,9 +309,20 @@ impl Pkcs11ConfigFile {
                 None
             }
         };
+        for (name, value) in &self.environment {
+            let secretish = ["PIN", "PASS", "SECRET", "KEY"].iter().any(|w| name.to_ascii_uppercase().contains(w));
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                problem(&format!("environment.{name}"), "a variable name uses letters, digits and '_'".into());
+            } else if secretish {
+                problem(&format!("environment.{name}"), "secrets never go in the environment; use pin_file".into());
+            } else if value.contains('\0') {
+                problem(&format!("environment.{name}"), "the value contains a NUL byte".into());
+            }
+        }
+        let environment = self.environment.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         match (token, pin, sessions) {
             (Some(token), Some(pin), Some(sessions)) if problems.is_empty() => {
-                Ok(Pkcs11Config { module, token, pin, sessions })
+                Ok(Pkcs11Config { module, token, pin, sessions, environment })
             }
             _ => Err(problems),
         }

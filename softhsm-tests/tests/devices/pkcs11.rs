@@ -194,6 +194,7 @@ pub fn recreate_token_with_new_key(env: &HelperEnv) {
         token: hsm_adapters::TokenSelector::Label(TOKEN_LABEL.into()),
         pin: PinSource::File(pin_file),
         sessions: std::num::NonZeroUsize::MIN,
+        environment: Vec::new(),
     })
     .unwrap();
     backend.generate_key("ts", KeyAlgorithm::Rsa2048).unwrap();
