@@ -126,6 +126,12 @@ pub fn utc_stamp(unix: i64) -> String {
     format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}", secs / 3600, secs % 3600 / 60, secs % 60)
 }
 
+/// An RFC 3339 UTC time, `2026-11-24T21:56:02Z`.
+pub fn utc_rfc3339(unix: i64) -> String {
+    let s = utc_stamp(unix);
+    format!("{}-{}-{}T{}:{}:{}Z", &s[0..4], &s[4..6], &s[6..8], &s[9..11], &s[11..13], &s[13..15])
+}
+
 /// What `init` made.
 #[derive(Debug, Serialize)]
 pub struct InitReport {
@@ -287,7 +293,7 @@ pub fn init(pki_config: &PkiConfig, backends: &Backends, store: &mut Store, acto
         cert_record(&tls.issued, ProfileKind::ApplianceTls, &root_id, actor),
     ];
     let meta = [
-        ("initialized_at", utc_stamp(pki::now_unix())),
+        ("initialized_at", utc_rfc3339(pki::now_unix())),
         ("initialized_by", actor.to_owned()),
         ("site_name", pki_config.site_name.clone()),
     ];
@@ -341,5 +347,6 @@ mod tests {
         assert_eq!(utc_stamp(1_580_156_305), "20200127-201825");
         assert_eq!(utc_stamp(951_782_400), "20000229-000000");
         assert_eq!(utc_stamp(4_102_444_799), "20991231-235959");
+        assert_eq!(utc_rfc3339(1_580_156_305), "2020-01-27T20:18:25Z");
     }
 }

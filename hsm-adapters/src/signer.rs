@@ -75,6 +75,13 @@ impl X509Signature {
     }
 }
 
+impl From<Vec<u8>> for X509Signature {
+    /// Wraps signature bytes already in their X.509 encoding (for signers outside this crate).
+    fn from(bytes: Vec<u8>) -> Self {
+        X509Signature(bytes)
+    }
+}
+
 impl SignatureBitStringEncoding for X509Signature {
     fn to_bitstring(&self) -> der::Result<BitString> {
         BitString::from_bytes(&self.0)

@@ -1,8 +1,11 @@
-//! `sitesign`: the crypto officer's and admin's tool. Today it has `selftest`, the end-to-end check
-//! the README's run command performs; `init`, `keys`, `rotate`, `cert`, `bulk-token` and `audit`
-//! join it as the PKI and token issues land.
+//! `sitesign`: the crypto officer's and admin's tool — `init`, `status`, `keys list`,
+//! `cert issue`, `cert export`, `quickstart`, `selftest`. Every command has `--json`.
 
+mod admin;
+mod context;
+mod quickstart;
 mod selftest;
+mod softhsm;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -14,6 +17,9 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "sitesign", version, about)]
 struct Cli {
+    /// Configuration file (or set SITESIGN_CONFIG).
+    #[arg(long, global = true, env = "SITESIGN_CONFIG", default_value = "/etc/sitesign/sitesign.toml")]
+    config: PathBuf,
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -23,9 +29,60 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Create the SMS Issuing root, the first token-signing key and the appliance's TLS key, each
+    /// inside its backend; self-test them; record the state.
+    Init {
+        /// Set an already initialised state aside (renamed, never deleted) and start anew.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Show the state and check every backend and key.
+    Status,
+    /// Key inventory.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Certificates.
+    Cert {
+        #[command(subcommand)]
+        command: CertCommand,
+    },
+    /// Create everything a working appliance needs under DIR: a device, keys, certificates, a
+    /// configuration and a demo management point.
+    Quickstart(quickstart::Args),
     /// Create (or reuse) a SoftHSM token under DIR, generate an RS256 and an ES256 key in it, sign
     /// and verify independently, and print the result.
     Selftest(selftest::Args),
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// List every key with its role, status and certificate.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+enum CertCommand {
+    /// Issue a role certificate from a PKCS#10 request.
+    Issue {
+        /// mp-client (a management point's mTLS identity) or role-ssl (a site system's TLS server).
+        #[arg(long, value_parser = ["mp-client", "role-ssl"])]
+        profile: String,
+        /// The request, PEM or DER.
+        #[arg(long)]
+        csr: PathBuf,
+        /// Write the certificate here (PEM) instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Write the SMS Issuing certificate, every non-retired token-signing certificate and a
+    /// trust bundle as PEM files.
+    Export {
+        /// The folder to write to (created if missing).
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
 }
 
 /// An error for the operator: a stable code and a message that says what to do.
@@ -60,9 +117,21 @@ impl From<sitesign::config::ConfigError> for CliError {
     }
 }
 
-impl From<anyhow::Error> for CliError {
-    fn from(e: anyhow::Error) -> Self {
-        CliError::new("error", format!("{e:#}"))
+impl From<sitesign::ops::OpsError> for CliError {
+    fn from(e: sitesign::ops::OpsError) -> Self {
+        CliError::new(e.code(), e.to_string())
+    }
+}
+
+impl From<sitesign::pki::PkiError> for CliError {
+    fn from(e: sitesign::pki::PkiError) -> Self {
+        CliError::new(e.code(), e.to_string())
+    }
+}
+
+impl From<sitesign::store::StoreError> for CliError {
+    fn from(e: sitesign::store::StoreError) -> Self {
+        CliError::new("state_store", e.to_string())
     }
 }
 
@@ -81,6 +150,18 @@ impl Output {
         }
     }
 
+    /// Whether JSON output was asked for.
+    pub fn is_json(&self) -> bool {
+        self.json
+    }
+
+    /// A progress line for a long operation, on standard error (suppressed with `--json`).
+    pub fn progress(&self, text: impl AsRef<str>) {
+        if !self.json {
+            eprintln!("… {}", text.as_ref());
+        }
+    }
+
     /// The JSON result (printed only with `--json`).
     pub fn json(&self, value: &serde_json::Value) {
         if self.json {
@@ -94,6 +175,17 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let out = Output { json: cli.json };
     let result = match cli.command {
+        Command::Init { force } => context::Context::load(&cli.config).and_then(|c| admin::init(&c, force, out)),
+        Command::Status => context::Context::load(&cli.config).and_then(|c| admin::status(&c, out)),
+        Command::Keys { command: KeysCommand::List } => {
+            context::Context::load(&cli.config).and_then(|c| admin::keys_list(&c, out))
+        }
+        Command::Cert { command: CertCommand::Issue { profile, csr, out: path } } => context::Context::load(&cli.config)
+            .and_then(|c| admin::cert_issue(&c, &profile, &csr, path.as_deref(), out)),
+        Command::Cert { command: CertCommand::Export { out: dir } } => {
+            context::Context::load(&cli.config).and_then(|c| admin::cert_export(&c, &dir, out))
+        }
+        Command::Quickstart(args) => quickstart::run(&args, out),
         Command::Selftest(args) => selftest::run(&args, out),
     };
     match result {

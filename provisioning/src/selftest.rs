@@ -5,24 +5,16 @@
 //! checks their protection attributes, signs, and verifies every signature with `ring`.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use hsm_adapters::pkcs11::softhsm::SoftHsmDir;
-use hsm_adapters::pkcs11::token::initialize_token;
 use hsm_adapters::{KeyAlgorithm, KeyBackend, SigningKey};
-use ring::rand::{SecureRandom, SystemRandom};
-use secrecy::{ExposeSecret, SecretString};
 use sitesign::config::Config;
 use sitesign::selftest::check_key;
 
+use crate::softhsm::{self, TOKEN_LABEL};
 use crate::{CliError, Output, absolute};
-
-/// The token label the self-test (and later the quickstart) creates.
-const TOKEN_LABEL: &str = "sitesign";
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -37,66 +29,24 @@ pub struct Args {
     rounds: u32,
 }
 
-fn random_pin() -> Result<SecretString, CliError> {
-    let mut bytes = [0u8; 16];
-    SystemRandom::new().fill(&mut bytes).map_err(|_| CliError::new("random", "the system random generator failed"))?;
-    let pin: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    Ok(SecretString::from(pin))
-}
-
-fn write_private(path: &Path, content: &[u8]) -> Result<(), CliError> {
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| CliError::new("io", format!("cannot create {}: {e}", path.display())))?;
-    f.write_all(content).map_err(|e| CliError::new("io", format!("cannot write {}: {e}", path.display())))
-}
-
 pub fn run(args: &Args, out: Output) -> Result<ExitCode, CliError> {
     let dir = absolute(&args.dir)?;
     fs::create_dir_all(&dir).map_err(|e| CliError::new("io", format!("cannot create {}: {e}", dir.display())))?;
-    let softhsm = SoftHsmDir::create(&dir.join("softhsm"))?;
-    if !softhsm.is_active() {
-        let code = softhsm.rerun_self()?;
-        return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
-    }
-    if !args.module.is_file() {
-        return Err(CliError::new(
-            "backend_module",
-            format!(
-                "{} not found: install softhsm2 (apt-get install softhsm2) or pass --module",
-                args.module.display()
-            ),
-        ));
-    }
-
-    let pin_file = dir.join("user.pin");
-    let created_token = !pin_file.exists();
+    let (softhsm, pin_file, created_token) = match softhsm::prepare(&dir, &args.module)? {
+        softhsm::Prepared::Rerun(code) => return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1))),
+        softhsm::Prepared::Ready { softhsm, pin_file, created } => (softhsm, pin_file, created),
+    };
     if created_token {
-        let so_pin = random_pin()?;
-        let user_pin = random_pin()?;
-        initialize_token(&args.module, TOKEN_LABEL, &so_pin, &user_pin)?;
-        write_private(&dir.join("so.pin"), so_pin.expose_secret().as_bytes())?;
-        write_private(&pin_file, user_pin.expose_secret().as_bytes())?;
-        out.line(format!(
-            "created SoftHSM token {TOKEN_LABEL:?} in {} (PINs in 0600 files beside it)",
-            softhsm.root().display()
-        ));
+        out.line(format!("created SoftHSM token {TOKEN_LABEL:?} in {} (PINs in 0600 files beside it)", softhsm.root().display()));
     }
     let config_path = dir.join("sitesign.toml");
     if !config_path.exists() {
         let text = format!(
-            "# Written by `sitesign selftest`. See sitesign.sample.toml for every option.\n\
-             state_dir = \"state\"\n\n[backends.softhsm]\nkind = \"pkcs11\"\nmodule = {:?}\ntoken_label = {TOKEN_LABEL:?}\npin_file = {:?}\nsessions = 2\n",
-            args.module.display().to_string(),
-            pin_file.display().to_string()
+            "# Written by `sitesign selftest`. See sitesign.sample.toml for every option.\nstate_dir = \"state\"\n\n{}",
+            softhsm::backend_table(&softhsm, &args.module, &pin_file)
         );
-        fs::write(&config_path, text)
-            .map_err(|e| CliError::new("io", format!("cannot write {}: {e}", config_path.display())))?;
+        fs::write(&config_path, text).map_err(|e| CliError::new("io", format!("cannot write {}: {e}", config_path.display())))?;
     }
-
     let config = Config::load(&config_path)?;
     let backend_config = config
         .backends

@@ -34,7 +34,9 @@ impl TpmBackend {
     ///
     /// Fails with [`Error::Tpm`] if the TPM cannot be reached or refuses.
     pub fn open(config: TpmConfig) -> Result<Self> {
-        let tcti = format!("{:?}", config.tcti);
+        let tcti = std::ffi::CString::try_from(config.tcti.clone())
+            .map(|c| c.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| format!("{:?}", config.tcti));
         let worker = Arc::new(WorkerHandle::start(config)?);
         let (algorithms, vendor) = worker.call(|w| {
             w.with_recovery(|w| {
@@ -55,7 +57,7 @@ impl TpmBackend {
             schemes.push(SignatureScheme::EcdsaP256Sha256);
         }
         let capabilities = Capabilities {
-            device: format!("TPM 2.0 ({vendor}) via {tcti}"),
+            device: format!("TPM 2.0 ({}) via {tcti}", vendor.split_whitespace().collect::<Vec<_>>().join(" ")),
             key_algorithms: algorithms,
             schemes,
             host_side_hashing: true,

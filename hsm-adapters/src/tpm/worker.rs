@@ -414,6 +414,9 @@ impl Worker {
             .map_err(|e| Error::Io { path: self.config.key_dir.clone(), reason: format!("cannot create: {e}") })?;
         let template = signing_template(algorithm)?;
         let auth = self.auth()?;
+        // Creation needs the parent and the new object in transient slots: free ours first
+        // (creating keys is rare; they are reloaded when next used).
+        self.flush_loaded();
         let srk = self.srk.ok_or_else(|| Error::Tpm {
             rc: 0xa0008,
             operation: "create",

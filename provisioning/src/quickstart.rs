@@ -1,0 +1,220 @@
+//! `sitesign quickstart --dir DIR`: everything a working appliance needs, for a newcomer. A
+//! device (its own SoftHSM token, or the TPM `--tcti` names), `DIR/sitesign.toml`, `init` (SMS
+//! Issuing root, token-signing key, the appliance's TLS certificate for localhost, 127.0.0.1 and
+//! the `--listen` host), one demo management point enrolled through a real PKCS#10 request
+//! (`DIR/mp/mp.key`, `DIR/mp/mp.crt`), and `DIR/ca.pem`. Running it again reuses what exists.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use der::Encode;
+use hsm_adapters::signer::VerifyingKey;
+use hsm_adapters::{PublicKey, X509Signature};
+use ring::rand::SystemRandom;
+use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair};
+use secrecy::ExposeSecret;
+use serde_json::json;
+use sitesign::ops;
+use sitesign::pki::{self, ProfileKind};
+use sitesign::store::KeyRole;
+use spki::{AlgorithmIdentifierOwned, DynSignatureAlgorithmIdentifier};
+use x509_cert::builder::{Builder, RequestBuilder};
+use x509_cert::ext::pkix::SubjectAltName;
+
+use crate::context::{Context, actor};
+use crate::softhsm::{self, Prepared, random_secret, write_private};
+use crate::{CliError, Output, absolute};
+
+/// Which device the quickstart appliance uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Device {
+    /// A SoftHSM2 token of its own under DIR.
+    Softhsm,
+    /// The TPM named by --tcti.
+    Tpm,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Folder for everything the appliance needs (created if missing).
+    #[arg(long, default_value = "./var")]
+    dir: PathBuf,
+    /// The key device.
+    #[arg(long, value_enum, default_value = "softhsm")]
+    backend: Device,
+    /// TCTI of the TPM for --backend tpm.
+    #[arg(long, default_value = hsm_adapters::config::DEFAULT_TCTI)]
+    tcti: String,
+    /// Address the service will listen on; its host goes into the TLS certificate.
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    listen: String,
+    /// The PKCS#11 module of SoftHSM2.
+    #[arg(long, default_value = hsm_adapters::config::DEFAULT_PKCS11_MODULE)]
+    module: PathBuf,
+}
+
+/// The host part of `host:port`, `[v6]:port` or a bare host.
+fn listen_host(listen: &str) -> String {
+    if let Some(rest) = listen.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest).to_owned();
+    }
+    match listen.rsplit_once(':') {
+        Some((host, port)) if port.parse::<u16>().is_ok() => host.to_owned(),
+        _ => listen.to_owned(),
+    }
+}
+
+fn write(path: &Path, text: impl AsRef<[u8]>) -> Result<(), CliError> {
+    fs::write(path, text).map_err(|e| CliError::new("io", format!("cannot write {}: {e}", path.display())))
+}
+
+pub fn run(args: &Args, out: Output) -> Result<ExitCode, CliError> {
+    let dir = absolute(&args.dir)?;
+    fs::create_dir_all(&dir).map_err(|e| CliError::new("io", format!("cannot create {}: {e}", dir.display())))?;
+    let (backend_name, table) = match args.backend {
+        Device::Softhsm => match softhsm::prepare(&dir, &args.module)? {
+            Prepared::Rerun(code) => return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1))),
+            Prepared::Ready { softhsm, pin_file, created } => {
+                if created {
+                    out.line(format!("created SoftHSM token \"sitesign\" in {}", softhsm.root().display()));
+                }
+                ("softhsm", softhsm::backend_table(&softhsm, &args.module, &pin_file))
+            }
+        },
+        Device::Tpm => {
+            let auth = dir.join("tpm.auth");
+            if !auth.exists() {
+                write_private(&auth, random_secret()?.expose_secret().as_bytes())?;
+            }
+            let table = format!(
+                "[backends.tpm]\nkind = \"tpm\"\ntcti = {:?}\nkey_dir = {:?}\nauth_file = {:?}\n",
+                args.tcti,
+                dir.join("tpm-keys").display().to_string(),
+                auth.display().to_string()
+            );
+            ("tpm", table)
+        }
+    };
+    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    let host = listen_host(&args.listen);
+    if !names.contains(&host) && !host.is_empty() && host != "0.0.0.0" && host != "::" {
+        names.push(host);
+    }
+    let config_path = dir.join("sitesign.toml");
+    if !config_path.exists() {
+        let text = format!(
+            "# Written by `sitesign quickstart`. See sitesign.sample.toml for every option.\n\
+             state_dir = \"state\"\n\n{table}\n[pki]\nsite_name = \"sitesign quickstart\"\nissuing_backend = {backend_name:?}\n\
+             tls_names = {names:?}\n"
+        );
+        write(&config_path, text)?;
+        out.line(format!("wrote {}", config_path.display()));
+    }
+    let ctx = Context::load(&config_path)?;
+    if let Some(code) = ctx.rerun {
+        return Ok(code);
+    }
+    let pki_config = ctx.pki()?;
+    let mut store = ctx.store()?;
+    out.progress("opening the backend");
+    let backends = ctx.backends()?;
+    if store.meta("initialized_at")?.is_none() {
+        out.progress("generating the SMS Issuing, token-signing and TLS keys inside the device");
+        let report = ops::init(pki_config, &backends, &mut store, &actor())?;
+        for key in &report.keys {
+            out.line(format!("created {} key {}", key.role.as_str(), key.uri));
+        }
+    }
+
+    let mp_dir = dir.join("mp");
+    fs::create_dir_all(&mp_dir).map_err(|e| CliError::new("io", format!("cannot create {}: {e}", mp_dir.display())))?;
+    let (mp_key, mp_crt) = (mp_dir.join("mp.key"), mp_dir.join("mp.crt"));
+    if !mp_crt.exists() {
+        out.progress("enrolling the demo management point");
+        let csr = demo_mp_request(&mp_key)?;
+        write(&mp_dir.join("mp.csr"), pki::pem("CERTIFICATE REQUEST", &csr)?)?;
+        let issued = ops::issue_from_csr(pki_config, &backends, &mut store, ProfileKind::MpClient, &csr, &actor())?;
+        write(&mp_crt, pki::pem("CERTIFICATE", &issued.der)?)?;
+        out.line(format!("enrolled demo management point {} ({})", issued.subject, mp_crt.display()));
+    }
+
+    let (root, _) = ops::active_key(&store, KeyRole::Issuing)?;
+    let root_der = root.certificate.unwrap_or_default();
+    write(&dir.join("ca.pem"), pki::pem("CERTIFICATE", &root_der)?)?;
+    let exported = crate::admin::export(&store, &dir.join("certs"))?;
+    out.line(format!("wrote {} (SMS Issuing) and {} certificates in {}", dir.join("ca.pem").display(), exported.len(), dir.join("certs").display()));
+    out.line(String::new());
+    out.line("next:");
+    out.line(format!("  target/release/sitesign --config {} status", config_path.display()));
+    out.line(format!("  target/release/sitesign --config {} keys list", config_path.display()));
+    out.json(&json!({
+        "dir": dir,
+        "config": config_path,
+        "backend": backend_name,
+        "ca": dir.join("ca.pem"),
+        "mp": {"key": mp_key, "certificate": mp_crt},
+        "tls_names": names,
+        "exported": exported,
+    }));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The demo management point's own key (a file: an MP's key is its own) and a PKCS#10 request
+/// signed with it.
+fn demo_mp_request(key_path: &Path) -> Result<Vec<u8>, CliError> {
+    let rng = SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng)
+        .map_err(|_| CliError::new("random", "cannot generate the demo MP key"))?;
+    write_private(key_path, pki::pem("PRIVATE KEY", pkcs8.as_ref())?.as_bytes())?;
+    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &rng)
+        .map_err(|_| CliError::new("random", "cannot load the demo MP key"))?;
+    let public = PublicKey::from_p256_point(pair.public_key().as_ref())?;
+    let signer = FileKeySigner { pair, rng, public };
+    let subject = "CN=demo-mp.sitesign.local,O=sitesign quickstart".parse().map_err(|e: der::Error| CliError::new("encoding", e.to_string()))?;
+    let mut builder = RequestBuilder::new(subject).map_err(|e| CliError::new("encoding", e.to_string()))?;
+    let san = pki::csr::alt_names_for(ProfileKind::MpClient, &["demo-mp.sitesign.local".to_owned()])?;
+    builder.add_extension(&SubjectAltName(san)).map_err(|e| CliError::new("encoding", e.to_string()))?;
+    let request = builder.build::<_, X509Signature>(&signer).map_err(|e| CliError::new("encoding", e.to_string()))?;
+    request.to_der().map_err(|e| CliError::new("encoding", e.to_string()))
+}
+
+/// A P-256 key in a file, as RustCrypto's signing traits see it (the MP's key, not sitesign's).
+struct FileKeySigner {
+    pair: EcdsaKeyPair,
+    rng: SystemRandom,
+    public: PublicKey,
+}
+
+impl signature::Keypair for FileKeySigner {
+    type VerifyingKey = VerifyingKey;
+    fn verifying_key(&self) -> VerifyingKey {
+        VerifyingKey(self.public.clone())
+    }
+}
+
+impl DynSignatureAlgorithmIdentifier for FileKeySigner {
+    fn signature_algorithm_identifier(&self) -> spki::Result<AlgorithmIdentifierOwned> {
+        Ok(AlgorithmIdentifierOwned { oid: hsm_adapters::key::OID_ECDSA_WITH_SHA256, parameters: None })
+    }
+}
+
+impl signature::Signer<X509Signature> for FileKeySigner {
+    fn try_sign(&self, msg: &[u8]) -> Result<X509Signature, signature::Error> {
+        let sig = self.pair.sign(&self.rng, msg).map_err(|_| signature::Error::new())?;
+        Ok(X509Signature::from(sig.as_ref().to_vec()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_hosts() {
+        assert_eq!(listen_host("127.0.0.1:8443"), "127.0.0.1");
+        assert_eq!(listen_host("[::1]:8443"), "::1");
+        assert_eq!(listen_host("sitesign.contoso.com:443"), "sitesign.contoso.com");
+        assert_eq!(listen_host("appliance"), "appliance");
+    }
+}
