@@ -219,7 +219,15 @@ fn validate_pki(
         p.token_signing_validity_days,
         730,
     );
-    let tls = plan("tls", p.tls_backend.as_ref(), p.tls_algorithm.as_ref(), EcP256, &KeyAlgorithm::ALL, p.tls_validity_days, 365);
+    let tls = plan(
+        "tls",
+        p.tls_backend.as_ref(),
+        p.tls_algorithm.as_ref(),
+        EcP256,
+        &KeyAlgorithm::ALL,
+        p.tls_validity_days,
+        365,
+    );
     let role_validity_days = p.role_validity_days.unwrap_or(365);
     if !(1..=3650).contains(&role_validity_days) {
         problem("role_validity_days", "must be 1 to 3650".into());
@@ -230,7 +238,14 @@ fn validate_pki(
     } else if let Err(e) = crate::pki::csr::alt_names_for(crate::pki::ProfileKind::ApplianceTls, &tls_names) {
         problem("tls_names", e.to_string());
     }
-    (problems.len() == before).then_some(PkiConfig { site_name, issuing, token_signing, tls, role_validity_days, tls_names })
+    (problems.len() == before).then_some(PkiConfig {
+        site_name,
+        issuing,
+        token_signing,
+        tls,
+        role_validity_days,
+        tls_names,
+    })
 }
 
 impl Config {

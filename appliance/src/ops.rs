@@ -40,7 +40,9 @@ pub enum OpsError {
     #[error("{0}")]
     Config(String),
     /// `init` on a state that is already initialised.
-    #[error("already initialised on {since}; refusing to create a second hierarchy (use --force to set the old state aside)")]
+    #[error(
+        "already initialised on {since}; refusing to create a second hierarchy (use --force to set the old state aside)"
+    )]
     AlreadyInitialised {
         /// When the state was initialised.
         since: String,
@@ -85,7 +87,8 @@ impl Backends {
     pub fn open(config: &Config) -> Result<Backends, OpsError> {
         let mut open = BTreeMap::new();
         for (name, backend) in &config.backends {
-            let b = hsm_adapters::open(backend).map_err(|source| OpsError::Backend { backend: name.clone(), source })?;
+            let b =
+                hsm_adapters::open(backend).map_err(|source| OpsError::Backend { backend: name.clone(), source })?;
             open.insert(name.clone(), b);
         }
         Ok(Backends { open })
@@ -110,6 +113,15 @@ impl Backends {
 }
 
 /// A `YYYYMMDD-HHMMSS` UTC stamp for key names.
+/// The suffix that makes a new key's name unique: the UTC time and 16 random bits, so two
+/// hierarchies made within the same second (`init --force` right after `init`) never collide.
+pub fn key_name_suffix() -> Result<String, OpsError> {
+    let mut tag = [0u8; 2];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut tag)
+        .map_err(|_| OpsError::Pki(PkiError::Encoding("the system has no randomness".into())))?;
+    Ok(format!("{}-{}", utc_stamp(pki::now_unix()), hex::encode(tag)))
+}
+
 pub fn utc_stamp(unix: i64) -> String {
     let days = unix.div_euclid(86_400);
     let secs = unix.rem_euclid(86_400);
@@ -147,6 +159,13 @@ fn name_for(subject_cn: &str, site: &str) -> Result<Name, PkiError> {
     format!("CN={subject_cn},O={site}").parse().map_err(|e: der::Error| PkiError::Encoding(e.to_string()))
 }
 
+/// What `init` has done so far: keys generated (orphans if the run fails) and their self-tests.
+#[derive(Default)]
+struct Progress {
+    orphans: Vec<String>,
+    selftests: Vec<SelfTestReport>,
+}
+
 struct Made {
     record: KeyRecord,
     key: Arc<dyn SigningKey>,
@@ -161,18 +180,19 @@ fn make_key(
     role: KeyRole,
     request: impl FnOnce(&dyn SigningKey) -> Result<Request, OpsError>,
     issuer: Option<&Made>,
-    orphans: &mut Vec<String>,
-    selftests: &mut Vec<SelfTestReport>,
+    progress: &mut Progress,
 ) -> Result<Made, OpsError> {
     let backend = backends.get(&plan.backend)?;
     let key = backend
         .generate_key(name, plan.algorithm)
         .map_err(|source| OpsError::Backend { backend: plan.backend.clone(), source })?;
-    orphans.push(key.uri().to_string());
-    selftests.push(check_key(key.as_ref(), plan.algorithm.default_scheme(), 3)?);
+    progress.orphans.push(key.uri().to_string());
+    progress.selftests.push(check_key(key.as_ref(), plan.algorithm.default_scheme(), 3)?);
     let req = request(key.as_ref())?;
     let issued = match issuer {
-        Some(parent) => pki::issue(&req, &Issuer { key: Arc::clone(&parent.key), certificate: Some(&parent.issued.certificate) })?,
+        Some(parent) => {
+            pki::issue(&req, &Issuer { key: Arc::clone(&parent.key), certificate: Some(&parent.issued.certificate) })?
+        }
         None => pki::issue(&req, &Issuer { key: Arc::clone(&key), certificate: None })?,
     };
     let now = pki::now_unix();
@@ -193,7 +213,8 @@ fn make_key(
 
 fn spki_of(key: &dyn SigningKey) -> Result<spki::SubjectPublicKeyInfoOwned, OpsError> {
     use der::Decode;
-    spki::SubjectPublicKeyInfoOwned::from_der(key.public_key().spki_der()).map_err(|e| PkiError::Encoding(e.to_string()).into())
+    spki::SubjectPublicKeyInfoOwned::from_der(key.public_key().spki_der())
+        .map_err(|e| PkiError::Encoding(e.to_string()).into())
 }
 
 fn cert_record(issued: &Issued, profile: ProfileKind, issuer_key: &str, actor: &str) -> CertRecord {
@@ -217,13 +238,17 @@ fn cert_record(issued: &Issued, profile: ProfileKind, issuer_key: &str, actor: &
 ///
 /// Refuses with [`OpsError::AlreadyInitialised`] if the store holds keys. If anything fails after
 /// keys were generated, nothing is recorded and the error names the keys left in the devices.
-pub fn init(pki_config: &PkiConfig, backends: &Backends, store: &mut Store, actor: &str) -> Result<InitReport, OpsError> {
+pub fn init(
+    pki_config: &PkiConfig,
+    backends: &Backends,
+    store: &mut Store,
+    actor: &str,
+) -> Result<InitReport, OpsError> {
     if let Some(since) = store.meta("initialized_at")? {
         return Err(OpsError::AlreadyInitialised { since });
     }
-    let stamp = utc_stamp(pki::now_unix());
-    let mut orphans = Vec::new();
-    let mut selftests = Vec::new();
+    let stamp = key_name_suffix()?;
+    let mut progress = Progress::default();
     let result = (|| -> Result<(Made, Made, Made), OpsError> {
         let site = &pki_config.site_name;
         let issuing_plan = &pki_config.issuing;
@@ -242,8 +267,7 @@ pub fn init(pki_config: &PkiConfig, backends: &Backends, store: &mut Store, acto
                 })
             },
             None,
-            &mut orphans,
-            &mut selftests,
+            &mut progress,
         )?;
         let ts_plan = &pki_config.token_signing;
         let ts = make_key(
@@ -261,8 +285,7 @@ pub fn init(pki_config: &PkiConfig, backends: &Backends, store: &mut Store, acto
                 })
             },
             Some(&root),
-            &mut orphans,
-            &mut selftests,
+            &mut progress,
         )?;
         let tls_plan = &pki_config.tls;
         let tls = make_key(
@@ -280,12 +303,11 @@ pub fn init(pki_config: &PkiConfig, backends: &Backends, store: &mut Store, acto
                 })
             },
             Some(&root),
-            &mut orphans,
-            &mut selftests,
+            &mut progress,
         )?;
         Ok((root, ts, tls))
     })();
-    let (root, ts, tls) = result.map_err(|cause| with_orphans(cause, &orphans))?;
+    let (root, ts, tls) = result.map_err(|cause| with_orphans(cause, &progress.orphans))?;
     let root_id = root.record.id.clone();
     let certs = [
         cert_record(&root.issued, ProfileKind::SmsIssuing, &root_id, actor),
@@ -298,8 +320,8 @@ pub fn init(pki_config: &PkiConfig, backends: &Backends, store: &mut Store, acto
         ("site_name", pki_config.site_name.clone()),
     ];
     let keys = vec![root.record, ts.record, tls.record];
-    store.record_init(&meta, &keys, &certs).map_err(|e| with_orphans(e.into(), &orphans))?;
-    Ok(InitReport { keys, certificates: vec![root.issued, ts.issued, tls.issued], selftests })
+    store.record_init(&meta, &keys, &certs).map_err(|e| with_orphans(e.into(), &progress.orphans))?;
+    Ok(InitReport { keys, certificates: vec![root.issued, ts.issued, tls.issued], selftests: progress.selftests })
 }
 
 fn with_orphans(cause: OpsError, orphans: &[String]) -> OpsError {

@@ -252,12 +252,18 @@ impl Store {
 
     /// Records the result of `init` in one transaction: metadata, keys and certificates all land
     /// or none does.
-    pub fn record_init(&mut self, meta: &[(&str, String)], keys: &[KeyRecord], certs: &[CertRecord]) -> Result<(), StoreError> {
+    pub fn record_init(
+        &mut self,
+        meta: &[(&str, String)],
+        keys: &[KeyRecord],
+        certs: &[CertRecord],
+    ) -> Result<(), StoreError> {
         let path = self.path.clone();
         let err = |source| StoreError::Sqlite { path: path.clone(), source };
         let tx = self.conn.transaction().map_err(err)?;
         for (name, value) in meta {
-            tx.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?1, ?2)", params![name, value]).map_err(err)?;
+            tx.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?1, ?2)", params![name, value])
+                .map_err(err)?;
         }
         for k in keys {
             insert_key(&tx, k).map_err(err)?;
@@ -396,7 +402,11 @@ mod tests {
         let sync: i64 = store.conn.pragma_query_value(None, "synchronous", |r| r.get(0)).unwrap();
         assert_eq!(sync, 2, "synchronous=FULL");
         store
-            .record_init(&[("hierarchy", "x".into())], &[key("root", KeyRole::Issuing), key("ts", KeyRole::TokenSigning)], &[])
+            .record_init(
+                &[("hierarchy", "x".into())],
+                &[key("root", KeyRole::Issuing), key("ts", KeyRole::TokenSigning)],
+                &[],
+            )
             .unwrap();
         drop(store);
         let store = Store::open(dir.path()).unwrap();

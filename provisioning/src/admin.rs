@@ -74,7 +74,11 @@ pub fn status(ctx: &Context, out: Output) -> Result<ExitCode, CliError> {
     let keys = store.keys()?;
     let initialised = store.meta("initialized_at")?;
     out.line(format!("config        {}", ctx.path.display()));
-    out.line(format!("state         {} (schema {})", Store::path_in(&ctx.config.state_dir).display(), store.schema_version()?));
+    out.line(format!(
+        "state         {} (schema {})",
+        Store::path_in(&ctx.config.state_dir).display(),
+        store.schema_version()?
+    ));
     out.line(format!("initialised   {}", initialised.as_deref().unwrap_or("no — run `sitesign init`")));
     let mut healthy = initialised.is_some();
     let mut backend_reports = Vec::new();
@@ -100,17 +104,29 @@ pub fn status(ctx: &Context, out: Output) -> Result<ExitCode, CliError> {
                 k.check_protection()
                     .map_err(|source| ops::OpsError::Backend { backend: key.backend.clone(), source })
                     .and_then(|r| {
-                        r.require_ok(&key.uri).map_err(|source| ops::OpsError::Backend { backend: key.backend.clone(), source })
+                        r.require_ok(&key.uri)
+                            .map_err(|source| ops::OpsError::Backend { backend: key.backend.clone(), source })
                     })
             }),
             None => Err(ops::OpsError::Config("backend not open".into())),
         };
         let until = key.retire_after.map(date).unwrap_or_else(|| "-".into());
         match &check {
-            Ok(()) => out.line(format!("key           {} {} {} until {until}: protection ok", key.role.as_str(), key.status.as_str(), key.uri)),
+            Ok(()) => out.line(format!(
+                "key           {} {} {} until {until}: protection ok",
+                key.role.as_str(),
+                key.status.as_str(),
+                key.uri
+            )),
             Err(e) => {
                 healthy = false;
-                out.line(format!("key           {} {} {}: FAILED [{}]: {e}", key.role.as_str(), key.status.as_str(), key.uri, e.code()));
+                out.line(format!(
+                    "key           {} {} {}: FAILED [{}]: {e}",
+                    key.role.as_str(),
+                    key.status.as_str(),
+                    key.uri,
+                    e.code()
+                ));
             }
         }
         key_reports.push(json!({"key": key, "ok": check.is_ok(), "error": check.err().map(|e| json!({"code": e.code(), "message": e.to_string()}))}));
@@ -151,7 +167,13 @@ pub fn keys_list(ctx: &Context, out: Output) -> Result<ExitCode, CliError> {
 }
 
 /// `sitesign cert issue --profile P --csr FILE [--out FILE]`.
-pub fn cert_issue(ctx: &Context, profile: &str, csr: &Path, dest: Option<&Path>, out: Output) -> Result<ExitCode, CliError> {
+pub fn cert_issue(
+    ctx: &Context,
+    profile: &str,
+    csr: &Path,
+    dest: Option<&Path>,
+    out: Output,
+) -> Result<ExitCode, CliError> {
     if let Some(code) = ctx.rerun {
         return Ok(code);
     }
@@ -170,8 +192,15 @@ pub fn cert_issue(ctx: &Context, profile: &str, csr: &Path, dest: Option<&Path>,
     let pem = pki::pem("CERTIFICATE", &issued.der)?;
     match dest {
         Some(path) => {
-            std::fs::write(path, &pem).map_err(|e| CliError::new("io", format!("cannot write {}: {e}", path.display())))?;
-            out.line(format!("issued {} certificate {} (serial {}) to {}", profile.as_str(), issued.subject, issued.serial, path.display()));
+            std::fs::write(path, &pem)
+                .map_err(|e| CliError::new("io", format!("cannot write {}: {e}", path.display())))?;
+            out.line(format!(
+                "issued {} certificate {} (serial {}) to {}",
+                profile.as_str(),
+                issued.subject,
+                issued.serial,
+                path.display()
+            ));
         }
         None if !out.is_json() => print!("{pem}"),
         None => {}
@@ -210,7 +239,9 @@ pub fn export(store: &Store, dir: &Path) -> Result<Vec<Exported>, CliError> {
     std::fs::create_dir_all(dir).map_err(|e| CliError::new("io", format!("cannot create {}: {e}", dir.display())))?;
     let keys = store.keys()?;
     let wanted = keys.iter().filter(|k| {
-        k.status != KeyStatus::Retired && matches!(k.role, KeyRole::Issuing | KeyRole::TokenSigning) && k.certificate.is_some()
+        k.status != KeyStatus::Retired
+            && matches!(k.role, KeyRole::Issuing | KeyRole::TokenSigning)
+            && k.certificate.is_some()
     });
     let mut files = Vec::new();
     let mut bundle = String::new();
@@ -223,7 +254,8 @@ pub fn export(store: &Store, dir: &Path) -> Result<Vec<Exported>, CliError> {
         };
         let pem = pki::pem("CERTIFICATE", der)?;
         let path = dir.join(name);
-        std::fs::write(&path, &pem).map_err(|e| CliError::new("io", format!("cannot write {}: {e}", path.display())))?;
+        std::fs::write(&path, &pem)
+            .map_err(|e| CliError::new("io", format!("cannot write {}: {e}", path.display())))?;
         bundle.push_str(&pem);
         files.push(Exported { path, subject: cert.tbs_certificate().subject().to_string(), x5t: pki::x5t(der) });
     }

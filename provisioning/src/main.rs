@@ -180,8 +180,10 @@ fn main() -> ExitCode {
         Command::Keys { command: KeysCommand::List } => {
             context::Context::load(&cli.config).and_then(|c| admin::keys_list(&c, out))
         }
-        Command::Cert { command: CertCommand::Issue { profile, csr, out: path } } => context::Context::load(&cli.config)
-            .and_then(|c| admin::cert_issue(&c, &profile, &csr, path.as_deref(), out)),
+        Command::Cert { command: CertCommand::Issue { profile, csr, out: path } } => {
+            context::Context::load(&cli.config)
+                .and_then(|c| admin::cert_issue(&c, &profile, &csr, path.as_deref(), out))
+        }
         Command::Cert { command: CertCommand::Export { out: dir } } => {
             context::Context::load(&cli.config).and_then(|c| admin::cert_export(&c, &dir, out))
         }

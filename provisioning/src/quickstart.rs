@@ -143,7 +143,12 @@ pub fn run(args: &Args, out: Output) -> Result<ExitCode, CliError> {
     let root_der = root.certificate.unwrap_or_default();
     write(&dir.join("ca.pem"), pki::pem("CERTIFICATE", &root_der)?)?;
     let exported = crate::admin::export(&store, &dir.join("certs"))?;
-    out.line(format!("wrote {} (SMS Issuing) and {} certificates in {}", dir.join("ca.pem").display(), exported.len(), dir.join("certs").display()));
+    out.line(format!(
+        "wrote {} (SMS Issuing) and {} certificates in {}",
+        dir.join("ca.pem").display(),
+        exported.len(),
+        dir.join("certs").display()
+    ));
     out.line(String::new());
     out.line("next:");
     out.line(format!("  target/release/sitesign --config {} status", config_path.display()));
@@ -171,7 +176,9 @@ fn demo_mp_request(key_path: &Path) -> Result<Vec<u8>, CliError> {
         .map_err(|_| CliError::new("random", "cannot load the demo MP key"))?;
     let public = PublicKey::from_p256_point(pair.public_key().as_ref())?;
     let signer = FileKeySigner { pair, rng, public };
-    let subject = "CN=demo-mp.sitesign.local,O=sitesign quickstart".parse().map_err(|e: der::Error| CliError::new("encoding", e.to_string()))?;
+    let subject = "CN=demo-mp.sitesign.local,O=sitesign quickstart"
+        .parse()
+        .map_err(|e: der::Error| CliError::new("encoding", e.to_string()))?;
     let mut builder = RequestBuilder::new(subject).map_err(|e| CliError::new("encoding", e.to_string()))?;
     let san = pki::csr::alt_names_for(ProfileKind::MpClient, &["demo-mp.sitesign.local".to_owned()])?;
     builder.add_extension(&SubjectAltName(san)).map_err(|e| CliError::new("encoding", e.to_string()))?;

@@ -37,7 +37,10 @@ pub fn run(args: &Args, out: Output) -> Result<ExitCode, CliError> {
         softhsm::Prepared::Ready { softhsm, pin_file, created } => (softhsm, pin_file, created),
     };
     if created_token {
-        out.line(format!("created SoftHSM token {TOKEN_LABEL:?} in {} (PINs in 0600 files beside it)", softhsm.root().display()));
+        out.line(format!(
+            "created SoftHSM token {TOKEN_LABEL:?} in {} (PINs in 0600 files beside it)",
+            softhsm.root().display()
+        ));
     }
     let config_path = dir.join("sitesign.toml");
     if !config_path.exists() {
@@ -45,7 +48,8 @@ pub fn run(args: &Args, out: Output) -> Result<ExitCode, CliError> {
             "# Written by `sitesign selftest`. See sitesign.sample.toml for every option.\nstate_dir = \"state\"\n\n{}",
             softhsm::backend_table(&softhsm, &args.module, &pin_file)
         );
-        fs::write(&config_path, text).map_err(|e| CliError::new("io", format!("cannot write {}: {e}", config_path.display())))?;
+        fs::write(&config_path, text)
+            .map_err(|e| CliError::new("io", format!("cannot write {}: {e}", config_path.display())))?;
     }
     let config = Config::load(&config_path)?;
     let backend_config = config

@@ -173,7 +173,7 @@ impl SoftHsm {
             token: TokenSelector::Label(TOKEN_LABEL.into()),
             pin: PinSource::File(self.pin_file.clone()),
             sessions: std::num::NonZeroUsize::new(sessions).unwrap(),
-        environment: Vec::new(),
+            environment: Vec::new(),
         }
     }
 

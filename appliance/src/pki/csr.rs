@@ -55,7 +55,10 @@ pub fn parse_and_verify(bytes: &[u8]) -> Result<VerifiedCsr, PkiError> {
     } else {
         return Err(PkiError::Policy {
             profile: "any",
-            reason: format!("signature algorithm {} (use sha256WithRSAEncryption or ecdsa-with-SHA256)", request.algorithm.oid),
+            reason: format!(
+                "signature algorithm {} (use sha256WithRSAEncryption or ecdsa-with-SHA256)",
+                request.algorithm.oid
+            ),
         });
     };
     let info = request.info.to_der().map_err(|e| malformed(&e))?;
@@ -102,7 +105,10 @@ pub fn alt_names_for(profile: ProfileKind, names: &[String]) -> Result<Vec<Gener
             } else if valid_dns_name(n) {
                 Ok(GeneralName::DnsName(Ia5String::new(n).map_err(|e| PkiError::Encoding(e.to_string()))?))
             } else {
-                Err(PkiError::Policy { profile: profile.as_str(), reason: format!("{n:?} is not a DNS name or IP address") })
+                Err(PkiError::Policy {
+                    profile: profile.as_str(),
+                    reason: format!("{n:?} is not a DNS name or IP address"),
+                })
             }
         })
         .collect()
@@ -130,7 +136,9 @@ impl VerifiedCsr {
         for name in &self.alt_names {
             match name {
                 GeneralName::DnsName(d) if valid_dns_name(d.as_str()) => {}
-                GeneralName::DnsName(d) => return Err(refuse(format!("DNS name {:?} is not a host name (no wildcards)", d.as_str()))),
+                GeneralName::DnsName(d) => {
+                    return Err(refuse(format!("DNS name {:?} is not a host name (no wildcards)", d.as_str())));
+                }
                 GeneralName::IpAddress(_) if profile == ProfileKind::RoleSsl => {}
                 other => return Err(refuse(format!("alternative name {other:?} is not allowed"))),
             }
@@ -164,7 +172,11 @@ mod tests {
 
     #[test]
     fn garbage_is_malformed_not_a_panic() {
-        for input in [&b""[..], b"-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n", b"\x30\x03\x02\x01\x00"] {
+        for input in [
+            &b""[..],
+            b"-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
+            b"\x30\x03\x02\x01\x00",
+        ] {
             assert_eq!(parse_and_verify(input).unwrap_err().code(), "csr_malformed");
         }
     }

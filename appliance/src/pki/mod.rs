@@ -38,7 +38,9 @@ pub enum PkiError {
     #[error("the certificate request is malformed: {0}")]
     CsrMalformed(String),
     /// A PKCS#10 request's signature does not verify with its own public key.
-    #[error("the certificate request's signature does not verify with its public key; it was altered or made with another key")]
+    #[error(
+        "the certificate request's signature does not verify with its public key; it was altered or made with another key"
+    )]
     CsrSignature,
     /// A request asks for something the profile does not allow.
     #[error("the certificate request is refused by the {profile} profile: {reason}")]
@@ -52,7 +54,9 @@ pub enum PkiError {
     #[error("certificate encoding failed: {0}")]
     Encoding(String),
     /// The certificate the device signed does not verify with the issuer's public key.
-    #[error("the {profile} certificate signed by {key} does not verify with the issuer's public key; nothing was issued")]
+    #[error(
+        "the {profile} certificate signed by {key} does not verify with the issuer's public key; nothing was issued"
+    )]
     BadSignature {
         /// The profile.
         profile: &'static str,
@@ -149,8 +153,7 @@ pub fn issue(request: &Request, issuer: &Issuer<'_>) -> Result<Issued, PkiError>
         // A certificate never outlives the certificate of the key that signed it.
         not_after = not_after.min(parent.tbs_certificate().validity().not_after.to_system_time());
     }
-    let validity =
-        Validity::new(Time::try_from(not_before).map_err(enc)?, Time::try_from(not_after).map_err(enc)?);
+    let validity = Validity::new(Time::try_from(not_before).map_err(enc)?, Time::try_from(not_after).map_err(enc)?);
     let issuer_name = match issuer.certificate {
         Some(c) => c.tbs_certificate().subject().clone(),
         None => request.subject.clone(),
@@ -162,7 +165,8 @@ pub fn issue(request: &Request, issuer: &Issuer<'_>) -> Result<Issued, PkiError>
         alt_names: request.alt_names.clone(),
         rsa_subject: request.public_key.algorithm.oid == hsm_adapters::key::OID_RSA_ENCRYPTION,
     };
-    let builder = CertificateBuilder::new(profile, random_serial()?, validity, request.public_key.clone()).map_err(enc)?;
+    let builder =
+        CertificateBuilder::new(profile, random_serial()?, validity, request.public_key.clone()).map_err(enc)?;
     let signer = X509Signer::new(Arc::clone(&issuer.key));
     let certificate = builder.build::<_, X509Signature>(&signer).map_err(|e| match e {
         x509_cert::builder::Error::Signature(s) => {
@@ -191,7 +195,9 @@ pub fn issue(request: &Request, issuer: &Issuer<'_>) -> Result<Issued, PkiError>
 
 /// Whether `certificate`'s signature verifies with `issuer` (checked with `ring`).
 pub fn verify_signed_by(certificate: &Certificate, issuer: &hsm_adapters::PublicKey) -> bool {
-    use ring::signature::{ECDSA_P256_SHA256_ASN1, RSA_PKCS1_2048_8192_SHA256, UnparsedPublicKey, VerificationAlgorithm};
+    use ring::signature::{
+        ECDSA_P256_SHA256_ASN1, RSA_PKCS1_2048_8192_SHA256, UnparsedPublicKey, VerificationAlgorithm,
+    };
     let Ok(tbs) = certificate.tbs_certificate().to_der() else { return false };
     let Some(sig) = certificate.signature().as_bytes() else { return false };
     let oid = certificate.signature_algorithm().oid;
@@ -258,7 +264,9 @@ mod tests {
 
     #[test]
     fn base64url_matches_rfc4648_vectors() {
-        for (input, want) in [("", ""), ("f", "Zg"), ("fo", "Zm8"), ("foo", "Zm9v"), ("foob", "Zm9vYg"), ("fooba", "Zm9vYmE")] {
+        for (input, want) in
+            [("", ""), ("f", "Zg"), ("fo", "Zm8"), ("foo", "Zm9v"), ("foob", "Zm9vYg"), ("fooba", "Zm9vYmE")]
+        {
             assert_eq!(base64url(input.as_bytes()), want);
         }
         assert_eq!(base64url(&[0xfb, 0xff]), "-_8");
