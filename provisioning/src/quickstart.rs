@@ -142,10 +142,13 @@ pub fn run(args: &Args, out: Output) -> Result<ExitCode, CliError> {
     let (root, _) = ops::active_key(&store, KeyRole::Issuing)?;
     let root_der = root.certificate.unwrap_or_default();
     write(&dir.join("ca.pem"), pki::pem("CERTIFICATE", &root_der)?)?;
+    let (tls, _) = ops::active_key(&store, KeyRole::Tls)?;
+    write(&dir.join("tls.crt"), pki::pem("CERTIFICATE", &tls.certificate.unwrap_or_default())?)?;
     let exported = crate::admin::export(&store, &dir.join("certs"))?;
     out.line(format!(
-        "wrote {} (SMS Issuing) and {} certificates in {}",
+        "wrote {} (SMS Issuing), {} (this appliance's TLS server) and {} certificates in {}",
         dir.join("ca.pem").display(),
+        dir.join("tls.crt").display(),
         exported.len(),
         dir.join("certs").display()
     ));
@@ -158,6 +161,7 @@ pub fn run(args: &Args, out: Output) -> Result<ExitCode, CliError> {
         "config": config_path,
         "backend": backend_name,
         "ca": dir.join("ca.pem"),
+        "tls_certificate": dir.join("tls.crt"),
         "mp": {"key": mp_key, "certificate": mp_crt},
         "tls_names": names,
         "exported": exported,

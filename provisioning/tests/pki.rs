@@ -84,6 +84,17 @@ fn check_certificates(dir: &Path) {
         mp.to_str().unwrap(),
     ]);
     assert_eq!(verified.matches(": OK").count(), 2, "{verified}");
+    // RFC 5280 as a third-party linter reads it, each certificate and its link to the issuer.
+    let tls = dir.join("tls.crt");
+    for cert in [&ca, &ts, &mp] {
+        softhsm_tests::pytools::lint_certificate(cert, &ca);
+    }
+    // pkilint's domain-name check wants a dot; the single label `localhost` is a valid RFC 1034
+    // preferred-syntax name, and the quickstart certificate must carry it (`curl https://localhost`).
+    softhsm_tests::pytools::lint_certificate_except(&tls, &ca, &[r#"Invalid domain name syntax: "localhost""#]);
+    let tls_text = text(&tls);
+    assert!(tls_text.contains("TLS Web Server Authentication") && tls_text.contains("DNS:localhost"), "{tls_text}");
+    assert!(tls_text.contains("IP Address:127.0.0.1") && tls_text.contains("prime256v1"), "{tls_text}");
 
     let root = text(&ca);
     assert!(root.contains("Basic Constraints: critical\n                CA:TRUE"), "{root}");
@@ -257,6 +268,7 @@ fn certificates_are_issued_from_verified_requests_under_policy() {
     let pem = work.join("site.crt");
     std::fs::write(&pem, issued["pem"].as_str().unwrap()).unwrap();
     openssl(&["verify", "-x509_strict", "-CAfile", dir.join("ca.pem").to_str().unwrap(), pem.to_str().unwrap()]);
+    softhsm_tests::pytools::lint_certificate(&pem, &dir.join("ca.pem"));
     let t = text(&pem);
     assert!(t.contains("DNS:cmg.contoso.com, IP Address:10.0.0.5"), "{t}");
     assert!(t.contains("TLS Web Server Authentication") && t.contains("Key Encipherment"), "{t}");
@@ -280,6 +292,7 @@ fn certificates_are_issued_from_verified_requests_under_policy() {
         ],
     )));
     assert!(text(&out_file).contains("TLS Web Client Authentication"));
+    softhsm_tests::pytools::lint_certificate(&out_file, &dir.join("ca.pem"));
 
     // Refused requests: each with its stable code, and nothing issued.
     std::fs::write(work.join("garbage.csr"), b"not a request").unwrap();

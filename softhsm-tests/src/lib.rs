@@ -14,6 +14,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test harness: a failure is a test failure")]
 
+pub mod pytools;
 pub mod swtpm;
 pub mod verify;
 
