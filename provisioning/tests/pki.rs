@@ -2,7 +2,6 @@
 //! swtpm: quickstart, init, status, keys, certificate issuance and export — every certificate
 //! checked by openssl, every key by pkcs11-tool or tpm2-tools.
 
-
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests: a panic is a failure")]
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -358,9 +357,9 @@ fn bad_configuration_and_secrets_give_clear_errors() {
     assert!(status["backends"][0]["error"]["message"].as_str().unwrap().contains("\"sitesign\""), "{status}");
 
     // Unknown keys and bad values are reported with their place.
-    std::fs::write(&config, format!("{original}\nlisten = \"0.0.0.0:443\"\n")).unwrap();
+    std::fs::write(&config, format!("{original}\nlisten_adress = \"0.0.0.0:443\"\n")).unwrap();
     let msg = fails_with(run(&mut with_config(dir, &["keys", "list"])), "config");
-    assert!(msg.contains("unknown field `listen`") && msg.contains("line"), "{msg}");
+    assert!(msg.contains("unknown field `listen_adress`") && msg.contains("line"), "{msg}");
     std::fs::write(&config, original.replace("sessions = 2", "sessions = 0")).unwrap();
     let msg = fails_with(run(&mut with_config(dir, &["keys", "list"])), "config");
     assert!(msg.contains("backends.softhsm.sessions"), "{msg}");

@@ -7,9 +7,9 @@ use std::process::Command;
 /// The venv's `bin` folder; `SITESIGN_PYTOOLS` overrides it. Panics with the fix when missing: a
 /// test that needs a checker must not pass without it.
 pub fn bin_dir() -> PathBuf {
-    let dir = std::env::var_os("SITESIGN_PYTOOLS").map(PathBuf::from).unwrap_or_else(|| {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pytools/bin")
-    });
+    let dir = std::env::var_os("SITESIGN_PYTOOLS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pytools/bin"));
     assert!(
         dir.join("python").exists(),
         "the Python checkers are not installed in {}: run `bash scripts/install-deps`",
