@@ -10,3 +10,4 @@ pub mod ops;
 pub mod pki;
 pub mod selftest;
 pub mod store;
+pub mod token;

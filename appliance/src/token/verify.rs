@@ -1,0 +1,284 @@
+//! Strict verification, in the order of SPEC §3:
+//!
+//! 1. size, shape (three parts), canonical base64url of every part;
+//! 2. the header: a JSON object without duplicate members, no `crit`/`jwk`/`jku`/`x5u`/`x5c`/`kid`,
+//!    nothing but `typ` = `JWT`, `alg` and `x5t`;
+//! 3. `x5t` names a token-signing certificate that is `active` or `verify-only`;
+//! 4. `alg` equals the algorithm of *that key's record* — the header never chooses the algorithm,
+//!    so `none`, `HS256` with the public key as secret, or RS/ES swaps fail here;
+//! 5. the signature, with `ring` over the certificate's public key;
+//! 6. the claims: strict JSON, exactly the members of their kind, of the right types;
+//! 7. `nbf`/`exp` (and `iat`) with the configured skew, and a lifetime sitesign would issue;
+//! 8. `iss`, `aud`, `TenantId` exactly this hierarchy's; category, type, authority, license;
+//! 9. bulk tokens: the GUID is registered and not blocked; device tokens: the presented
+//!    client-certificate thumbprint equals `cnf.x5t#S256`.
+
+use std::collections::HashMap;
+
+use hsm_adapters::{KeyAlgorithm, PublicKey, SignatureScheme};
+use ring::signature::{self, UnparsedPublicKey, VerificationAlgorithm};
+use serde::Serialize;
+
+use super::claims::{self, Claims, TokenKind};
+use super::guid::Guid;
+use super::json::{self, JsonProblem};
+use super::{MAX_TOKEN_BYTES, Reason, Rejection, b64};
+use crate::store::{KeyRecord, KeyRole, KeyStatus};
+
+/// A key tokens may be verified with.
+#[derive(Debug, Clone)]
+pub struct VerifyKey {
+    /// The key's id.
+    pub key_id: String,
+    /// Its status; only `active` and `verify-only` verify.
+    pub status: KeyStatus,
+    /// The one scheme its tokens are signed with.
+    pub scheme: SignatureScheme,
+    /// The key's public key as `ring` takes it.
+    public: Vec<u8>,
+}
+
+/// The token-signing keys by certificate thumbprint (`x5t`).
+#[derive(Debug, Clone, Default)]
+pub struct KeyRing {
+    by_x5t: HashMap<String, VerifyKey>,
+}
+
+/// A key record that cannot be used for verification.
+#[derive(Debug, thiserror::Error)]
+#[error("token-signing key {key}: {reason}")]
+pub struct KeyRingError {
+    /// The key id.
+    pub key: String,
+    /// What is wrong with its record.
+    pub reason: String,
+}
+
+impl KeyRing {
+    /// The token-signing keys among `records` that have a certificate (every status is kept, so
+    /// a retired key's tokens are refused as `key_not_usable`, not as unknown).
+    pub fn from_records(records: &[KeyRecord]) -> Result<KeyRing, KeyRingError> {
+        let mut by_x5t = HashMap::new();
+        for r in records.iter().filter(|r| r.role == KeyRole::TokenSigning) {
+            let Some(der) = &r.certificate else { continue };
+            let bad = |reason: String| KeyRingError { key: r.id.clone(), reason };
+            let cert = crate::pki::parse_certificate(der).map_err(|e| bad(e.to_string()))?;
+            let spki = der::Encode::to_der(cert.tbs_certificate().subject_public_key_info())
+                .map_err(|e| bad(e.to_string()))?;
+            let public = PublicKey::from_spki_der(&spki).map_err(|e| bad(e.to_string()))?;
+            let scheme = match public.algorithm() {
+                KeyAlgorithm::EcP256 => SignatureScheme::EcdsaP256Sha256,
+                _ => SignatureScheme::RsaPkcs1Sha256,
+            };
+            let public = public.subject_public_key_bytes().map_err(|e| bad(e.to_string()))?;
+            by_x5t.insert(crate::pki::x5t(der), VerifyKey { key_id: r.id.clone(), status: r.status, scheme, public });
+        }
+        Ok(KeyRing { by_x5t })
+    }
+
+    /// The key with certificate thumbprint `x5t`.
+    pub fn get(&self, x5t: &str) -> Option<&VerifyKey> {
+        self.by_x5t.get(x5t)
+    }
+}
+
+/// Where bulk-token GUIDs are registered.
+pub trait BulkRegistry {
+    /// `Some(blocked)` for a registered GUID, `None` for an unknown one.
+    fn bulk_blocked(&self, guid: Guid) -> Result<Option<bool>, String>;
+}
+
+/// The hierarchy's rules.
+#[derive(Debug, Clone, Copy)]
+pub struct VerifyPolicy {
+    /// The hierarchy GUID (`TenantId`, `iss`).
+    pub hierarchy: Guid,
+    /// Allowed clock skew on `nbf`/`exp`/`iat`, seconds.
+    pub skew: i64,
+}
+
+/// A token that passed every check.
+#[derive(Debug, Clone, Serialize)]
+pub struct Verified {
+    /// Its kind.
+    pub kind: TokenKind,
+    /// Its claims, in wire order.
+    pub claims: Claims,
+    /// The key that signed it.
+    #[serde(skip)]
+    pub key_id: String,
+}
+
+/// Verification did not reach a verdict, or refused the token.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// The token is refused.
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    /// The bulk registry could not be read: no verdict (the caller answers "unavailable").
+    #[error("bulk-token registry unavailable: {0}")]
+    Registry(String),
+}
+
+fn reject(reason: Reason, detail: impl Into<String>) -> VerifyError {
+    VerifyError::Rejected(Rejection::new(reason, detail))
+}
+
+const FORBIDDEN_HEADERS: [&str; 6] = ["crit", "jwk", "jku", "x5u", "x5c", "kid"];
+
+fn parse_part(part: &str, what: &str) -> Result<Vec<(String, serde_json::Value)>, VerifyError> {
+    let bytes =
+        b64::decode(part).ok_or_else(|| reject(Reason::NonCanonicalEncoding, format!("the {what} is not canonical base64url")))?;
+    json::parse_object(&bytes).map_err(|p| match p {
+        JsonProblem::DuplicateKey(name) => reject(Reason::DuplicateKey, format!("the {what} names {name:?} twice")),
+        JsonProblem::Malformed(e) => reject(Reason::Malformed, format!("the {what} is not a JSON object: {e}")),
+    })
+}
+
+fn verifier_for(scheme: SignatureScheme) -> &'static dyn VerificationAlgorithm {
+    match scheme {
+        SignatureScheme::RsaPkcs1Sha256 => &signature::RSA_PKCS1_2048_8192_SHA256,
+        SignatureScheme::RsaPssSha256 => &signature::RSA_PSS_2048_8192_SHA256,
+        SignatureScheme::EcdsaP256Sha256 => &signature::ECDSA_P256_SHA256_FIXED,
+    }
+}
+
+/// Verifies `token` at time `now`. `thumbprint` is the `x5t#S256` of the client certificate
+/// presented with a device token; `expect` restricts the kind accepted.
+pub fn verify(
+    policy: &VerifyPolicy,
+    keys: &KeyRing,
+    registry: &dyn BulkRegistry,
+    token: &str,
+    thumbprint: Option<&str>,
+    expect: Option<TokenKind>,
+    now: i64,
+) -> Result<Verified, VerifyError> {
+    // 1. Size and shape.
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(reject(Reason::TooLarge, format!("{} bytes; at most {MAX_TOKEN_BYTES}", token.len())));
+    }
+    let parts: Vec<&str> = token.split('.').collect();
+    let [header, payload, sig] = parts[..] else {
+        return Err(reject(Reason::Malformed, format!("{} parts; a JWS compact token has 3", parts.len())));
+    };
+
+    // 2. The header.
+    let members = parse_part(header, "header")?;
+    if let Some((name, _)) = members.iter().find(|(n, _)| FORBIDDEN_HEADERS.contains(&n.as_str())) {
+        return Err(reject(Reason::ForbiddenHeader, format!("header member {name:?} is never accepted")));
+    }
+    if let Some((name, _)) = members.iter().find(|(n, _)| !["typ", "alg", "x5t"].contains(&n.as_str())) {
+        return Err(reject(Reason::UnknownHeader, format!("header member {name:?} is not one sitesign writes")));
+    }
+    let field = |name: &str| members.iter().find(|(n, _)| n == name).and_then(|(_, v)| v.as_str());
+    if field("typ") != Some("JWT") {
+        return Err(reject(Reason::BadHeader, "typ must be \"JWT\""));
+    }
+    let x5t = field("x5t")
+        .filter(|t| b64::decode(t).is_some_and(|b| b.len() == 20))
+        .ok_or_else(|| reject(Reason::BadHeader, "x5t must be the base64url SHA-1 thumbprint of a certificate"))?;
+    let alg = field("alg").ok_or_else(|| reject(Reason::BadHeader, "alg is missing or not a string"))?;
+
+    // 3. The key, and 4. its algorithm.
+    let key = keys
+        .get(x5t)
+        .ok_or_else(|| reject(Reason::UnknownKey, format!("no token-signing certificate has x5t {x5t}")))?;
+    if !matches!(key.status, KeyStatus::Active | KeyStatus::VerifyOnly) {
+        return Err(reject(Reason::KeyNotUsable, format!("key {} is {}", key.key_id, key.status.as_str())));
+    }
+    if alg != key.scheme.jws_alg() {
+        return Err(reject(
+            Reason::AlgorithmMismatch,
+            format!("alg {alg:?}; key {} signs {}", key.key_id, key.scheme.jws_alg()),
+        ));
+    }
+
+    // 5. The signature.
+    let sig = b64::decode(sig).ok_or_else(|| reject(Reason::NonCanonicalEncoding, "the signature is not canonical base64url"))?;
+    let signing_input = &token[..header.len() + 1 + payload.len()];
+    UnparsedPublicKey::new(verifier_for(key.scheme), &key.public)
+        .verify(signing_input.as_bytes(), &sig)
+        .map_err(|_| reject(Reason::BadSignature, format!("the signature does not verify with key {}", key.key_id)))?;
+
+    // 6. The claims.
+    let claims = claims::read(parse_part(payload, "claim set")?)?;
+    let kind = claims.kind();
+
+    // 7. Time.
+    let (nbf, exp) = claims.window();
+    if exp <= nbf || exp - nbf > kind.max_lifetime() || claims.issued_at().is_some_and(|iat| iat > nbf) {
+        return Err(reject(Reason::BadLifetime, format!("nbf {nbf}, exp {exp}: not a lifetime sitesign issues")));
+    }
+    if now > exp + policy.skew {
+        return Err(reject(Reason::Expired, format!("expired at {exp}")));
+    }
+    if now + policy.skew < nbf || claims.issued_at().is_some_and(|iat| now + policy.skew < iat) {
+        return Err(reject(Reason::NotYetValid, format!("not valid before {nbf}")));
+    }
+
+    // 8. Issuer, audience, tenant, category.
+    if claims.issuer() != claims::issuer_for(policy.hierarchy) {
+        return Err(reject(Reason::WrongIssuer, format!("iss {:?} is not this hierarchy's", claims.issuer())));
+    }
+    if claims.audience() != claims::AUDIENCE {
+        return Err(reject(Reason::WrongAudience, format!("aud {:?}", claims.audience())));
+    }
+    if claims.tenant().is_some_and(|t| t != policy.hierarchy.upper()) {
+        return Err(reject(Reason::WrongTenant, "TenantId is not this hierarchy's GUID"));
+    }
+    check_category(&claims)?;
+    if let Some(expected) = expect
+        && expected != kind
+    {
+        return Err(reject(Reason::WrongCategory, format!("a {} token where a {} token is needed", kind.as_str(), expected.as_str())));
+    }
+
+    // 9. Registry and binding.
+    match &claims {
+        Claims::Bulk(c) => {
+            let guid = Guid::parse(&c.unique_id)
+                .filter(|g| g.lower() == c.unique_id)
+                .ok_or_else(|| reject(Reason::BadClaim, "UniqueId is not a lower-case GUID"))?;
+            match registry.bulk_blocked(guid).map_err(VerifyError::Registry)? {
+                None => return Err(reject(Reason::UnknownBulkToken, format!("bulk token {guid} is not registered"))),
+                Some(true) => return Err(reject(Reason::Blocked, format!("bulk token {guid} is blocked"))),
+                Some(false) => {}
+            }
+        }
+        Claims::Client(_) | Claims::Access(_) => {
+            let bound = claims.binding().unwrap_or_default();
+            match thumbprint {
+                None => {
+                    return Err(reject(Reason::BindingRequired, "a device token needs the client certificate thumbprint"));
+                }
+                Some(t) if t != bound => {
+                    return Err(reject(Reason::BindingMismatch, "the client certificate is not the one the token is bound to"));
+                }
+                Some(_) => {}
+            }
+            if claims.device_id().and_then(claims::device_id).as_deref() != claims.device_id() {
+                return Err(reject(Reason::BadClaim, "DeviceId is not GUID:<upper-case GUID>"));
+            }
+        }
+    }
+    Ok(Verified { kind, claims, key_id: key.key_id.clone() })
+}
+
+fn check_category(claims: &Claims) -> Result<(), VerifyError> {
+    let kind = claims.kind();
+    let (type_name, authority) = match claims {
+        Claims::Bulk(c) => (&c.type_name, Some((&c.authority, &c.license))),
+        Claims::Client(c) => (&c.type_name, Some((&c.authority, &c.license))),
+        Claims::Access(c) => (&c.type_name, None),
+    };
+    if type_name != kind.type_name() {
+        return Err(reject(Reason::WrongCategory, format!("Type {type_name:?} with category {}", kind.category())));
+    }
+    if let Some((a, l)) = authority
+        && (a != claims::SCCM || l != claims::SCCM)
+    {
+        return Err(reject(Reason::WrongCategory, "Authority and License must be \"SCCM\""));
+    }
+    Ok(())
+}
