@@ -18,6 +18,23 @@ pub struct ConfigFile {
     pub backends: BTreeMap<String, BackendConfigFile>,
     /// The certificate authority (`[pki]`).
     pub pki: Option<PkiConfigFile>,
+    /// Token verification (`[tokens]`).
+    pub tokens: Option<TokensConfigFile>,
+}
+
+/// The `[tokens]` table as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokensConfigFile {
+    /// Clock skew allowed on `nbf`/`exp`, seconds; default 300, at most 3600.
+    pub clock_skew_seconds: Option<i64>,
+}
+
+/// The validated `[tokens]` table.
+#[derive(Debug, Clone, Copy)]
+pub struct TokensConfig {
+    /// Allowed clock skew, seconds.
+    pub clock_skew_seconds: i64,
 }
 
 /// The `[pki]` table as written.
@@ -48,6 +65,8 @@ pub struct PkiConfigFile {
     pub tls_validity_days: Option<u32>,
     /// DNS names and IP addresses of the appliance's TLS certificate; default localhost, 127.0.0.1.
     pub tls_names: Option<Vec<String>>,
+    /// The hierarchy GUID tokens carry (`TenantId`, `iss`); default a fresh one at `init`.
+    pub hierarchy_id: Option<String>,
 }
 
 /// The validated `[pki]` table.
@@ -65,6 +84,8 @@ pub struct PkiConfig {
     pub role_validity_days: u32,
     /// Names in the TLS certificate.
     pub tls_names: Vec<String>,
+    /// The hierarchy GUID to adopt at `init`, if configured.
+    pub hierarchy_id: Option<crate::token::Guid>,
 }
 
 /// Where a key is made and for how long its certificate lasts.
@@ -87,6 +108,8 @@ pub struct Config {
     pub backends: BTreeMap<String, BackendConfig>,
     /// The certificate authority, if configured.
     pub pki: Option<PkiConfig>,
+    /// Token verification.
+    pub tokens: TokensConfig,
 }
 
 /// Why a configuration could not be used.
@@ -156,7 +179,13 @@ impl ConfigFile {
             }
         }
         let pki = self.pki.as_ref().and_then(|p| validate_pki(p, &self.backends, &mut problems));
-        if problems.is_empty() { Ok(Config { state_dir, backends, pki }) } else { Err(problems) }
+        let tokens = self.tokens.clone().unwrap_or_default();
+        let clock_skew_seconds = tokens.clock_skew_seconds.unwrap_or(crate::token::DEFAULT_SKEW);
+        if !(0..=3600).contains(&clock_skew_seconds) {
+            problems.push(ConfigProblem { path: "tokens.clock_skew_seconds".into(), message: "must be 0 to 3600".into() });
+        }
+        let tokens = TokensConfig { clock_skew_seconds };
+        if problems.is_empty() { Ok(Config { state_dir, backends, pki, tokens }) } else { Err(problems) }
     }
 }
 
@@ -238,7 +267,15 @@ fn validate_pki(
     } else if let Err(e) = crate::pki::csr::alt_names_for(crate::pki::ProfileKind::ApplianceTls, &tls_names) {
         problem("tls_names", e.to_string());
     }
+    let hierarchy_id = p.hierarchy_id.as_ref().and_then(|h| {
+        let parsed = crate::token::Guid::parse(h);
+        if parsed.is_none() {
+            problem("hierarchy_id", format!("{h:?} is not a GUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)"));
+        }
+        parsed
+    });
     (problems.len() == before).then_some(PkiConfig {
+        hierarchy_id,
         site_name,
         issuing,
         token_signing,

@@ -1,6 +1,6 @@
 //! The state store: an embedded SQLite database (WAL, `synchronous=FULL`, foreign keys on) with
 //! schema migrations from the first version. It holds the key inventory and every certificate
-//! issued; later the bulk-token registry and the audit log join it.
+//! issued, and the bulk-token registry; the audit log joins it later.
 
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -38,6 +38,18 @@ const MIGRATIONS: &[&str] = &[
         der          BLOB NOT NULL,
         issued       INTEGER NOT NULL,
         requested_by TEXT NOT NULL
+    );",
+    // 2: the bulk registration token registry (never the token itself).
+    "CREATE TABLE bulk_tokens (
+        guid       TEXT PRIMARY KEY CHECK (length(guid) = 36 AND guid = lower(guid)),
+        lifetime   INTEGER NOT NULL CHECK (lifetime BETWEEN 1 AND 10080),
+        created    INTEGER NOT NULL,
+        expires    INTEGER NOT NULL,
+        creator    TEXT NOT NULL,
+        key_id     TEXT NOT NULL REFERENCES keys(id),
+        blocked    INTEGER NOT NULL DEFAULT 0 CHECK (blocked IN (0, 1)),
+        changed    INTEGER,
+        changed_by TEXT
     );",
 ];
 
@@ -184,6 +196,30 @@ pub struct CertRecord {
     pub requested_by: String,
 }
 
+/// One registered bulk registration token (SPEC §3: its GUID, lifetime, creator and blocked
+/// flag are kept; the token is not).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BulkRecord {
+    /// The token's GUID (`UniqueId`), lower case.
+    pub guid: String,
+    /// Lifetime asked for, minutes.
+    pub lifetime: i64,
+    /// Unix time it was created (`nbf`).
+    pub created: i64,
+    /// Unix time it expires (`exp`).
+    pub expires: i64,
+    /// Who created it.
+    pub creator: String,
+    /// The key that signed it.
+    pub key_id: String,
+    /// Whether it is blocked.
+    pub blocked: bool,
+    /// Unix time of the last block/unblock.
+    pub changed: Option<i64>,
+    /// Who last blocked/unblocked it.
+    pub changed_by: Option<String>,
+}
+
 /// The state database.
 #[derive(Debug)]
 pub struct Store {
@@ -309,6 +345,55 @@ impl Store {
         rows.collect::<Result<Vec<_>, _>>().map_err(self.err())
     }
 
+    /// Registers a bulk token (before the token is released).
+    pub fn record_bulk(&mut self, b: &BulkRecord) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO bulk_tokens (guid, lifetime, created, expires, creator, key_id, blocked)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![b.guid, b.lifetime, b.created, b.expires, b.creator, b.key_id, b.blocked],
+            )
+            .map(|_| ())
+            .map_err(self.err())
+    }
+
+    /// Every registered bulk token, newest first.
+    pub fn bulk_tokens(&self) -> Result<Vec<BulkRecord>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT guid, lifetime, created, expires, creator, key_id, blocked, changed, changed_by
+                 FROM bulk_tokens ORDER BY created DESC, guid",
+            )
+            .map_err(self.err())?;
+        let rows = stmt.query_map([], bulk_row).map_err(self.err())?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(self.err())
+    }
+
+    /// The bulk token `guid` (lower case), if registered.
+    pub fn bulk_token(&self, guid: &str) -> Result<Option<BulkRecord>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT guid, lifetime, created, expires, creator, key_id, blocked, changed, changed_by
+                 FROM bulk_tokens WHERE guid = ?1",
+                [guid],
+                bulk_row,
+            )
+            .optional()
+            .map_err(self.err())
+    }
+
+    /// Blocks or unblocks the bulk token `guid`; `false` if no such token is registered.
+    pub fn set_bulk_blocked(&mut self, guid: &str, blocked: bool, by: &str, at: i64) -> Result<bool, StoreError> {
+        self.conn
+            .execute(
+                "UPDATE bulk_tokens SET blocked = ?2, changed = ?3, changed_by = ?4 WHERE guid = ?1",
+                params![guid, blocked, at, by],
+            )
+            .map(|n| n == 1)
+            .map_err(self.err())
+    }
+
     /// Every issued certificate, oldest first.
     pub fn certificates(&self) -> Result<Vec<CertRecord>, StoreError> {
         let mut stmt = self
@@ -344,6 +429,26 @@ fn bad_value(column: usize, value: &str) -> rusqlite::Error {
         rusqlite::types::Type::Text,
         format!("unknown value {value:?}").into(),
     )
+}
+
+fn bulk_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<BulkRecord> {
+    Ok(BulkRecord {
+        guid: r.get(0)?,
+        lifetime: r.get(1)?,
+        created: r.get(2)?,
+        expires: r.get(3)?,
+        creator: r.get(4)?,
+        key_id: r.get(5)?,
+        blocked: r.get(6)?,
+        changed: r.get(7)?,
+        changed_by: r.get(8)?,
+    })
+}
+
+impl crate::token::BulkRegistry for Store {
+    fn bulk_blocked(&self, guid: crate::token::Guid) -> Result<Option<bool>, String> {
+        self.bulk_token(&guid.lower()).map(|b| b.map(|b| b.blocked)).map_err(|e| e.to_string())
+    }
 }
 
 fn insert_key(conn: &Connection, k: &KeyRecord) -> rusqlite::Result<usize> {

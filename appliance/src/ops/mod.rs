@@ -1,6 +1,9 @@
 //! The operations the CLI (and later the admin socket) performs on the appliance's state: `init`,
-//! certificate issuance from a request, export. Each one touches the devices first and records in
-//! the store last, in one transaction, so a failure leaves the state as it was.
+//! certificate issuance from a request, export; [`tokens`] has the token operations. Each one
+//! touches the devices first and records in the store last, in one transaction, so a failure
+//! leaves the state as it was.
+
+pub mod tokens;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -50,6 +53,21 @@ pub enum OpsError {
     /// An operation that needs `init` first.
     #[error("not initialised: run `sitesign init` first")]
     NotInitialised,
+    /// A token could not be issued.
+    #[error(transparent)]
+    Issue(#[from] crate::token::issue::IssueError),
+    /// A token-signing key's record is unusable.
+    #[error(transparent)]
+    KeyRing(#[from] crate::token::verify::KeyRingError),
+    /// A GUID argument that is not a GUID.
+    #[error("{0:?} is not a GUID: give it as xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx (see `sitesign bulk-token list`)")]
+    InvalidGuid(String),
+    /// The bulk-token registry could not be read.
+    #[error("bulk-token registry unavailable: {0}")]
+    Registry(String),
+    /// No bulk token has this GUID.
+    #[error("no bulk token {0} is registered (see `sitesign bulk-token list`)")]
+    BulkTokenNotFound(String),
     /// Keys were created in a device but could not be recorded.
     #[error("{cause}; keys created in the device and not recorded (remove them or leave them unused): {}", orphans.join(", "))]
     Orphans {
@@ -72,6 +90,11 @@ impl OpsError {
             OpsError::AlreadyInitialised { .. } => "already_initialised",
             OpsError::NotInitialised => "not_initialised",
             OpsError::Orphans { cause, .. } => cause.code(),
+            OpsError::Issue(e) => e.code(),
+            OpsError::KeyRing(_) => "signing_key_unusable",
+            OpsError::InvalidGuid(_) => "invalid_guid",
+            OpsError::Registry(_) => "state_store",
+            OpsError::BulkTokenNotFound(_) => "bulk_token_not_found",
         }
     }
 }
@@ -248,6 +271,10 @@ pub fn init(
         return Err(OpsError::AlreadyInitialised { since });
     }
     let stamp = key_name_suffix()?;
+    let hierarchy = match pki_config.hierarchy_id {
+        Some(h) => h,
+        None => crate::token::Guid::random().map_err(|e| OpsError::Pki(PkiError::Encoding(e.to_string())))?,
+    };
     let mut progress = Progress::default();
     let result = (|| -> Result<(Made, Made, Made), OpsError> {
         let site = &pki_config.site_name;
@@ -318,6 +345,7 @@ pub fn init(
         ("initialized_at", utc_rfc3339(pki::now_unix())),
         ("initialized_by", actor.to_owned()),
         ("site_name", pki_config.site_name.clone()),
+        ("hierarchy_id", hierarchy.upper()),
     ];
     let keys = vec![root.record, ts.record, tls.record];
     store.record_init(&meta, &keys, &certs).map_err(|e| with_orphans(e.into(), &progress.orphans))?;
