@@ -5,6 +5,7 @@
 //! Today it holds the configuration and the self-test; the token formats, PKI profiles, audit log,
 //! state store and batch pipeline join it as they are built.
 
+pub mod admin;
 pub mod config;
 pub mod ops;
 pub mod pki;

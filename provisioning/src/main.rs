@@ -1,7 +1,9 @@
 //! `sitesign`: the crypto officer's and admin's tool — `init`, `status`, `keys list`,
-//! `cert issue`, `cert export`, `quickstart`, `selftest`. Every command has `--json`.
+//! `cert issue`, `cert export`, `bulk-token`, `token verify`, `quickstart`, `selftest`. Every
+//! command has `--json`.
 
 mod admin;
+mod bulk;
 mod context;
 mod quickstart;
 mod selftest;
@@ -48,6 +50,21 @@ enum Command {
         #[command(subcommand)]
         command: CertCommand,
     },
+    /// Bulk registration tokens: new [--lifetime MIN], list, block GUID, unblock GUID (also
+    /// ConfigMgr's spelling: /new, /lifetime N, /?).
+    #[command(name = "bulk-token")]
+    BulkToken {
+        /// Print the ConfigMgr-style usage (what `/?` does).
+        #[arg(long, hide = true)]
+        configmgr_usage: bool,
+        #[command(subcommand)]
+        command: Option<bulk::BulkCommand>,
+    },
+    /// Tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Create everything a working appliance needs under DIR: a device, keys, certificates, a
     /// configuration and a demo management point.
     Quickstart(quickstart::Args),
@@ -60,6 +77,20 @@ enum Command {
 enum KeysCommand {
     /// List every key with its role, status and certificate.
     List,
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Verify a token read from standard input (never from argv): exit 0 if valid, 2 if not,
+    /// with the reason.
+    Verify {
+        /// x5t#S256 of the client certificate presented with a client or access token.
+        #[arg(long)]
+        thumbprint: Option<String>,
+        /// Accept only this kind: bulk, client or access.
+        #[arg(long)]
+        kind: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -172,7 +203,7 @@ impl Output {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(bulk::configmgr_spelling(std::env::args_os().collect()));
     let out = Output { json: cli.json };
     let result = match cli.command {
         Command::Init { force } => context::Context::load(&cli.config).and_then(|c| admin::init(&c, force, out)),
@@ -187,6 +218,15 @@ fn main() -> ExitCode {
         Command::Cert { command: CertCommand::Export { out: dir } } => {
             context::Context::load(&cli.config).and_then(|c| admin::cert_export(&c, &dir, out))
         }
+        Command::BulkToken { configmgr_usage: true, .. } | Command::BulkToken { command: None, .. } => {
+            print!("{}", bulk::CONFIGMGR_USAGE);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::BulkToken { command: Some(command), .. } => {
+            context::Context::load(&cli.config).and_then(|c| bulk::run(&c, &command, out))
+        }
+        Command::Token { command: TokenCommand::Verify { thumbprint, kind } } => context::Context::load(&cli.config)
+            .and_then(|c| bulk::verify(&c, thumbprint.as_deref(), kind.as_deref(), out)),
         Command::Quickstart(args) => quickstart::run(&args, out),
         Command::Selftest(args) => selftest::run(&args, out),
     };
