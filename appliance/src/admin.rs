@@ -50,7 +50,9 @@ pub fn execute(
             })
         }
         AdminRequest::BulkList => json!({ "bulk_tokens": store.bulk_tokens()? }),
-        AdminRequest::BulkBlock { guid } => json!({ "bulk_token": tokens::bulk_set_blocked(store, guid, true, actor, now)? }),
+        AdminRequest::BulkBlock { guid } => {
+            json!({ "bulk_token": tokens::bulk_set_blocked(store, guid, true, actor, now)? })
+        }
         AdminRequest::BulkUnblock { guid } => {
             json!({ "bulk_token": tokens::bulk_set_blocked(store, guid, false, actor, now)? })
         }

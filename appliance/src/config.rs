@@ -182,7 +182,8 @@ impl ConfigFile {
         let tokens = self.tokens.clone().unwrap_or_default();
         let clock_skew_seconds = tokens.clock_skew_seconds.unwrap_or(crate::token::DEFAULT_SKEW);
         if !(0..=3600).contains(&clock_skew_seconds) {
-            problems.push(ConfigProblem { path: "tokens.clock_skew_seconds".into(), message: "must be 0 to 3600".into() });
+            problems
+                .push(ConfigProblem { path: "tokens.clock_skew_seconds".into(), message: "must be 0 to 3600".into() });
         }
         let tokens = TokensConfig { clock_skew_seconds };
         if problems.is_empty() { Ok(Config { state_dir, backends, pki, tokens }) } else { Err(problems) }

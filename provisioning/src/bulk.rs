@@ -225,7 +225,10 @@ mod tests {
             rewrite(&["sitesign", "--json", "bulk-token", "/NEW", "/Lifetime", "10080"]),
             ["sitesign", "--json", "bulk-token", "new", "--lifetime", "10080"]
         );
-        assert_eq!(rewrite(&["sitesign", "bulk-token", "/lifetime", "60"]), ["sitesign", "bulk-token", "new", "--lifetime", "60"]);
+        assert_eq!(
+            rewrite(&["sitesign", "bulk-token", "/lifetime", "60"]),
+            ["sitesign", "bulk-token", "new", "--lifetime", "60"]
+        );
         assert_eq!(rewrite(&["sitesign", "bulk-token", "/?"]), ["sitesign", "bulk-token", "--configmgr-usage"]);
         assert_eq!(rewrite(&["sitesign", "bulk-token", "list"]), ["sitesign", "bulk-token", "list"]);
         assert_eq!(rewrite(&["sitesign", "status"]), ["sitesign", "status"]);

@@ -69,9 +69,18 @@ impl TokenKind {
     /// The member names of this kind's claim set, in wire order.
     fn members(self) -> &'static [&'static str] {
         match self {
-            TokenKind::Bulk => {
-                &["SCCMTokenCategory", "Authority", "License", "Type", "TenantId", "UniqueId", "iss", "aud", "exp", "nbf"]
-            }
+            TokenKind::Bulk => &[
+                "SCCMTokenCategory",
+                "Authority",
+                "License",
+                "Type",
+                "TenantId",
+                "UniqueId",
+                "iss",
+                "aud",
+                "exp",
+                "nbf",
+            ],
             TokenKind::Client => &[
                 "SCCMTokenCategory",
                 "Authority",
@@ -275,13 +284,17 @@ pub(crate) fn read(members: Vec<(String, Value)>) -> Result<Claims, Rejection> {
         .find(|(n, _)| n == "SCCMTokenCategory")
         .and_then(|(_, v)| v.as_str())
         .ok_or_else(|| Rejection::new(Reason::WrongCategory, "no SCCMTokenCategory string"))?;
-    let kind = [TokenKind::Bulk, TokenKind::Client, TokenKind::Access]
-        .into_iter()
-        .find(|k| k.category() == category)
-        .ok_or_else(|| Rejection::new(Reason::WrongCategory, format!("unknown SCCMTokenCategory {category:?}")))?;
+    let kind =
+        [TokenKind::Bulk, TokenKind::Client, TokenKind::Access]
+            .into_iter()
+            .find(|k| k.category() == category)
+            .ok_or_else(|| Rejection::new(Reason::WrongCategory, format!("unknown SCCMTokenCategory {category:?}")))?;
     let expected = kind.members();
     if let Some((extra, _)) = members.iter().find(|(n, _)| !expected.contains(&n.as_str())) {
-        return Err(Rejection::new(Reason::UnknownClaim, format!("claim {extra:?} is not part of a {} token", kind.as_str())));
+        return Err(Rejection::new(
+            Reason::UnknownClaim,
+            format!("claim {extra:?} is not part of a {} token", kind.as_str()),
+        ));
     }
     if let Some(missing) = expected.iter().find(|e| !members.iter().any(|(n, _)| n == *e)) {
         return Err(Rejection::new(Reason::MissingClaim, format!("claim {missing:?} is missing")));

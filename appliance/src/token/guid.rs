@@ -91,7 +91,13 @@ mod tests {
         assert_eq!(g.lower(), "cdcc5e91-0adf-4a24-82d0-196667f1c081");
         assert_eq!(g.upper(), "CDCC5E91-0ADF-4A24-82D0-196667F1C081");
         assert_eq!(Guid::parse("{cdcc5e91-0adf-4a24-82d0-196667f1c081}"), Some(g));
-        for bad in ["", "cdcc5e91-0adf-4a24-82d0-196667f1c08", "cdcc5e91_0adf-4a24-82d0-196667f1c081", "gdcc5e91-0adf-4a24-82d0-196667f1c081", "cdcc5e910adf4a2482d0196667f1c081"] {
+        for bad in [
+            "",
+            "cdcc5e91-0adf-4a24-82d0-196667f1c08",
+            "cdcc5e91_0adf-4a24-82d0-196667f1c081",
+            "gdcc5e91-0adf-4a24-82d0-196667f1c081",
+            "cdcc5e910adf4a2482d0196667f1c081",
+        ] {
             assert!(Guid::parse(bad).is_none(), "{bad}");
         }
         let r = Guid::random().unwrap();

@@ -12,9 +12,7 @@ use sha2::{Digest, Sha256};
 
 use super::claims::{self, AccessClaims, BulkClaims, Claims, ClientClaims, Confirmation, TokenKind};
 use super::guid::{Guid, NoRandomness};
-use super::{
-    ACCESS_LIFETIME, BULK_DEFAULT_LIFETIME_MINUTES, BULK_MAX_LIFETIME_MINUTES, CLIENT_LIFETIME, b64,
-};
+use super::{ACCESS_LIFETIME, BULK_DEFAULT_LIFETIME_MINUTES, BULK_MAX_LIFETIME_MINUTES, CLIENT_LIFETIME, b64};
 
 /// Why a token could not be issued.
 #[derive(Debug, thiserror::Error)]
@@ -29,10 +27,14 @@ pub enum IssueError {
     #[error("device id {0:?} is not GUID:xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx (the SMS client GUID)")]
     DeviceId(String),
     /// A thumbprint that is not base64url(SHA-256).
-    #[error("client certificate thumbprint {0:?} is not an x5t#S256 (43 base64url characters: SHA-256 of the certificate)")]
+    #[error(
+        "client certificate thumbprint {0:?} is not an x5t#S256 (43 base64url characters: SHA-256 of the certificate)"
+    )]
     Thumbprint(String),
     /// The signing key retires too soon to issue anything useful.
-    #[error("token-signing key {key} retires at {retire_after}; rotate the token-signing key (`sitesign rotate token-signing`)")]
+    #[error(
+        "token-signing key {key} retires at {retire_after}; rotate the token-signing key (`sitesign rotate token-signing`)"
+    )]
     KeyRetiring {
         /// The key id.
         key: String,
@@ -128,6 +130,16 @@ struct Header<'a> {
     x5t: &'a str,
 }
 
+/// The encoded header: `base64url({"typ":"JWT","alg":ALG,"x5t":X5T})`.
+pub fn encode_header(alg: &'static str, x5t: &str) -> Result<String, serde_json::Error> {
+    Ok(b64::encode(&serde_json::to_vec(&Header { typ: "JWT", alg, x5t })?))
+}
+
+/// The encoded claim set, members in wire order.
+pub fn encode_claims(claims: &Claims) -> Result<String, serde_json::Error> {
+    Ok(b64::encode(&serde_json::to_vec(claims)?))
+}
+
 /// Issues tokens with one token-signing key.
 #[derive(Debug, Clone)]
 pub struct TokenSigner {
@@ -153,17 +165,9 @@ impl TokenSigner {
             KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072 | KeyAlgorithm::Rsa4096 => SignatureScheme::RsaPkcs1Sha256,
             KeyAlgorithm::EcP256 => SignatureScheme::EcdsaP256Sha256,
         };
-        let x5t = crate::pki::x5t(cert_der);
-        let header = serde_json::to_vec(&Header { typ: "JWT", alg: scheme.jws_alg(), x5t: &x5t })
+        let header_b64 = encode_header(scheme.jws_alg(), &crate::pki::x5t(cert_der))
             .map_err(|e| IssueError::Key { key: key_id.to_owned(), reason: e.to_string() })?;
-        Ok(TokenSigner {
-            key,
-            key_id: key_id.to_owned(),
-            scheme,
-            header_b64: b64::encode(&header),
-            retire_after,
-            hierarchy,
-        })
+        Ok(TokenSigner { key, key_id: key_id.to_owned(), scheme, header_b64, retire_after, hierarchy })
     }
 
     /// The key's id.
@@ -187,16 +191,12 @@ impl TokenSigner {
     }
 
     fn prepare(&self, claims: Claims) -> Result<PreparedToken, IssueError> {
-        let json = match &claims {
-            Claims::Bulk(c) => serde_json::to_vec(c),
-            Claims::Client(c) => serde_json::to_vec(c),
-            Claims::Access(c) => serde_json::to_vec(c),
-        }
-        .map_err(|e| IssueError::Key { key: self.key_id.clone(), reason: e.to_string() })?;
-        let mut signing_input = String::with_capacity(self.header_b64.len() + 1 + json.len() * 4 / 3 + 4);
+        let payload =
+            encode_claims(&claims).map_err(|e| IssueError::Key { key: self.key_id.clone(), reason: e.to_string() })?;
+        let mut signing_input = String::with_capacity(self.header_b64.len() + 1 + payload.len());
         signing_input.push_str(&self.header_b64);
         signing_input.push('.');
-        signing_input.push_str(&b64::encode(&json));
+        signing_input.push_str(&payload);
         Ok(PreparedToken { signing_input, claims, key_id: self.key_id.clone(), scheme: self.scheme })
     }
 

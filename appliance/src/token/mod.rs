@@ -16,6 +16,9 @@ pub mod issue;
 pub mod json;
 pub mod verify;
 
+#[cfg(test)]
+mod tests;
+
 use serde::Serialize;
 
 pub use claims::{Claims, TokenKind};

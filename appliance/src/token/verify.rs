@@ -126,10 +126,13 @@ fn reject(reason: Reason, detail: impl Into<String>) -> VerifyError {
 
 const FORBIDDEN_HEADERS: [&str; 6] = ["crit", "jwk", "jku", "x5u", "x5c", "kid"];
 
-fn parse_part(part: &str, what: &str) -> Result<Vec<(String, serde_json::Value)>, VerifyError> {
-    let bytes =
-        b64::decode(part).ok_or_else(|| reject(Reason::NonCanonicalEncoding, format!("the {what} is not canonical base64url")))?;
-    json::parse_object(&bytes).map_err(|p| match p {
+fn decode_part(part: &str, what: &str) -> Result<Vec<u8>, VerifyError> {
+    b64::decode(part)
+        .ok_or_else(|| reject(Reason::NonCanonicalEncoding, format!("the {what} is not canonical base64url")))
+}
+
+fn parse_part(bytes: &[u8], what: &str) -> Result<Vec<(String, serde_json::Value)>, VerifyError> {
+    json::parse_object(bytes).map_err(|p| match p {
         JsonProblem::DuplicateKey(name) => reject(Reason::DuplicateKey, format!("the {what} names {name:?} twice")),
         JsonProblem::Malformed(e) => reject(Reason::Malformed, format!("the {what} is not a JSON object: {e}")),
     })
@@ -163,8 +166,11 @@ pub fn verify(
         return Err(reject(Reason::Malformed, format!("{} parts; a JWS compact token has 3", parts.len())));
     };
 
+    let (header_bytes, payload_bytes) = (decode_part(header, "header")?, decode_part(payload, "claim set")?);
+    let sig = decode_part(sig, "signature")?;
+
     // 2. The header.
-    let members = parse_part(header, "header")?;
+    let members = parse_part(&header_bytes, "header")?;
     if let Some((name, _)) = members.iter().find(|(n, _)| FORBIDDEN_HEADERS.contains(&n.as_str())) {
         return Err(reject(Reason::ForbiddenHeader, format!("header member {name:?} is never accepted")));
     }
@@ -195,14 +201,13 @@ pub fn verify(
     }
 
     // 5. The signature.
-    let sig = b64::decode(sig).ok_or_else(|| reject(Reason::NonCanonicalEncoding, "the signature is not canonical base64url"))?;
     let signing_input = &token[..header.len() + 1 + payload.len()];
     UnparsedPublicKey::new(verifier_for(key.scheme), &key.public)
         .verify(signing_input.as_bytes(), &sig)
         .map_err(|_| reject(Reason::BadSignature, format!("the signature does not verify with key {}", key.key_id)))?;
 
     // 6. The claims.
-    let claims = claims::read(parse_part(payload, "claim set")?)?;
+    let claims = claims::read(parse_part(&payload_bytes, "claim set")?)?;
     let kind = claims.kind();
 
     // 7. Time.
@@ -231,7 +236,10 @@ pub fn verify(
     if let Some(expected) = expect
         && expected != kind
     {
-        return Err(reject(Reason::WrongCategory, format!("a {} token where a {} token is needed", kind.as_str(), expected.as_str())));
+        return Err(reject(
+            Reason::WrongCategory,
+            format!("a {} token where a {} token is needed", kind.as_str(), expected.as_str()),
+        ));
     }
 
     // 9. Registry and binding.
@@ -250,10 +258,16 @@ pub fn verify(
             let bound = claims.binding().unwrap_or_default();
             match thumbprint {
                 None => {
-                    return Err(reject(Reason::BindingRequired, "a device token needs the client certificate thumbprint"));
+                    return Err(reject(
+                        Reason::BindingRequired,
+                        "a device token needs the client certificate thumbprint",
+                    ));
                 }
                 Some(t) if t != bound => {
-                    return Err(reject(Reason::BindingMismatch, "the client certificate is not the one the token is bound to"));
+                    return Err(reject(
+                        Reason::BindingMismatch,
+                        "the client certificate is not the one the token is bound to",
+                    ));
                 }
                 Some(_) => {}
             }
