@@ -80,6 +80,10 @@ pub fn status(ctx: &Context, out: Output) -> Result<ExitCode, CliError> {
         store.schema_version()?
     ));
     out.line(format!("initialised   {}", initialised.as_deref().unwrap_or("no — run `sitesign init`")));
+    let hierarchy = store.meta("hierarchy_id")?;
+    if let Some(h) = &hierarchy {
+        out.line(format!("hierarchy     {h} (TenantId of every token)"));
+    }
     let mut healthy = initialised.is_some();
     let mut backend_reports = Vec::new();
     let backends = match Backends::open(&ctx.config) {
@@ -134,6 +138,7 @@ pub fn status(ctx: &Context, out: Output) -> Result<ExitCode, CliError> {
     out.json(&json!({
         "config": ctx.path,
         "initialised": initialised,
+        "hierarchy_id": hierarchy,
         "healthy": healthy,
         "backends": backend_reports,
         "keys": key_reports,

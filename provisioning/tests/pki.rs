@@ -4,58 +4,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests: a panic is a failure")]
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
-use serde_json::Value;
-
-fn sitesign() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sitesign"));
-    cmd.env_remove("SOFTHSM2_CONF").env_remove("SITESIGN_CONFIG");
-    cmd
-}
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.output().unwrap()
-}
-
-fn json(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!("not JSON ({e}): {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-    })
-}
-
-fn ok(out: Output) -> Value {
-    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    json(&out)
-}
-
-fn fails_with(out: Output, code: &str) -> String {
-    assert!(!out.status.success(), "should have failed: {}", String::from_utf8_lossy(&out.stdout));
-    let v = json(&out);
-    assert_eq!(v["error"]["code"], code, "{v}");
-    v["error"]["message"].as_str().unwrap().to_owned()
-}
-
-fn with_config(dir: &Path, args: &[&str]) -> Command {
-    let mut cmd = sitesign();
-    cmd.arg("--json").arg("--config").arg(dir.join("sitesign.toml")).args(args);
-    cmd
-}
-
-fn quickstart(dir: &Path, extra: &[&str]) -> Value {
-    ok(run(sitesign().args(["quickstart", "--json", "--dir"]).arg(dir).args(extra)))
-}
-
-fn openssl(args: &[&str]) -> String {
-    let out = Command::new("openssl").args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+mod common;
+use common::{fails_with, json, ok, openssl, quickstart, run, sitesign, with_config};
 
 fn text(cert: &Path) -> String {
     openssl(&["x509", "-noout", "-text", "-in", cert.to_str().unwrap()])

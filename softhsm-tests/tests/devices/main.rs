@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests: a panic is a failure")]
 
 mod conformance;
+mod kat;
 mod pkcs11;
 mod tpm;
 
@@ -40,6 +41,7 @@ const TESTS: &[Test] = tests![
     SoftHsm pkcs11::unknown_token_and_module_give_clear_errors,
     SoftHsm pkcs11::survives_token_reinitialised_while_open,
     SoftHsm pkcs11::survives_being_logged_out_behind_its_back,
+    SoftHsm kat::rfc7520_signature_is_reproduced_by_an_imported_key,
     // TPM 2.0 on swtpm.
     Swtpm tpm::wrapped_keys_load_and_sign_with_tpm2_tools,
     Swtpm tpm::persistent_handle_keys_are_used_by_uri,

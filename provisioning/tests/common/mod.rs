@@ -1,0 +1,57 @@
+//! Helpers shared by the CLI integration tests: run the real binary, read its JSON.
+
+#![allow(dead_code, reason = "each test binary uses its own subset")]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+pub fn sitesign() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sitesign"));
+    cmd.env_remove("SOFTHSM2_CONF").env_remove("SITESIGN_CONFIG");
+    cmd
+}
+
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output().unwrap()
+}
+
+pub fn json(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("not JSON ({e}): {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    })
+}
+
+pub fn ok(out: Output) -> Value {
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    json(&out)
+}
+
+pub fn fails_with(out: Output, code: &str) -> String {
+    assert!(!out.status.success(), "should have failed: {}", String::from_utf8_lossy(&out.stdout));
+    let v = json(&out);
+    assert_eq!(v["error"]["code"], code, "{v}");
+    v["error"]["message"].as_str().unwrap().to_owned()
+}
+
+pub fn with_config(dir: &Path, args: &[&str]) -> Command {
+    let mut cmd = sitesign();
+    cmd.arg("--json").arg("--config").arg(dir.join("sitesign.toml")).args(args);
+    cmd
+}
+
+pub fn quickstart(dir: &Path, extra: &[&str]) -> Value {
+    ok(run(sitesign().args(["quickstart", "--json", "--dir"]).arg(dir).args(extra)))
+}
+
+pub fn openssl(args: &[&str]) -> String {
+    let out = Command::new("openssl").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
