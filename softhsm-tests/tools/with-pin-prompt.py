@@ -6,13 +6,18 @@ Usage: with-pin-prompt.py PIN_FILE COMMAND [ARGS...]
 """
 import os
 import pty
+import signal
 import sys
+import termios
+import time
 
 
 def main() -> int:
     pin_file, argv = sys.argv[1], sys.argv[2:]
     with open(pin_file, "rb") as f:
         pin = f.read().strip()
+    # Never hang a test: give up after a minute.
+    signal.alarm(60)
     pid, fd = pty.fork()
     if pid == 0:
         os.execvp(argv[0], argv)
@@ -25,6 +30,11 @@ def main() -> int:
         if not chunk:
             break
         seen += chunk
+    # The prompt is printed before the program turns echo off, and turning it off (TCSAFLUSH)
+    # discards input typed ahead: wait until echo is off before answering.
+    deadline = time.monotonic() + 10
+    while termios.tcgetattr(fd)[3] & termios.ECHO and time.monotonic() < deadline:
+        time.sleep(0.01)
     os.write(fd, pin + b"\n")
     out = b""
     while True:
