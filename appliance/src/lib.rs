@@ -6,6 +6,7 @@
 //! state store and batch pipeline join it as they are built.
 
 pub mod admin;
+pub mod audit;
 pub mod config;
 pub mod ops;
 pub mod pki;

@@ -1,0 +1,407 @@
+//! The audit log (SPEC §8): one record per signature — time, caller, kind, subject, key id and
+//! the SHA-256 of the signed output, never the output — in a hash chain, made durable before the
+//! result is released.
+//!
+//! Records go to an SQLite database of their own (`audit.db`, WAL, `synchronous=FULL`) so that
+//! it can live on its own filesystem. One writer thread owns the connection and commits in
+//! groups: it takes every record waiting, writes them in one transaction (one fsync), and only
+//! then answers each caller. If the commit fails (disk full, EIO, read-only), every caller in the
+//! group gets an error — the signature must not be released — and [`AuditLog::healthy`] turns
+//! false until a commit succeeds again.
+//!
+//! Each record's hash is SHA-256 over the previous record's hash and the record's canonical
+//! JSON; [`verify`] recomputes the chain and reports the first edit, deletion or reordering.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// The hash before the first record.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// What a caller asks to record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    /// Unix time of the signature.
+    pub time: i64,
+    /// Who asked (certificate subject of the MP, or `cli:uid=N` / `admin:uid=N`).
+    pub caller: String,
+    /// `client-token`, `access-token`, `bulk-token`, `certificate`, …
+    pub kind: String,
+    /// Device id, bulk GUID or certificate subject.
+    pub subject: String,
+    /// The signing key.
+    pub key_id: String,
+    /// SHA-256 of the signed output, hex.
+    pub sha256: String,
+}
+
+/// A stored record: the event, its place and its chain hashes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// Position, from 1, without gaps.
+    pub seq: i64,
+    /// The event.
+    #[serde(flatten)]
+    pub event: AuditEvent,
+    /// The previous record's hash.
+    pub prev: String,
+    /// This record's hash.
+    pub hash: String,
+}
+
+/// The chain hash of `event` at `seq` after `prev`.
+pub fn chain_hash(seq: i64, event: &AuditEvent, prev: &str) -> String {
+    #[derive(Serialize)]
+    struct Canonical<'a> {
+        seq: i64,
+        time: i64,
+        caller: &'a str,
+        kind: &'a str,
+        subject: &'a str,
+        key_id: &'a str,
+        sha256: &'a str,
+    }
+    let canonical = serde_json::to_vec(&Canonical {
+        seq,
+        time: event.time,
+        caller: &event.caller,
+        kind: &event.kind,
+        subject: &event.subject,
+        key_id: &event.key_id,
+        sha256: &event.sha256,
+    })
+    .unwrap_or_default();
+    let mut h = Sha256::new();
+    h.update(prev.as_bytes());
+    h.update(b"\n");
+    h.update(&canonical);
+    hex::encode(h.finalize())
+}
+
+/// Why an audit record could not be made durable.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("audit log {path}: {reason}; no signature is released until the audit log is writable again")]
+pub struct AuditError {
+    /// The database file.
+    pub path: PathBuf,
+    /// What failed.
+    pub reason: String,
+}
+
+struct Pending {
+    events: Vec<AuditEvent>,
+    reply: mpsc::SyncSender<Result<i64, AuditError>>,
+}
+
+/// Group-commit statistics, for metrics.
+#[derive(Debug, Default)]
+pub struct AuditStats {
+    /// Commits made.
+    pub commits: AtomicU64,
+    /// Records written.
+    pub records: AtomicU64,
+    /// Total commit time, microseconds.
+    pub commit_micros: AtomicU64,
+    /// Commits that failed.
+    pub failures: AtomicU64,
+}
+
+/// The audit log, shared by every signing path.
+#[derive(Debug, Clone)]
+pub struct AuditLog {
+    tx: mpsc::SyncSender<Pending>,
+    healthy: Arc<AtomicBool>,
+    stats: Arc<AuditStats>,
+    path: PathBuf,
+}
+
+fn open(path: &Path, max_bytes: Option<u64>) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS audit (
+            seq     INTEGER PRIMARY KEY,
+            time    INTEGER NOT NULL,
+            caller  TEXT NOT NULL,
+            kind    TEXT NOT NULL,
+            subject TEXT NOT NULL,
+            key_id  TEXT NOT NULL,
+            sha256  TEXT NOT NULL,
+            prev    TEXT NOT NULL,
+            hash    TEXT NOT NULL
+        );",
+    )?;
+    if let Some(max) = max_bytes {
+        let page: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
+        conn.pragma_update(None, "max_page_count", (max as i64 / page).max(16))?;
+    }
+    Ok(conn)
+}
+
+fn head(conn: &Connection) -> rusqlite::Result<(i64, String)> {
+    Ok(conn
+        .query_row("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?
+        .unwrap_or((0, GENESIS.to_owned())))
+}
+
+impl AuditLog {
+    /// The database file in `dir`.
+    pub fn path_in(dir: &Path) -> PathBuf {
+        dir.join("audit.db")
+    }
+
+    /// Opens (creating) the log in `dir` and starts its writer thread. `max_bytes` caps the
+    /// database's size: past it, appends fail as on a full disk.
+    pub fn open(dir: &Path, max_bytes: Option<u64>) -> Result<AuditLog, AuditError> {
+        let path = Self::path_in(dir);
+        let fail = |e: &dyn std::fmt::Display| AuditError { path: path.clone(), reason: e.to_string() };
+        std::fs::create_dir_all(dir).map_err(|e| fail(&e))?;
+        let conn = open(&path, max_bytes).map_err(|e| fail(&e))?;
+        let (tx, rx) = mpsc::sync_channel::<Pending>(4096);
+        let healthy = Arc::new(AtomicBool::new(true));
+        let stats = Arc::new(AuditStats::default());
+        let (h, s, p) = (Arc::clone(&healthy), Arc::clone(&stats), path.clone());
+        std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || writer(conn, rx, &h, &s, &p))
+            .map_err(|e| fail(&e))?;
+        Ok(AuditLog { tx, healthy, stats, path })
+    }
+
+    /// Records `events` durably (in order, consecutive); returns the last one's `seq`. Blocks
+    /// until the group they join is committed.
+    pub fn append(&self, events: Vec<AuditEvent>) -> Result<i64, AuditError> {
+        let (reply, wait) = mpsc::sync_channel(1);
+        let gone = || AuditError { path: self.path.clone(), reason: "the audit writer has stopped".into() };
+        self.tx.send(Pending { events, reply }).map_err(|_| gone())?;
+        wait.recv().map_err(|_| gone())?
+    }
+
+    /// Whether the last commit succeeded.
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Commit statistics.
+    pub fn stats(&self) -> &AuditStats {
+        &self.stats
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Most records one commit takes.
+const GROUP_MAX: usize = 4096;
+
+fn writer(mut conn: Connection, rx: mpsc::Receiver<Pending>, healthy: &AtomicBool, stats: &AuditStats, path: &Path) {
+    while let Ok(first) = rx.recv() {
+        let mut group = vec![first];
+        let mut n = group[0].events.len();
+        while n < GROUP_MAX {
+            match rx.try_recv() {
+                Ok(p) => {
+                    n += p.events.len();
+                    group.push(p);
+                }
+                Err(_) => break,
+            }
+        }
+        let started = Instant::now();
+        let result = commit(&mut conn, &group);
+        stats.commit_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        match result {
+            Ok(lasts) => {
+                healthy.store(true, Ordering::Relaxed);
+                stats.commits.fetch_add(1, Ordering::Relaxed);
+                stats.records.fetch_add(n as u64, Ordering::Relaxed);
+                for (p, last) in group.into_iter().zip(lasts) {
+                    let _ = p.reply.send(Ok(last));
+                }
+            }
+            Err(e) => {
+                healthy.store(false, Ordering::Relaxed);
+                stats.failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(path = %path.display(), error = %e, "audit commit failed: signatures withheld");
+                let err = AuditError { path: path.to_owned(), reason: e.to_string() };
+                for p in group {
+                    let _ = p.reply.send(Err(err.clone()));
+                }
+            }
+        }
+    }
+}
+
+fn commit(conn: &mut Connection, group: &[Pending]) -> rusqlite::Result<Vec<i64>> {
+    let tx = conn.transaction()?;
+    let (mut seq, mut prev) = head(&tx)?;
+    let mut lasts = Vec::with_capacity(group.len());
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO audit (seq, time, caller, kind, subject, key_id, sha256, prev, hash)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )?;
+        for p in group {
+            for e in &p.events {
+                seq += 1;
+                let hash = chain_hash(seq, e, &prev);
+                insert.execute(params![seq, e.time, e.caller, e.kind, e.subject, e.key_id, e.sha256, prev, hash])?;
+                prev = hash;
+            }
+            lasts.push(seq);
+        }
+    }
+    tx.commit()?;
+    Ok(lasts)
+}
+
+/// Every record, in `seq` order.
+pub fn read_all(dir: &Path) -> Result<Vec<AuditRecord>, AuditError> {
+    let path = AuditLog::path_in(dir);
+    let fail = |e: rusqlite::Error| AuditError { path: path.clone(), reason: e.to_string() };
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let conn = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(fail)?;
+    let mut stmt = conn
+        .prepare("SELECT seq, time, caller, kind, subject, key_id, sha256, prev, hash FROM audit ORDER BY rowid")
+        .map_err(fail)?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok(AuditRecord {
+                seq: r.get(0)?,
+                event: AuditEvent {
+                    time: r.get(1)?,
+                    caller: r.get(2)?,
+                    kind: r.get(3)?,
+                    subject: r.get(4)?,
+                    key_id: r.get(5)?,
+                    sha256: r.get(6)?,
+                },
+                prev: r.get(7)?,
+                hash: r.get(8)?,
+            })
+        })
+        .map_err(fail)?;
+    rows.collect::<Result<Vec<_>, _>>().map_err(fail)
+}
+
+/// Where the chain breaks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[error("audit chain broken at record {position} (seq {seq}): {problem}")]
+pub struct ChainBreak {
+    /// 1-based position in storage order.
+    pub position: usize,
+    /// The record's `seq` as stored.
+    pub seq: i64,
+    /// What is wrong.
+    pub problem: String,
+}
+
+/// Checks `records` (in storage order): consecutive `seq` from 1, each `prev` the previous
+/// `hash`, each `hash` recomputed. Returns the number of records.
+pub fn verify(records: &[AuditRecord]) -> Result<usize, ChainBreak> {
+    let mut prev = GENESIS.to_owned();
+    for (i, r) in records.iter().enumerate() {
+        let expected_seq = i as i64 + 1;
+        let brk = |problem: String| ChainBreak { position: i + 1, seq: r.seq, problem };
+        if r.seq != expected_seq {
+            return Err(brk(format!("expected seq {expected_seq}: a record was deleted, inserted or moved")));
+        }
+        if r.prev != prev {
+            return Err(brk("its previous-hash does not match the record before it: deleted or reordered".into()));
+        }
+        if chain_hash(r.seq, &r.event, &r.prev) != r.hash {
+            return Err(brk("its content does not match its hash: edited".into()));
+        }
+        prev = r.hash.clone();
+    }
+    Ok(records.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(i: i64) -> AuditEvent {
+        AuditEvent {
+            time: 1_795_600_000 + i,
+            caller: "CN=mp01".into(),
+            kind: "client-token".into(),
+            subject: format!("GUID:{i}"),
+            key_id: "ts-1".into(),
+            sha256: hex::encode(Sha256::digest(i.to_be_bytes())),
+        }
+    }
+
+    #[test]
+    fn appends_in_groups_and_the_chain_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(dir.path(), None).unwrap();
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let log = log.clone();
+                std::thread::spawn(move || (0..25).map(|i| log.append(vec![event(t * 100 + i)]).unwrap()).collect::<Vec<_>>())
+            })
+            .collect();
+        let mut seqs: Vec<i64> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+        seqs.sort_unstable();
+        assert_eq!(seqs, (1..=200).collect::<Vec<_>>());
+        assert!(log.stats().commits.load(Ordering::Relaxed) <= 200);
+        let records = read_all(dir.path()).unwrap();
+        assert_eq!(verify(&records), Ok(200));
+    }
+
+    #[test]
+    fn edits_deletions_and_reordering_are_detected() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(dir.path(), None).unwrap();
+        log.append((1..=5).map(event).collect()).unwrap();
+        let records = read_all(dir.path()).unwrap();
+        let mut edited = records.clone();
+        edited[2].event.subject = "GUID:forged".into();
+        assert_eq!(verify(&edited).unwrap_err().position, 3);
+        let mut deleted = records.clone();
+        deleted.remove(1);
+        assert_eq!(verify(&deleted).unwrap_err().position, 2);
+        let mut swapped = records.clone();
+        swapped.swap(1, 3);
+        assert_eq!(verify(&swapped).unwrap_err().position, 2);
+        // Renumbered after a deletion: the previous-hash link still breaks.
+        let mut renumbered = records.clone();
+        renumbered.remove(1);
+        for (i, r) in renumbered.iter_mut().enumerate() {
+            r.seq = i as i64 + 1;
+        }
+        assert!(verify(&renumbered).is_err());
+    }
+
+    #[test]
+    fn a_full_log_fails_closed_and_reports_unhealthy() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(dir.path(), Some(64 * 1024)).unwrap();
+        let mut failed = None;
+        for i in 0..10_000 {
+            if let Err(e) = log.append(vec![event(i)]) {
+                failed = Some(e);
+                break;
+            }
+        }
+        let e = failed.expect("the capped log fills up");
+        assert!(e.reason.contains("full"), "{e}");
+        assert!(!log.healthy());
+        // What was committed before still verifies.
+        assert!(verify(&read_all(dir.path()).unwrap()).is_ok());
+    }
+}
