@@ -5,7 +5,10 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::ops::{Backends, OpsError, tokens};
+use crate::audit::AuditLog;
+use crate::config::Config;
+use crate::ops::{self, Backends, OpsError, tokens};
+use crate::pki::{self, ProfileKind};
 use crate::store::Store;
 
 /// An admin request (on the socket: one JSON object per line, `{"op":"bulk-new",…}`).
@@ -29,19 +32,34 @@ pub enum AdminRequest {
         /// Its GUID.
         guid: String,
     },
+    /// Issue a role certificate from a PKCS#10 request.
+    CertIssue {
+        /// `mp-client` or `role-ssl`.
+        profile: String,
+        /// The request, PEM (or DER in base64url).
+        csr: String,
+    },
+}
+
+/// What an admin operation works on.
+#[derive(Debug)]
+pub struct AdminContext<'a> {
+    /// The configuration.
+    pub config: &'a Config,
+    /// The state store.
+    pub store: &'a mut Store,
+    /// The opened backends.
+    pub backends: &'a Backends,
+    /// The audit log.
+    pub audit: &'a AuditLog,
 }
 
 /// Executes `request` for `actor` at `now`; the answer is the JSON the CLI prints with `--json`.
-pub fn execute(
-    store: &mut Store,
-    backends: &Backends,
-    request: &AdminRequest,
-    actor: &str,
-    now: i64,
-) -> Result<Value, OpsError> {
+pub fn execute(ctx: &mut AdminContext<'_>, request: &AdminRequest, actor: &str, now: i64) -> Result<Value, OpsError> {
+    let store = &mut *ctx.store;
     Ok(match request {
         AdminRequest::BulkNew { lifetime_minutes } => {
-            let made = tokens::bulk_new(store, backends, *lifetime_minutes, actor, now)?;
+            let made = tokens::bulk_new(store, ctx.backends, ctx.audit, *lifetime_minutes, actor, now)?;
             json!({
                 "guid": made.record.guid,
                 "expires": made.record.expires,
@@ -55,6 +73,26 @@ pub fn execute(
         }
         AdminRequest::BulkUnblock { guid } => {
             json!({ "bulk_token": tokens::bulk_set_blocked(store, guid, false, actor, now)? })
+        }
+        AdminRequest::CertIssue { profile, csr } => {
+            let profile = match profile.as_str() {
+                "mp-client" => ProfileKind::MpClient,
+                "role-ssl" => ProfileKind::RoleSsl,
+                other => return Err(OpsError::Config(format!("profile {other:?}: mp-client or role-ssl"))),
+            };
+            let pki_config = ctx.config.pki.as_ref().ok_or_else(|| OpsError::Config("no [pki] table".into()))?;
+            let bytes = match crate::token::b64::decode(csr) {
+                Some(der) => der,
+                None => csr.as_bytes().to_vec(),
+            };
+            let issued = ops::issue_from_csr(pki_config, ctx.backends, store, ctx.audit, profile, &bytes, actor)?;
+            json!({
+                "profile": profile.as_str(),
+                "subject": issued.subject,
+                "serial": issued.serial,
+                "not_after": issued.not_after,
+                "pem": pki::pem("CERTIFICATE", &issued.der)?,
+            })
         }
     })
 }

@@ -352,7 +352,9 @@ mod tests {
         let threads: Vec<_> = (0..8)
             .map(|t| {
                 let log = log.clone();
-                std::thread::spawn(move || (0..25).map(|i| log.append(vec![event(t * 100 + i)]).unwrap()).collect::<Vec<_>>())
+                std::thread::spawn(move || {
+                    (0..25).map(|i| log.append(vec![event(t * 100 + i)]).unwrap()).collect::<Vec<_>>()
+                })
             })
             .collect();
         let mut seqs: Vec<i64> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();

@@ -20,6 +20,72 @@ pub struct ConfigFile {
     pub pki: Option<PkiConfigFile>,
     /// Token verification (`[tokens]`).
     pub tokens: Option<TokensConfigFile>,
+    /// The service `sitesignd` (`[service]`).
+    pub service: Option<ServiceConfigFile>,
+    /// The audit log (`[audit]`).
+    pub audit: Option<AuditConfigFile>,
+}
+
+/// The `[service]` table as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfigFile {
+    /// mTLS API address; default `127.0.0.1:8443`.
+    pub listen: Option<String>,
+    /// Plain-HTTP ops address (health, readiness, metrics); default `127.0.0.1:8444`; `""` disables.
+    pub ops_listen: Option<String>,
+    /// Admin socket path; default `<state_dir>/admin.sock`.
+    pub admin_socket: Option<PathBuf>,
+    /// Group allowed on the admin socket (numeric gid).
+    pub admin_gid: Option<u32>,
+    /// Users allowed on the admin socket (numeric uids); default: the service's own uid.
+    pub admin_uids: Option<Vec<u32>>,
+    /// Requests per second each management point may make (token bucket); default 500.
+    pub rate_limit_per_second: Option<u32>,
+    /// Burst each management point may make; default 2 × the rate.
+    pub rate_limit_burst: Option<u32>,
+    /// `text` (default) or `json` logs on standard error.
+    pub log_format: Option<String>,
+}
+
+/// The `[audit]` table as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfigFile {
+    /// Folder of `audit.db`; default the state folder. Put it on its own filesystem if you like.
+    pub dir: Option<PathBuf>,
+    /// Cap on the audit database, MiB; past it signing stops (fail closed). Default none.
+    pub max_size_mb: Option<u64>,
+}
+
+/// The validated `[service]` table.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// mTLS API address.
+    pub listen: std::net::SocketAddr,
+    /// Ops address, if enabled.
+    pub ops_listen: Option<std::net::SocketAddr>,
+    /// Admin socket path.
+    pub admin_socket: PathBuf,
+    /// Admin group.
+    pub admin_gid: Option<u32>,
+    /// Admin users (empty: the service's own uid).
+    pub admin_uids: Vec<u32>,
+    /// Per-MP rate, requests per second.
+    pub rate_limit_per_second: u32,
+    /// Per-MP burst.
+    pub rate_limit_burst: u32,
+    /// JSON logs.
+    pub json_logs: bool,
+}
+
+/// The validated `[audit]` table.
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    /// Folder of `audit.db`.
+    pub dir: PathBuf,
+    /// Size cap, bytes.
+    pub max_bytes: Option<u64>,
 }
 
 /// The `[tokens]` table as written.
@@ -110,6 +176,10 @@ pub struct Config {
     pub pki: Option<PkiConfig>,
     /// Token verification.
     pub tokens: TokensConfig,
+    /// The service.
+    pub service: ServiceConfig,
+    /// The audit log.
+    pub audit: AuditConfig,
 }
 
 /// Why a configuration could not be used.
@@ -186,7 +256,72 @@ impl ConfigFile {
                 .push(ConfigProblem { path: "tokens.clock_skew_seconds".into(), message: "must be 0 to 3600".into() });
         }
         let tokens = TokensConfig { clock_skew_seconds };
-        if problems.is_empty() { Ok(Config { state_dir, backends, pki, tokens }) } else { Err(problems) }
+        let service = validate_service(&self.service.clone().unwrap_or_default(), base, &state_dir, &mut problems);
+        let audit_file = self.audit.clone().unwrap_or_default();
+        let audit = AuditConfig {
+            dir: match audit_file.dir {
+                Some(d) if d.is_absolute() => d,
+                Some(d) => base.join(d),
+                None => state_dir.clone(),
+            },
+            max_bytes: audit_file.max_size_mb.map(|m| m * 1024 * 1024),
+        };
+        if problems.is_empty() {
+            Ok(Config { state_dir, backends, pki, tokens, service, audit })
+        } else {
+            Err(problems)
+        }
+    }
+}
+
+fn validate_service(
+    s: &ServiceConfigFile,
+    base: &Path,
+    state_dir: &Path,
+    problems: &mut Vec<ConfigProblem>,
+) -> ServiceConfig {
+    let mut problem =
+        |key: &str, message: String| problems.push(ConfigProblem { path: format!("service.{key}"), message });
+    let mut addr = |key: &str, text: &str| match text.parse::<std::net::SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            problem(key, format!("{text:?} is not an address:port (e.g. 0.0.0.0:8443 or [::1]:8443)"));
+            None
+        }
+    };
+    let fallback: std::net::SocketAddr = ([127, 0, 0, 1], 8443).into();
+    let listen = addr("listen", s.listen.as_deref().unwrap_or("127.0.0.1:8443")).unwrap_or(fallback);
+    let ops_listen = match s.ops_listen.as_deref() {
+        Some("") => None,
+        other => addr("ops_listen", other.unwrap_or("127.0.0.1:8444")),
+    };
+    let rate = s.rate_limit_per_second.unwrap_or(500);
+    if rate == 0 {
+        problem("rate_limit_per_second", "must be at least 1".into());
+    }
+    let burst = s.rate_limit_burst.unwrap_or(rate.saturating_mul(2)).max(1);
+    let json_logs = match s.log_format.as_deref() {
+        None | Some("text") => false,
+        Some("json") => true,
+        Some(other) => {
+            problem("log_format", format!("{other:?}: text or json"));
+            false
+        }
+    };
+    let admin_socket = match &s.admin_socket {
+        Some(p) if p.is_absolute() => p.clone(),
+        Some(p) => base.join(p),
+        None => state_dir.join("admin.sock"),
+    };
+    ServiceConfig {
+        listen,
+        ops_listen,
+        admin_socket,
+        admin_gid: s.admin_gid,
+        admin_uids: s.admin_uids.clone().unwrap_or_default(),
+        rate_limit_per_second: rate.max(1),
+        rate_limit_burst: burst,
+        json_logs,
     }
 }
 

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use serde_json::json;
+use sitesign::admin::AdminRequest;
 use sitesign::ops::{self, Backends};
 use sitesign::pki::{self, ProfileKind};
 use sitesign::store::{KeyRole, KeyStatus, Store};
@@ -52,7 +53,8 @@ pub fn init(ctx: &Context, force: bool, out: Output) -> Result<ExitCode, CliErro
         "generating keys in the devices (SMS Issuing {}, token signing {}, TLS {})",
         pki_config.issuing.algorithm, pki_config.token_signing.algorithm, pki_config.tls.algorithm
     ));
-    let report = ops::init(pki_config, &backends, &mut store, &actor())?;
+    let audit = ctx.audit()?;
+    let report = ops::init(pki_config, &backends, &mut store, &audit, &actor())?;
     for (key, cert) in report.keys.iter().zip(&report.certificates) {
         out.line(format!("{:<14} {} ({}, {})", key.role.as_str(), key.uri, key.algorithm, key.backend));
         out.line(format!("               certificate {} valid until {}", cert.subject, date(cert.not_after)));
@@ -190,11 +192,13 @@ pub fn cert_issue(
     let bytes = std::fs::read(csr).map_err(|e| CliError::new("io", format!("cannot read {}: {e}", csr.display())))?;
     // Check the request before touching any device.
     pki::csr::parse_and_verify(&bytes)?.to_request(profile, pki::DAY)?;
-    let pki_config = ctx.pki()?;
-    let mut store = ctx.store()?;
-    let backends = ctx.backends()?;
-    let issued = ops::issue_from_csr(pki_config, &backends, &mut store, profile, &bytes, &actor())?;
-    let pem = pki::pem("CERTIFICATE", &issued.der)?;
+    ctx.pki()?;
+    let csr = match std::str::from_utf8(&bytes) {
+        Ok(text) if text.contains("-----BEGIN") => text.to_owned(),
+        _ => sitesign::token::b64::encode(&bytes),
+    };
+    let issued = crate::admin_client::call(ctx, &AdminRequest::CertIssue { profile: profile.as_str().into(), csr })?;
+    let pem = issued["pem"].as_str().unwrap_or_default().to_owned();
     match dest {
         Some(path) => {
             std::fs::write(path, &pem)
@@ -202,15 +206,15 @@ pub fn cert_issue(
             out.line(format!(
                 "issued {} certificate {} (serial {}) to {}",
                 profile.as_str(),
-                issued.subject,
-                issued.serial,
+                issued["subject"].as_str().unwrap_or_default(),
+                issued["serial"].as_str().unwrap_or_default(),
                 path.display()
             ));
         }
         None if !out.is_json() => print!("{pem}"),
         None => {}
     }
-    out.json(&json!({"certificate": issued, "pem": pem, "profile": profile}));
+    out.json(&issued);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -271,4 +275,48 @@ pub fn export(store: &Store, dir: &Path) -> Result<Vec<Exported>, CliError> {
     std::fs::write(&path, bundle).map_err(|e| CliError::new("io", format!("cannot write {}: {e}", path.display())))?;
     files.push(Exported { path, subject: "trust bundle".into(), x5t: String::new() });
     Ok(files)
+}
+
+/// `sitesign audit verify`: recomputes the hash chain; exit 1 at the first break.
+pub fn audit_verify(ctx: &Context, out: Output) -> Result<ExitCode, CliError> {
+    if let Some(code) = ctx.rerun {
+        return Ok(code);
+    }
+    let records = sitesign::audit::read_all(&ctx.config.audit.dir)?;
+    let path = sitesign::audit::AuditLog::path_in(&ctx.config.audit.dir);
+    match sitesign::audit::verify(&records) {
+        Ok(n) => {
+            let head = records.last().map(|r| r.hash.clone()).unwrap_or_else(|| sitesign::audit::GENESIS.into());
+            out.line(format!("audit chain intact: {n} records in {}; head {head}", path.display()));
+            out.json(&json!({"intact": true, "records": n, "head": head, "path": path}));
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(brk) => {
+            out.line(format!("AUDIT CHAIN BROKEN in {}: {brk}", path.display()));
+            out.json(&json!({"intact": false, "records": records.len(), "break": brk, "path": path}));
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// `sitesign audit export [--out FILE]`: every record as a JSON line.
+pub fn audit_export(ctx: &Context, dest: Option<&Path>) -> Result<ExitCode, CliError> {
+    if let Some(code) = ctx.rerun {
+        return Ok(code);
+    }
+    use std::io::Write as _;
+    let records = sitesign::audit::read_all(&ctx.config.audit.dir)?;
+    let mut text = String::new();
+    for r in &records {
+        text.push_str(&serde_json::to_string(r).map_err(|e| CliError::new("encoding", e.to_string()))?);
+        text.push('\n');
+    }
+    match dest {
+        Some(path) => std::fs::write(path, text)
+            .map_err(|e| CliError::new("io", format!("cannot write {}: {e}", path.display())))?,
+        None => {
+            let _ = std::io::stdout().lock().write_all(text.as_bytes());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -9,12 +9,12 @@ use std::io::Read;
 use std::process::ExitCode;
 
 use serde_json::{Value, json};
-use sitesign::admin::{self, AdminRequest};
+use sitesign::admin::AdminRequest;
 use sitesign::ops::{self, tokens};
 use sitesign::pki;
 use sitesign::token::{BULK_DEFAULT_LIFETIME_MINUTES, BULK_MAX_LIFETIME_MINUTES, TokenKind};
 
-use crate::context::{Context, actor};
+use crate::context::Context;
 use crate::{CliError, Output};
 
 /// The usage text `/?` prints, as the original tool's.
@@ -85,13 +85,7 @@ pub enum BulkCommand {
     },
 }
 
-/// Runs an admin request: directly on the device and store (until the service's admin socket
-/// takes these over).
-fn call(ctx: &Context, request: &AdminRequest) -> Result<Value, CliError> {
-    let mut store = ctx.store()?;
-    let backends = ctx.backends()?;
-    Ok(admin::execute(&mut store, &backends, request, &actor(), pki::now_unix())?)
-}
+use crate::admin_client::call;
 
 fn state_of(record: &Value, now: i64) -> &'static str {
     if record["blocked"] == true {

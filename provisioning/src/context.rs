@@ -55,6 +55,11 @@ impl Context {
         Ok(Store::open(&self.config.state_dir)?)
     }
 
+    /// Opens the audit log.
+    pub fn audit(&self) -> Result<sitesign::audit::AuditLog, CliError> {
+        Ok(sitesign::audit::AuditLog::open(&self.config.audit.dir, self.config.audit.max_bytes)?)
+    }
+
     /// Opens every backend.
     pub fn backends(&self) -> Result<Backends, CliError> {
         Ok(Backends::open(&self.config)?)

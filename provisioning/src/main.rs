@@ -3,6 +3,7 @@
 //! command has `--json`.
 
 mod admin;
+mod admin_client;
 mod bulk;
 mod context;
 mod quickstart;
@@ -60,6 +61,11 @@ enum Command {
         #[command(subcommand)]
         command: Option<bulk::BulkCommand>,
     },
+    /// The audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Tokens.
     Token {
         #[command(subcommand)]
@@ -77,6 +83,18 @@ enum Command {
 enum KeysCommand {
     /// List every key with its role, status and certificate.
     List,
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain: detects edited, deleted and reordered records (exit 1).
+    Verify,
+    /// Write every record as JSON lines (to standard output or --out).
+    Export {
+        /// File to write.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -119,14 +137,19 @@ enum CertCommand {
 /// An error for the operator: a stable code and a message that says what to do.
 #[derive(Debug)]
 pub struct CliError {
-    code: &'static str,
+    code: std::borrow::Cow<'static, str>,
     message: String,
 }
 
 impl CliError {
     /// A CLI error with `code` and `message`.
     pub fn new(code: &'static str, message: impl Into<String>) -> Self {
-        CliError { code, message: message.into() }
+        CliError { code: code.into(), message: message.into() }
+    }
+
+    /// A CLI error with a code received from the service.
+    pub fn new_owned(code: String, message: String) -> Self {
+        CliError { code: code.into(), message }
     }
 }
 
@@ -157,6 +180,12 @@ impl From<sitesign::ops::OpsError> for CliError {
 impl From<sitesign::pki::PkiError> for CliError {
     fn from(e: sitesign::pki::PkiError) -> Self {
         CliError::new(e.code(), e.to_string())
+    }
+}
+
+impl From<sitesign::audit::AuditError> for CliError {
+    fn from(e: sitesign::audit::AuditError) -> Self {
+        CliError::new("audit_unavailable", e.to_string())
     }
 }
 
@@ -227,6 +256,12 @@ fn main() -> ExitCode {
         }
         Command::Token { command: TokenCommand::Verify { thumbprint, kind } } => context::Context::load(&cli.config)
             .and_then(|c| bulk::verify(&c, thumbprint.as_deref(), kind.as_deref(), out)),
+        Command::Audit { command: AuditCommand::Verify } => {
+            context::Context::load(&cli.config).and_then(|c| admin::audit_verify(&c, out))
+        }
+        Command::Audit { command: AuditCommand::Export { out: path } } => {
+            context::Context::load(&cli.config).and_then(|c| admin::audit_export(&c, path.as_deref()))
+        }
         Command::Quickstart(args) => quickstart::run(&args, out),
         Command::Selftest(args) => selftest::run(&args, out),
     };

@@ -119,9 +119,10 @@ pub fn run(args: &Args, out: Output) -> Result<ExitCode, CliError> {
     let mut store = ctx.store()?;
     out.progress("opening the backend");
     let backends = ctx.backends()?;
+    let audit = ctx.audit()?;
     if store.meta("initialized_at")?.is_none() {
         out.progress("generating the SMS Issuing, token-signing and TLS keys inside the device");
-        let report = ops::init(pki_config, &backends, &mut store, &actor())?;
+        let report = ops::init(pki_config, &backends, &mut store, &audit, &actor())?;
         for key in &report.keys {
             out.line(format!("created {} key {}", key.role.as_str(), key.uri));
         }
@@ -134,7 +135,8 @@ pub fn run(args: &Args, out: Output) -> Result<ExitCode, CliError> {
         out.progress("enrolling the demo management point");
         let csr = demo_mp_request(&mp_key)?;
         write(&mp_dir.join("mp.csr"), pki::pem("CERTIFICATE REQUEST", &csr)?)?;
-        let issued = ops::issue_from_csr(pki_config, &backends, &mut store, ProfileKind::MpClient, &csr, &actor())?;
+        let issued =
+            ops::issue_from_csr(pki_config, &backends, &mut store, &audit, ProfileKind::MpClient, &csr, &actor())?;
         write(&mp_crt, pki::pem("CERTIFICATE", &issued.der)?)?;
         out.line(format!("enrolled demo management point {} ({})", issued.subject, mp_crt.display()));
     }

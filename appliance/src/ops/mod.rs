@@ -13,6 +13,7 @@ use serde::Serialize;
 use x509_cert::Certificate;
 use x509_cert::name::Name;
 
+use crate::audit::{AuditError, AuditEvent, AuditLog};
 use crate::config::{Config, KeyPlan, PkiConfig};
 use crate::pki::{self, DAY, Issued, Issuer, PkiError, ProfileKind, Request};
 use crate::selftest::{SelfTestError, SelfTestReport, check_key};
@@ -62,6 +63,9 @@ pub enum OpsError {
     /// A GUID argument that is not a GUID.
     #[error("{0:?} is not a GUID: give it as xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx (see `sitesign bulk-token list`)")]
     InvalidGuid(String),
+    /// The audit record could not be made durable: nothing is released.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
     /// The bulk-token registry could not be read.
     #[error("bulk-token registry unavailable: {0}")]
     Registry(String),
@@ -94,6 +98,7 @@ impl OpsError {
             OpsError::KeyRing(_) => "signing_key_unusable",
             OpsError::InvalidGuid(_) => "invalid_guid",
             OpsError::Registry(_) => "state_store",
+            OpsError::Audit(_) => "audit_unavailable",
             OpsError::BulkTokenNotFound(_) => "bulk_token_not_found",
         }
     }
@@ -265,6 +270,7 @@ pub fn init(
     pki_config: &PkiConfig,
     backends: &Backends,
     store: &mut Store,
+    audit: &AuditLog,
     actor: &str,
 ) -> Result<InitReport, OpsError> {
     if let Some(since) = store.meta("initialized_at")? {
@@ -348,8 +354,22 @@ pub fn init(
         ("hierarchy_id", hierarchy.upper()),
     ];
     let keys = vec![root.record, ts.record, tls.record];
+    let events = certs.iter().map(|c| certificate_event(c, actor)).collect();
+    audit.append(events).map_err(|e| with_orphans(e.into(), &progress.orphans))?;
     store.record_init(&meta, &keys, &certs).map_err(|e| with_orphans(e.into(), &progress.orphans))?;
     Ok(InitReport { keys, certificates: vec![root.issued, ts.issued, tls.issued], selftests: progress.selftests })
+}
+
+/// The audit event of an issued certificate.
+fn certificate_event(c: &CertRecord, actor: &str) -> AuditEvent {
+    AuditEvent {
+        time: c.issued,
+        caller: actor.to_owned(),
+        kind: format!("certificate:{}", c.profile),
+        subject: c.subject.clone(),
+        key_id: c.issuer_key.clone(),
+        sha256: c.sha256.clone(),
+    }
 }
 
 fn with_orphans(cause: OpsError, orphans: &[String]) -> OpsError {
@@ -374,6 +394,7 @@ pub fn issue_from_csr(
     config: &PkiConfig,
     backends: &Backends,
     store: &mut Store,
+    audit: &AuditLog,
     profile: ProfileKind,
     csr: &[u8],
     actor: &str,
@@ -383,7 +404,9 @@ pub fn issue_from_csr(
     let (root_record, root_cert) = active_key(store, KeyRole::Issuing)?;
     let root_key = backends.key(&root_record)?;
     let issued = pki::issue(&request, &Issuer { key: root_key, certificate: Some(&root_cert) })?;
-    store.record_certificate(&cert_record(&issued, profile, &root_record.id, actor))?;
+    let record = cert_record(&issued, profile, &root_record.id, actor);
+    audit.append(vec![certificate_event(&record, actor)])?;
+    store.record_certificate(&record)?;
     Ok(issued)
 }
 

@@ -2,6 +2,7 @@
 //! verifier's keys and policy, and the bulk-token lifecycle (new, list, block, unblock).
 
 use super::{Backends, OpsError, active_key};
+use crate::audit::{AuditEvent, AuditLog};
 use crate::config::Config;
 use crate::store::{BulkRecord, KeyRole, Store};
 use crate::token::issue::IssueError;
@@ -53,6 +54,18 @@ pub fn verify_token(
     }
 }
 
+/// The audit event of an issued token: never the token, only its SHA-256.
+pub fn token_event(token: &IssuedToken, caller: &str, subject: &str) -> AuditEvent {
+    AuditEvent {
+        time: token.claims.window().0,
+        caller: caller.to_owned(),
+        kind: format!("{}-token", token.claims.kind().as_str()),
+        subject: subject.to_owned(),
+        key_id: token.key_id.clone(),
+        sha256: token.sha256.clone(),
+    }
+}
+
 /// A new bulk registration token and its registry entry.
 #[derive(Debug, Clone)]
 pub struct NewBulkToken {
@@ -63,11 +76,12 @@ pub struct NewBulkToken {
 }
 
 /// Creates a bulk registration token valid `lifetime_minutes` (1..=10080) from `now`: checks the
-/// lifetime before anything is signed, signs, and registers the GUID before the token is
-/// returned — if the registry write fails, the token is dropped.
+/// lifetime before anything is signed, signs, makes the audit record durable and registers the
+/// GUID before the token is returned — if either write fails, the token is dropped.
 pub fn bulk_new(
     store: &mut Store,
     backends: &Backends,
+    audit: &AuditLog,
     lifetime_minutes: i64,
     actor: &str,
     now: i64,
@@ -89,6 +103,7 @@ pub fn bulk_new(
         changed: None,
         changed_by: None,
     };
+    audit.append(vec![token_event(&token, actor, &record.guid)])?;
     store.record_bulk(&record)?;
     Ok(NewBulkToken { record, token })
 }
