@@ -100,16 +100,27 @@ struct Pending {
 }
 
 /// Group-commit statistics, for metrics.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct AuditStats {
     /// Commits made.
     pub commits: AtomicU64,
     /// Records written.
     pub records: AtomicU64,
-    /// Total commit time, microseconds.
-    pub commit_micros: AtomicU64,
+    /// Commit time (fsync included), seconds.
+    pub commit_seconds: crate::metrics::Histogram,
     /// Commits that failed.
     pub failures: AtomicU64,
+}
+
+impl Default for AuditStats {
+    fn default() -> Self {
+        AuditStats {
+            commits: AtomicU64::new(0),
+            records: AtomicU64::new(0),
+            commit_seconds: crate::metrics::Histogram::new(&crate::metrics::LATENCY_BUCKETS),
+            failures: AtomicU64::new(0),
+        }
+    }
 }
 
 /// The audit log, shared by every signing path.
@@ -220,7 +231,7 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Pending>, healthy: &AtomicBoo
         }
         let started = Instant::now();
         let result = commit(&mut conn, &group);
-        stats.commit_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        stats.commit_seconds.observe(started.elapsed().as_secs_f64());
         match result {
             Ok(lasts) => {
                 healthy.store(true, Ordering::Relaxed);

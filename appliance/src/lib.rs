@@ -8,8 +8,10 @@
 pub mod admin;
 pub mod audit;
 pub mod config;
+pub mod metrics;
 pub mod ops;
 pub mod pki;
 pub mod selftest;
+pub mod service;
 pub mod store;
 pub mod token;

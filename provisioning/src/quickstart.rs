@@ -49,6 +49,10 @@ pub struct Args {
     /// Address the service will listen on; its host goes into the TLS certificate.
     #[arg(long, default_value = "127.0.0.1:8443")]
     listen: String,
+    /// Address of the plain-HTTP ops listener (health, readiness, metrics); default the
+    /// --listen port + 1 on the same host.
+    #[arg(long)]
+    ops_listen: Option<String>,
     /// The PKCS#11 module of SoftHSM2.
     #[arg(long, default_value = hsm_adapters::config::DEFAULT_PKCS11_MODULE)]
     module: PathBuf,
@@ -103,10 +107,23 @@ pub fn run(args: &Args, out: Output) -> Result<ExitCode, CliError> {
     }
     let config_path = dir.join("sitesign.toml");
     if !config_path.exists() {
+        // A host name in --listen goes into the certificate; the service then listens on every
+        // interface at that port, and the ops listener stays on loopback.
+        let port = args.listen.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).ok_or_else(|| {
+            CliError::new("usage", format!("--listen {:?} needs a port (e.g. 127.0.0.1:8443)", args.listen))
+        })?;
+        let (listen, ops_ip) = match args.listen.parse::<std::net::SocketAddr>() {
+            Ok(addr) => (addr, addr.ip()),
+            Err(_) => (std::net::SocketAddr::from(([0, 0, 0, 0], port)), std::net::IpAddr::from([127, 0, 0, 1])),
+        };
+        let ops_listen = match &args.ops_listen {
+            Some(o) => o.clone(),
+            None => std::net::SocketAddr::new(ops_ip, port.wrapping_add(1)).to_string(),
+        };
         let text = format!(
             "# Written by `sitesign quickstart`. See sitesign.sample.toml for every option.\n\
              state_dir = \"state\"\n\n{table}\n[pki]\nsite_name = \"sitesign quickstart\"\nissuing_backend = {backend_name:?}\n\
-             tls_names = {names:?}\n"
+             tls_names = {names:?}\n\n[service]\nlisten = \"{listen}\"\nops_listen = {ops_listen:?}\nadmin_socket = \"admin.sock\"\n"
         );
         write(&config_path, text)?;
         out.line(format!("wrote {}", config_path.display()));
