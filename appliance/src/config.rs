@@ -54,8 +54,9 @@ pub struct ServiceConfigFile {
 pub struct AuditConfigFile {
     /// Folder of `audit.db`; default the state folder. Put it on its own filesystem if you like.
     pub dir: Option<PathBuf>,
-    /// Cap on the audit database, MiB; past it signing stops (fail closed). Default none.
-    pub max_size_mb: Option<u64>,
+    /// Cap on the audit database, MiB (fractions allowed); past it signing stops (fail closed).
+    /// Default none.
+    pub max_size_mb: Option<f64>,
 }
 
 /// The validated `[service]` table.
@@ -264,7 +265,7 @@ impl ConfigFile {
                 Some(d) => base.join(d),
                 None => state_dir.clone(),
             },
-            max_bytes: audit_file.max_size_mb.map(|m| m * 1024 * 1024),
+            max_bytes: audit_file.max_size_mb.map(|m| (m.max(0.0) * 1024.0 * 1024.0) as u64),
         };
         if problems.is_empty() {
             Ok(Config { state_dir, backends, pki, tokens, service, audit })

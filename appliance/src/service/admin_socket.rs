@@ -70,6 +70,14 @@ async fn connection(stream: UnixStream, app: Arc<App>, service: &ServiceConfig) 
         line.push('\n');
         line
     };
+    let mut line = String::new();
+    // One request line, at most 64 KiB, within 30 s — read before any answer, so a refused client
+    // gets its answer rather than a reset connection.
+    let read = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        let mut limited = (&mut reader).take(64 * 1024);
+        limited.read_line(&mut line).await
+    })
+    .await;
     let (uid, gid) = match creds {
         Ok(c) => (c.uid.as_raw(), c.gid.as_raw()),
         Err(e) => {
@@ -91,13 +99,6 @@ async fn connection(stream: UnixStream, app: Arc<App>, service: &ServiceConfig) 
             writer.write_all(answer(json!({"error": {"code": "admin_forbidden", "message": msg}})).as_bytes()).await;
         return;
     }
-    let mut line = String::new();
-    // One request per connection line; at most 64 KiB.
-    let read = tokio::time::timeout(std::time::Duration::from_secs(30), async {
-        let mut limited = (&mut reader).take(64 * 1024);
-        limited.read_line(&mut line).await
-    })
-    .await;
     if !matches!(read, Ok(Ok(n)) if n > 0) {
         return;
     }

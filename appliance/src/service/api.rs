@@ -23,7 +23,7 @@ use crate::ops::tokens::token_event;
 use crate::store::{KeyRole, KeyStatus};
 use crate::token::issue::IssueError;
 use crate::token::verify::{self, VerifyError};
-use crate::token::{CLIENT_RENEW_AFTER, IssuedToken, Rejection, TokenKind, b64};
+use crate::token::{IssuedToken, Rejection, TokenKind, b64};
 
 /// Largest JSON body on the single-item endpoints.
 pub const BODY_LIMIT: usize = 16 * 1024;
@@ -229,14 +229,6 @@ pub fn client_token(app: &App, caller: &Caller, req: &ClientTokenRequest) -> Res
                 return Err(ApiError::ProofRejected(Rejection::new(
                     crate::token::Reason::BindingMismatch,
                     "the token presented for renewal belongs to another device",
-                )));
-            }
-            // Renewal is due after 30 days — or at once when a rotation retired its key.
-            let age = now - current.claims.issued_at().unwrap_or(now);
-            if age < CLIENT_RENEW_AFTER && current.key_id == app.signer.key_id() {
-                return Err(ApiError::BadRequest(format!(
-                    "renew_too_early: the token is {} days old; client tokens renew after 30 days",
-                    age / 86_400
                 )));
             }
         }
