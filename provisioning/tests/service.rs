@@ -641,3 +641,21 @@ fn rate_limits_and_systemd_notification() {
     let n = listener.recv(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"STOPPING=1");
 }
+
+#[test]
+fn the_systemd_unit_is_hardened() {
+    let unit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd/sitesignd.service");
+    let out = Command::new("systemd-analyze").args(["security", "--offline=true"]).arg(&unit).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let level: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("→ Overall exposure level for sitesignd.service: "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level: {text}{}", String::from_utf8_lossy(&out.stderr)));
+    assert!(level <= 2.0, "exposure {level} > 2.0:\n{text}");
+    let unit_text = std::fs::read_to_string(&unit).unwrap();
+    for required in ["Type=notify", "User=sitesign", "NoNewPrivileges=yes", "CapabilityBoundingSet=\n"] {
+        assert!(unit_text.contains(required), "{required}");
+    }
+}

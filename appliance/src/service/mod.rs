@@ -341,6 +341,28 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     Ok(())
 }
 
+/// SPEC §9: no core dumps, not dumpable (no ptrace by the same user, no /proc/PID/mem), memory
+/// locked so PINs and session state never reach swap. Each step that the environment refuses
+/// (no RLIMIT_MEMLOCK headroom, a seccomp filter) is logged, not fatal: the unit sets the limits.
+fn harden() {
+    use rustix::process::{DumpableBehavior, Resource, Rlimit, set_dumpable_behavior, setrlimit};
+    if let Err(e) = setrlimit(Resource::Core, Rlimit { current: Some(0), maximum: Some(0) }) {
+        tracing::warn!(error = %e, "cannot disable core dumps");
+    }
+    if let Err(e) = set_dumpable_behavior(DumpableBehavior::NotDumpable) {
+        tracing::warn!(error = %e, "cannot set PR_SET_DUMPABLE=0");
+    }
+    // With MCL_FUTURE every later allocation must fit under RLIMIT_MEMLOCK, or it fails: lock
+    // only with room to run (the unit sets LimitMEMLOCK=1G).
+    let limit = rustix::process::getrlimit(Resource::Memlock).current;
+    if limit.is_some_and(|l| l < 512 * 1024 * 1024) {
+        tracing::warn!(limit, "RLIMIT_MEMLOCK below 512 MiB: memory not locked (set LimitMEMLOCK=1G)");
+    } else if let Err(e) = rustix::mm::mlockall(rustix::mm::MlockAllFlags::CURRENT | rustix::mm::MlockAllFlags::FUTURE)
+    {
+        tracing::warn!(error = %e, "cannot lock memory; secrets could be swapped out");
+    }
+}
+
 /// The `sitesignd` program: `sitesignd --config FILE [--allow-root]`.
 pub fn main() -> std::process::ExitCode {
     let mut args = std::env::args().skip(1);
@@ -391,6 +413,7 @@ pub fn main() -> std::process::ExitCode {
         eprintln!("sitesignd: error [root]: {}", StartError::Root);
         return std::process::ExitCode::FAILURE;
     }
+    harden();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
