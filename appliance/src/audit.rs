@@ -94,9 +94,28 @@ pub struct AuditError {
     pub reason: String,
 }
 
+/// Called with the outcome of a commit (on the writer thread: keep it short).
+pub type AuditCallback = Box<dyn FnOnce(Result<i64, AuditError>) + Send>;
+
+enum Reply {
+    Wait(mpsc::SyncSender<Result<i64, AuditError>>),
+    Call(AuditCallback),
+}
+
+impl Reply {
+    fn send(self, result: Result<i64, AuditError>) {
+        match self {
+            Reply::Wait(tx) => {
+                let _ = tx.send(result);
+            }
+            Reply::Call(f) => f(result),
+        }
+    }
+}
+
 struct Pending {
     events: Vec<AuditEvent>,
-    reply: mpsc::SyncSender<Result<i64, AuditError>>,
+    reply: Reply,
 }
 
 /// Group-commit statistics, for metrics.
@@ -177,7 +196,7 @@ impl AuditLog {
         let fail = |e: &dyn std::fmt::Display| AuditError { path: path.clone(), reason: e.to_string() };
         std::fs::create_dir_all(dir).map_err(|e| fail(&e))?;
         let conn = open(&path, max_bytes).map_err(|e| fail(&e))?;
-        let (tx, rx) = mpsc::sync_channel::<Pending>(4096);
+        let (tx, rx) = mpsc::sync_channel::<Pending>(65_536);
         let healthy = Arc::new(AtomicBool::new(true));
         let stats = Arc::new(AuditStats::default());
         let (h, s, p) = (Arc::clone(&healthy), Arc::clone(&stats), path.clone());
@@ -193,8 +212,17 @@ impl AuditLog {
     pub fn append(&self, events: Vec<AuditEvent>) -> Result<i64, AuditError> {
         let (reply, wait) = mpsc::sync_channel(1);
         let gone = || AuditError { path: self.path.clone(), reason: "the audit writer has stopped".into() };
-        self.tx.send(Pending { events, reply }).map_err(|_| gone())?;
+        self.tx.send(Pending { events, reply: Reply::Wait(reply) }).map_err(|_| gone())?;
         wait.recv().map_err(|_| gone())?
+    }
+
+    /// Queues `events` and returns at once; `then` is called (on the writer thread) once their
+    /// group is committed, or has failed. This is how the signing pipeline releases results only
+    /// after their records are durable without waiting for each fsync itself.
+    pub fn submit(&self, events: Vec<AuditEvent>, then: AuditCallback) {
+        if let Err(mpsc::SendError(p)) = self.tx.send(Pending { events, reply: Reply::Call(then) }) {
+            p.reply.send(Err(AuditError { path: self.path.clone(), reason: "the audit writer has stopped".into() }));
+        }
     }
 
     /// Whether the last commit succeeded.
@@ -238,7 +266,7 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Pending>, healthy: &AtomicBoo
                 stats.commits.fetch_add(1, Ordering::Relaxed);
                 stats.records.fetch_add(n as u64, Ordering::Relaxed);
                 for (p, last) in group.into_iter().zip(lasts) {
-                    let _ = p.reply.send(Ok(last));
+                    p.reply.send(Ok(last));
                 }
             }
             Err(e) => {
@@ -247,7 +275,7 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Pending>, healthy: &AtomicBoo
                 tracing::error!(path = %path.display(), error = %e, "audit commit failed: signatures withheld");
                 let err = AuditError { path: path.to_owned(), reason: e.to_string() };
                 for p in group {
-                    let _ = p.reply.send(Err(err.clone()));
+                    p.reply.send(Err(err.clone()));
                 }
             }
         }

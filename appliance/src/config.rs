@@ -46,6 +46,9 @@ pub struct ServiceConfigFile {
     pub rate_limit_burst: Option<u32>,
     /// `text` (default) or `json` logs on standard error.
     pub log_format: Option<String>,
+    /// Tokens that may wait for a signing worker; a single request finding the queue full gets
+    /// 503 + Retry-After. Default 1024.
+    pub queue_depth: Option<usize>,
 }
 
 /// The `[audit]` table as written.
@@ -78,6 +81,8 @@ pub struct ServiceConfig {
     pub rate_limit_burst: u32,
     /// JSON logs.
     pub json_logs: bool,
+    /// Signing queue depth.
+    pub queue_depth: usize,
 }
 
 /// The validated `[audit]` table.
@@ -323,6 +328,7 @@ fn validate_service(
         rate_limit_per_second: rate.max(1),
         rate_limit_burst: burst,
         json_logs,
+        queue_depth: s.queue_depth.unwrap_or(1024).clamp(1, 1 << 20),
     }
 }
 

@@ -10,6 +10,7 @@ pub mod audit;
 pub mod config;
 pub mod metrics;
 pub mod ops;
+pub mod pipeline;
 pub mod pki;
 pub mod selftest;
 pub mod service;

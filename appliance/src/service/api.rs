@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -19,9 +18,10 @@ use serde_json::{Value, json};
 
 use super::{App, Caller};
 use crate::audit::AuditError;
-use crate::ops::tokens::token_event;
+use crate::pipeline::PipelineError;
 use crate::store::{KeyRole, KeyStatus};
 use crate::token::issue::IssueError;
+use crate::token::issue::PreparedToken;
 use crate::token::verify::{self, VerifyError};
 use crate::token::{IssuedToken, Rejection, TokenKind, b64};
 
@@ -187,37 +187,25 @@ fn verify_token(
     )
 }
 
-/// Signs a prepared token, timing the device, counting errors.
-fn sign(app: &App, prepared: crate::token::issue::PreparedToken) -> Result<IssuedToken, ApiError> {
-    app.metrics.sessions_in_use.fetch_add(1, Ordering::Relaxed);
-    let started = Instant::now();
-    let result = app.signer.sign(prepared);
-    app.metrics.sessions_in_use.fetch_sub(1, Ordering::Relaxed);
-    app.metrics.sign_seconds.observe(started.elapsed().as_secs_f64());
-    match &result {
-        Ok(_) => app.note_backend(Ok(())),
-        Err(IssueError::Backend(e)) => app.note_backend(Err(e)),
-        Err(_) => {}
+impl From<PipelineError> for ApiError {
+    fn from(e: PipelineError) -> Self {
+        match e {
+            PipelineError::Issue(e) => e.into(),
+            PipelineError::Audit(e) => ApiError::Audit(e),
+            PipelineError::Busy => ApiError::Unavailable("the signing queue is full; retry shortly".into()),
+            PipelineError::Stopped => ApiError::Unavailable("the service is stopping".into()),
+        }
     }
-    Ok(result?)
 }
 
-/// Makes the audit record durable, then counts the token: only then may it be released.
-fn release(app: &App, token: IssuedToken, caller: &Caller, subject: &str) -> Result<IssuedToken, ApiError> {
-    app.audit.append(vec![token_event(&token, &caller.subject, subject)]).map_err(ApiError::Audit)?;
-    let kind = token.claims.kind() as usize;
-    app.metrics.tokens_issued[kind].fetch_add(1, Ordering::Relaxed);
-    Ok(token)
-}
-
-/// One client-token request, start to finish (blocking: call from a blocking thread).
-pub fn client_token(app: &App, caller: &Caller, req: &ClientTokenRequest) -> Result<IssuedToken, ApiError> {
+/// Checks one client-token request and builds its token, ready for the device: the device id and
+/// thumbprint, then the proof (a bulk token or the current client token, fully verified).
+/// Blocking (a verification may read the registry): call from a blocking thread.
+pub fn validate_client(app: &App, req: &ClientTokenRequest) -> Result<(PreparedToken, String), ApiError> {
     if app.stopping.load(Ordering::Relaxed) {
         return Err(ApiError::Unavailable("the service is stopping".into()));
     }
-    let now = crate::pki::now_unix();
-    // Validate the request before checking any proof or touching the device.
-    let prepared = app.signer.prepare_client(&req.device_id, &req.client_cert_thumbprint, now)?;
+    let prepared = app.signer.prepare_client(&req.device_id, &req.client_cert_thumbprint, crate::pki::now_unix())?;
     match &req.proof {
         Proof::Internal => {}
         Proof::Bulk { token } => {
@@ -233,9 +221,20 @@ pub fn client_token(app: &App, caller: &Caller, req: &ClientTokenRequest) -> Res
             }
         }
     }
-    let token = sign(app, prepared)?;
-    let subject = token.claims.device_id().unwrap_or_default().to_owned();
-    release(app, token, caller, &subject)
+    let subject = prepared.claims().device_id().unwrap_or_default().to_owned();
+    Ok((prepared, subject))
+}
+
+/// Signs through the pipeline (a single request: busy if the queue is full) and waits for the
+/// token, released only once its audit record is durable.
+async fn sign_one(
+    app: &App,
+    caller: &Caller,
+    prepared: PreparedToken,
+    subject: String,
+) -> Result<IssuedToken, ApiError> {
+    let ticket = app.pipeline.try_submit(prepared, Arc::from(caller.subject.as_str()), subject)?;
+    ticket.await.map_err(|_| ApiError::Unavailable("the service is stopping".into()))?.map_err(ApiError::from)
 }
 
 fn token_response(t: &IssuedToken) -> Json<Value> {
@@ -252,8 +251,9 @@ async fn post_client_token(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let req: ClientTokenRequest = parse(&body)?;
-    let t = blocking(move || client_token(&app, &caller, &req)).await?;
-    Ok(token_response(&t))
+    let a = Arc::clone(&app);
+    let (prepared, subject) = blocking(move || validate_client(&a, &req)).await?;
+    Ok(token_response(&sign_one(&app, &caller, prepared, subject).await?))
 }
 
 async fn post_access_token(
@@ -262,15 +262,14 @@ async fn post_access_token(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let req: AccessTokenRequest = parse(&body)?;
-    let t = blocking(move || {
-        let current = verify_token(&app, &req.token, Some(&req.client_cert_thumbprint), Some(TokenKind::Client))?;
+    let a = Arc::clone(&app);
+    let (prepared, device) = blocking(move || {
+        let current = verify_token(&a, &req.token, Some(&req.client_cert_thumbprint), Some(TokenKind::Client))?;
         let device = current.claims.device_id().unwrap_or_default().to_owned();
-        let prepared = app.signer.prepare_access(&device, &req.client_cert_thumbprint, crate::pki::now_unix())?;
-        let token = sign(&app, prepared)?;
-        release(&app, token, &caller, &device)
+        Ok((a.signer.prepare_access(&device, &req.client_cert_thumbprint, crate::pki::now_unix())?, device))
     })
     .await?;
-    Ok(token_response(&t))
+    Ok(token_response(&sign_one(&app, &caller, prepared, device).await?))
 }
 
 async fn post_verify(State(app): State<Arc<App>>, body: Bytes) -> Result<Json<Value>, ApiError> {
@@ -283,76 +282,129 @@ async fn post_verify(State(app): State<Arc<App>>, body: Bytes) -> Result<Json<Va
     .await
 }
 
-/// `POST /v1/client-tokens:batch`: NDJSON in, NDJSON out, same order, a per-item error object
-/// for a failing line. Lines are read from the request stream as they arrive, so memory stays
-/// bounded whatever the length.
+/// Most results a batch keeps in flight (signing or waiting for the audit commit) before it stops
+/// reading its request: this and the line limit bound a batch's memory whatever its length.
+pub const BATCH_IN_FLIGHT: usize = 1024;
+
+/// One batch line's result, in request order: a ticket from the pipeline, or an error found
+/// before signing.
+enum Slot {
+    Ticket(crate::pipeline::Ticket),
+    Failed(ApiError),
+}
+
+/// Splits complete lines off `pending`. A line longer than the limit is replaced by `None` (an
+/// error for that item) and the rest of it skipped.
+fn take_lines(pending: &mut Vec<u8>, skipping: &mut bool, end: bool) -> Vec<Option<Vec<u8>>> {
+    let mut out = Vec::new();
+    while let Some(at) = pending.iter().position(|b| *b == b'\n') {
+        let line: Vec<u8> = pending.drain(..=at).collect();
+        if std::mem::take(skipping) {
+            out.push(None);
+        } else {
+            out.push(Some(line));
+        }
+    }
+    if pending.len() > BODY_LIMIT {
+        *skipping = true;
+        pending.clear();
+    }
+    if end && (*skipping || !pending.is_empty()) {
+        out.push(if std::mem::take(skipping) { None } else { Some(std::mem::take(pending)) });
+    }
+    out.retain(|l| l.as_ref().is_none_or(|l| !l.iter().all(u8::is_ascii_whitespace)));
+    out
+}
+
+/// `POST /v1/client-tokens:batch`: NDJSON in, NDJSON out, in request order, a per-item
+/// `{"error":…}` for a failing line (the batch goes on). The request is read as it arrives; each
+/// received chunk of lines is validated on a blocking thread (proofs fully verified) and its
+/// tokens queued for the signing workers while the next chunk is read; results stream back in
+/// order as their audit records become durable.
 async fn post_batch(State(app): State<Arc<App>>, Extension(caller): Extension<Caller>, body: Body) -> Response {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(64);
+    let (out_tx, out_rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(64);
+    let (slot_tx, mut slot_rx) = tokio::sync::mpsc::channel::<Slot>(BATCH_IN_FLIGHT);
+    // The writer: awaits each slot in order and streams its line.
+    let writer_app = Arc::clone(&app);
     tokio::spawn(async move {
+        let mut items = 0u64;
+        let mut buf = Vec::with_capacity(64 * 1024);
+        while let Some(slot) = slot_rx.recv().await {
+            items += 1;
+            let line = match slot {
+                Slot::Ticket(t) => match t.await {
+                    Ok(Ok(token)) => json!({"token": token.token, "expires": token.expires}),
+                    Ok(Err(e)) => ApiError::from(e).to_json(),
+                    Err(_) => ApiError::Unavailable("the service is stopping".into()).to_json(),
+                },
+                Slot::Failed(e) => e.to_json(),
+            };
+            serde_json::to_writer(&mut buf, &line).unwrap_or_default();
+            buf.push(b'\n');
+            // Flush when nothing more is ready, or the buffer is large.
+            if slot_rx.is_empty() || buf.len() > 48 * 1024 {
+                if out_tx.send(Ok(Bytes::from(std::mem::take(&mut buf)))).await.is_err() {
+                    break;
+                }
+                buf = Vec::with_capacity(64 * 1024);
+            }
+        }
+        if !buf.is_empty() {
+            let _ = out_tx.send(Ok(Bytes::from(buf))).await;
+        }
+        writer_app.metrics.batch_size.observe(items as f64);
+    });
+    // The reader: lines → validation (blocking pool) → pipeline, in order.
+    tokio::spawn(async move {
+        let caller_id: Arc<str> = Arc::from(caller.subject.as_str());
         let mut stream = body.into_data_stream();
         let mut pending: Vec<u8> = Vec::new();
-        let mut items = 0u64;
-        let mut overlong = false;
+        let mut skipping = false;
         loop {
             let chunk = stream.next().await;
-            let done = chunk.is_none();
+            let end = !matches!(chunk, Some(Ok(_)));
             match chunk {
                 Some(Ok(bytes)) => pending.extend_from_slice(&bytes),
                 Some(Err(e)) => {
-                    let _ = tx
-                        .send(Ok(Bytes::from(format!(
-                            "{}\n",
-                            ApiError::BadRequest(format!("request stream: {e}")).to_json()
-                        ))))
-                        .await;
-                    break;
+                    let _ = slot_tx.send(Slot::Failed(ApiError::BadRequest(format!("request stream: {e}")))).await;
                 }
                 None => {}
             }
-            let mut lines: Vec<Vec<u8>> = Vec::new();
-            while let Some(at) = pending.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = pending.drain(..=at).collect();
-                if overlong {
-                    overlong = false;
-                    lines.push(b"\x00overlong".to_vec());
-                } else {
-                    lines.push(line);
+            let lines = take_lines(&mut pending, &mut skipping, end);
+            if !lines.is_empty() {
+                let a = Arc::clone(&app);
+                let checked = tokio::task::spawn_blocking(move || {
+                    lines
+                        .into_iter()
+                        .map(|line| match line {
+                            None => Err(ApiError::BadRequest(format!("a line is longer than {BODY_LIMIT} bytes"))),
+                            Some(l) => validate_client(&a, &parse::<ClientTokenRequest>(&l)?),
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .await
+                .unwrap_or_default();
+                for item in checked {
+                    let slot = match item {
+                        Ok((prepared, subject)) => {
+                            match app.pipeline.submit(prepared, Arc::clone(&caller_id), subject).await {
+                                Ok(ticket) => Slot::Ticket(ticket),
+                                Err(e) => Slot::Failed(e.into()),
+                            }
+                        }
+                        Err(e) => Slot::Failed(e),
+                    };
+                    if slot_tx.send(slot).await.is_err() {
+                        return; // the client went away
+                    }
                 }
             }
-            if pending.len() > BODY_LIMIT {
-                overlong = true;
-                pending.clear();
-            }
-            if done && (!pending.is_empty() || overlong) {
-                lines.push(if overlong { b"\x00overlong".to_vec() } else { std::mem::take(&mut pending) });
-            }
-            for line in lines {
-                let text = String::from_utf8_lossy(&line).trim().to_owned();
-                if text.is_empty() {
-                    continue;
-                }
-                items += 1;
-                let (app, caller) = (Arc::clone(&app), caller.clone());
-                let result = if text.starts_with('\0') {
-                    Err(ApiError::BadRequest(format!("a line is longer than {BODY_LIMIT} bytes")))
-                } else {
-                    blocking(move || client_token(&app, &caller, &parse::<ClientTokenRequest>(text.as_bytes())?)).await
-                };
-                let out = match result {
-                    Ok(t) => json!({"token": t.token, "expires": t.expires}),
-                    Err(e) => e.to_json(),
-                };
-                if tx.send(Ok(Bytes::from(format!("{out}\n")))).await.is_err() {
-                    return;
-                }
-            }
-            if done {
+            if end {
                 break;
             }
         }
-        app.metrics.batch_size.observe(items as f64);
     });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    let stream = futures_util::stream::unfold(out_rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
     let mut response = Response::new(Body::from_stream(stream));
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
     response

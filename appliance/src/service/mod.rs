@@ -30,6 +30,7 @@ use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::ops::{self, Backends, OpsError, tokens};
+use crate::pipeline::{BackendHealth, Pipeline, Stage};
 use crate::selftest::check_key;
 use crate::store::{KeyRole, KeyStatus, Store};
 use crate::token::{KeyRing, TokenSigner, VerifyPolicy};
@@ -116,13 +117,15 @@ pub struct App {
     /// The audit log.
     pub audit: AuditLog,
     /// Metrics.
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
+    /// The signing pipeline every token goes through.
+    pub pipeline: Pipeline,
+    /// Whether the devices answer.
+    pub health: Arc<BackendHealth>,
     /// Per-MP rate limits.
     pub limiter: RateLimiter,
     /// Self-test passed.
     selftest_passed: AtomicBool,
-    /// The last device call failed for lack of the device.
-    backend_down: AtomicBool,
     /// Stopping: refuse new work.
     pub stopping: AtomicBool,
 }
@@ -143,6 +146,19 @@ impl App {
         let keys = tokens::key_ring(&store)?;
         let policy = tokens::verify_policy(&store, &config)?;
         let limiter = RateLimiter::new(config.service.rate_limit_per_second, config.service.rate_limit_burst);
+        let (ts_record, _) = ops::active_key(&store, KeyRole::TokenSigning)?;
+        // One signing worker per device session: every session busy, none contended.
+        let workers = backends.get(&ts_record.backend)?.capabilities().max_concurrency.max(1);
+        let metrics = Arc::new(Metrics::default());
+        let health = Arc::new(BackendHealth::default());
+        let stage = Stage {
+            signer: signer.clone(),
+            audit: audit.clone(),
+            metrics: Arc::clone(&metrics),
+            health: Arc::clone(&health),
+        };
+        let pipeline = Pipeline::start(stage, workers, config.service.queue_depth);
+        tracing::info!(workers, queue = config.service.queue_depth, "signing pipeline started");
         Ok(App {
             store: Mutex::new(store),
             backends,
@@ -150,10 +166,11 @@ impl App {
             keys: RwLock::new(keys),
             policy,
             audit,
-            metrics: Metrics::default(),
+            metrics,
+            pipeline,
+            health,
             limiter,
             selftest_passed: AtomicBool::new(true),
-            backend_down: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             config,
         })
@@ -167,22 +184,9 @@ impl App {
     /// Ready to sign: self-test passed, devices answering, audit log writable, not stopping.
     pub fn ready(&self) -> bool {
         self.selftest_passed.load(Ordering::Relaxed)
-            && !self.backend_down.load(Ordering::Relaxed)
+            && !self.health.is_down()
             && self.audit.healthy()
             && !self.stopping.load(Ordering::Relaxed)
-    }
-
-    /// Notes whether the last device call reached the device.
-    pub fn note_backend(&self, result: Result<(), &hsm_adapters::Error>) {
-        match result {
-            Ok(()) => self.backend_down.store(false, Ordering::Relaxed),
-            Err(e) => {
-                self.metrics.backend_error(e.code());
-                if matches!(e.code(), "backend_unavailable" | "backend_failure" | "backend_module") {
-                    self.backend_down.store(true, Ordering::Relaxed);
-                }
-            }
-        }
     }
 }
 
@@ -336,6 +340,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     app.stopping.store(true, Ordering::Relaxed);
     let _ = stop_tx.send(true);
     let _ = api.await;
+    app.pipeline.close();
     let _ = std::fs::remove_file(&service.admin_socket);
     tracing::info!("stopped");
     Ok(())

@@ -1,0 +1,210 @@
+//! The signing pipeline (SPEC §6): every token the service signs — single requests and batch
+//! lines alike — goes through it.
+//!
+//! ```text
+//!  callers (async) ──try_submit / submit──▶ bounded job queue ──▶ N signing workers (threads)
+//!                                                                   │  one per backend session
+//!                                                                   ▼
+//!  reply (oneshot) ◀── audit writer: group commit, fsync ◀── AuditLog::submit(record)
+//! ```
+//!
+//! Callers build and validate everything on the host first (claims, signing input, proofs); a
+//! worker only asks the device for the signature, hands the record to the audit writer and goes
+//! back for the next job, so the devices stay busy while the audit log commits in groups. A
+//! result is released only from the audit writer's callback, after its record is durable.
+//! The queue is bounded: a single request that finds it full gets "busy" (503 + Retry-After);
+//! a batch waits for room, which slows its reader and so its sender (TCP backpressure).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use crate::audit::{AuditError, AuditLog};
+use crate::metrics::Metrics;
+use crate::ops::tokens::token_event;
+use crate::token::issue::{IssueError, PreparedToken};
+use crate::token::{IssuedToken, TokenSigner};
+
+/// Why a job produced no token.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The device could not sign.
+    #[error(transparent)]
+    Issue(#[from] IssueError),
+    /// The audit record could not be made durable; the token was discarded.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    /// The queue is full: try again shortly.
+    #[error("the signing queue is full")]
+    Busy,
+    /// The pipeline has stopped.
+    #[error("the signing pipeline has stopped")]
+    Stopped,
+}
+
+/// The outcome of one job.
+pub type JobResult = Result<IssuedToken, PipelineError>;
+
+struct Job {
+    prepared: PreparedToken,
+    caller: Arc<str>,
+    subject: String,
+    reply: tokio::sync::oneshot::Sender<JobResult>,
+}
+
+/// Receives one job's outcome.
+pub type Ticket = tokio::sync::oneshot::Receiver<JobResult>;
+
+/// The pipeline: a bounded queue and its signing workers.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    jobs: async_channel::Sender<Job>,
+    workers: usize,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job").field("subject", &self.subject).finish_non_exhaustive()
+    }
+}
+
+/// What the workers need.
+#[derive(Debug, Clone)]
+pub struct Stage {
+    /// The active token-signing key.
+    pub signer: TokenSigner,
+    /// The audit log.
+    pub audit: AuditLog,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Whether the devices answer.
+    pub health: Arc<BackendHealth>,
+}
+
+/// Whether the last device call reached the device (for readiness), and error counts.
+#[derive(Debug, Default)]
+pub struct BackendHealth {
+    down: std::sync::atomic::AtomicBool,
+}
+
+impl BackendHealth {
+    /// Notes the outcome of a device call.
+    pub fn note(&self, metrics: &Metrics, result: Result<(), &hsm_adapters::Error>) {
+        match result {
+            Ok(()) => self.down.store(false, Ordering::Relaxed),
+            Err(e) => {
+                metrics.backend_error(e.code());
+                if matches!(e.code(), "backend_unavailable" | "backend_failure" | "backend_module") {
+                    self.down.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Whether the last device call failed for lack of the device.
+    pub fn is_down(&self) -> bool {
+        self.down.load(Ordering::Relaxed)
+    }
+}
+
+impl Pipeline {
+    /// Starts `workers` signing threads (one per backend session) behind a queue of
+    /// `queue_depth` jobs.
+    pub fn start(stage: Stage, workers: usize, queue_depth: usize) -> Pipeline {
+        let (tx, rx) = async_channel::bounded::<Job>(queue_depth.max(1));
+        let workers = workers.max(1);
+        for i in 0..workers {
+            let (rx, stage) = (rx.clone(), stage.clone());
+            let spawned = std::thread::Builder::new().name(format!("signer-{i}")).spawn(move || worker(&rx, &stage));
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start a signing worker");
+            }
+        }
+        Pipeline { jobs: tx, workers }
+    }
+
+    /// Signing workers.
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    /// Jobs waiting.
+    pub fn queued(&self) -> usize {
+        self.jobs.len()
+    }
+
+    fn job(prepared: PreparedToken, caller: Arc<str>, subject: String) -> (Job, Ticket) {
+        let (reply, ticket) = tokio::sync::oneshot::channel();
+        (Job { prepared, caller, subject, reply }, ticket)
+    }
+
+    /// Queues a job if there is room now (single requests: a full queue means "busy").
+    pub fn try_submit(
+        &self,
+        prepared: PreparedToken,
+        caller: Arc<str>,
+        subject: String,
+    ) -> Result<Ticket, PipelineError> {
+        let (job, ticket) = Self::job(prepared, caller, subject);
+        self.jobs.try_send(job).map_err(|e| if e.is_full() { PipelineError::Busy } else { PipelineError::Stopped })?;
+        Ok(ticket)
+    }
+
+    /// Queues a job, waiting for room (batches: the wait is the backpressure).
+    pub async fn submit(
+        &self,
+        prepared: PreparedToken,
+        caller: Arc<str>,
+        subject: String,
+    ) -> Result<Ticket, PipelineError> {
+        let (job, ticket) = Self::job(prepared, caller, subject);
+        self.jobs.send(job).await.map_err(|_| PipelineError::Stopped)?;
+        Ok(ticket)
+    }
+
+    /// Stops taking jobs; the workers finish what is queued and exit.
+    pub fn close(&self) {
+        self.jobs.close();
+    }
+}
+
+fn worker(rx: &async_channel::Receiver<Job>, stage: &Stage) {
+    while let Ok(job) = rx.recv_blocking() {
+        if job.reply.is_closed() {
+            continue; // the caller went away: do not sign for nobody
+        }
+        stage.metrics.sessions_in_use.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let signed = stage.signer.sign(job.prepared);
+        stage.metrics.sessions_in_use.fetch_sub(1, Ordering::Relaxed);
+        stage.metrics.sign_seconds.observe(started.elapsed().as_secs_f64());
+        let token = match signed {
+            Ok(t) => {
+                stage.health.note(&stage.metrics, Ok(()));
+                t
+            }
+            Err(e) => {
+                if let IssueError::Backend(b) = &e {
+                    stage.health.note(&stage.metrics, Err(b));
+                }
+                let _ = job.reply.send(Err(e.into()));
+                continue;
+            }
+        };
+        let event = token_event(&token, &job.caller, &job.subject);
+        let (reply, metrics) = (job.reply, Arc::clone(&stage.metrics));
+        stage.audit.submit(
+            vec![event],
+            Box::new(move |committed| {
+                let outcome = match committed {
+                    Ok(_) => {
+                        metrics.tokens_issued[token.claims.kind() as usize].fetch_add(1, Ordering::Relaxed);
+                        Ok(token)
+                    }
+                    Err(e) => Err(PipelineError::Audit(e)),
+                };
+                let _ = reply.send(outcome);
+            }),
+        );
+    }
+}
