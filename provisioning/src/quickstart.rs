@@ -49,6 +49,10 @@ pub struct Args {
     /// Address the service will listen on; its host goes into the TLS certificate.
     #[arg(long, default_value = "127.0.0.1:8443")]
     listen: String,
+    /// Algorithm of the token-signing key: rsa-2048 (RS256, what ConfigMgr clients verify) or
+    /// ec-p256 (ES256).
+    #[arg(long, default_value = "rsa-2048", value_parser = ["rsa-2048", "ec-p256"])]
+    token_algorithm: String,
     /// Address of the plain-HTTP ops listener (health, readiness, metrics); default the
     /// --listen port + 1 on the same host.
     #[arg(long)]
@@ -123,7 +127,8 @@ pub fn run(args: &Args, out: Output) -> Result<ExitCode, CliError> {
         let text = format!(
             "# Written by `sitesign quickstart`. See sitesign.sample.toml for every option.\n\
              state_dir = \"state\"\n\n{table}\n[pki]\nsite_name = \"sitesign quickstart\"\nissuing_backend = {backend_name:?}\n\
-             tls_names = {names:?}\n\n[service]\nlisten = \"{listen}\"\nops_listen = {ops_listen:?}\nadmin_socket = \"admin.sock\"\n"
+             token_signing_algorithm = {:?}\ntls_names = {names:?}\n\n[service]\nlisten = \"{listen}\"\nops_listen = {ops_listen:?}\nadmin_socket = \"admin.sock\"\n",
+            args.token_algorithm
         );
         write(&config_path, text)?;
         out.line(format!("wrote {}", config_path.display()));

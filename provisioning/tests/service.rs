@@ -37,14 +37,26 @@ struct Service {
 impl Service {
     /// A quickstart appliance with `extra` config appended, and sitesignd running on it.
     fn start(extra: &str) -> Service {
+        Self::start_with(extra, &[])
+    }
+
+    /// [`Service::start`] with more quickstart arguments.
+    fn start_with(extra: &str, quickstart_args: &[&str]) -> Service {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("appliance");
         let port = free_ports();
-        quickstart(&dir, &["--listen", &format!("127.0.0.1:{port}")]);
+        let mut args = vec!["--listen".to_owned(), format!("127.0.0.1:{port}")];
+        args.extend(quickstart_args.iter().map(|a| (*a).to_owned()));
+        quickstart(&dir, &args.iter().map(String::as_str).collect::<Vec<_>>());
         if !extra.is_empty() {
             let config = dir.join("sitesign.toml");
             let text = std::fs::read_to_string(&config).unwrap();
-            std::fs::write(&config, format!("{text}\n{extra}\n")).unwrap();
+            // Keys for [service] go into the existing table; other tables are appended.
+            let text = match extra.strip_prefix("[service]\n") {
+                Some(keys) => text.replace("[service]\n", &format!("[service]\n{keys}\n")),
+                None => format!("{text}\n{extra}\n"),
+            };
+            std::fs::write(&config, text).unwrap();
         }
         let mut s = Service { log: tmp.path().join("sitesignd.log"), dir, port, child: None, _tmp: tmp };
         s.spawn(&[]);
@@ -105,6 +117,43 @@ impl Service {
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
         (code.trim().parse().unwrap_or(0), body.to_owned())
+    }
+
+    /// Peak resident memory of the service, KiB (VmHWM).
+    fn peak_rss_kib(&self) -> u64 {
+        let pid = self.child.as_ref().unwrap().id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .unwrap()
+            .trim()
+            .trim_end_matches(" kB")
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// POSTs the file `body` to the batch endpoint as a stream (curl -T), returning the lines.
+    fn batch_file(&self, body: &Path) -> Vec<Value> {
+        let out_path = body.with_extension("out");
+        let out = self
+            .mtls()
+            .args(["-X", "POST", "-H", "content-type: application/x-ndjson", "-T"])
+            .arg(body)
+            .arg("-o")
+            .arg(&out_path)
+            .arg(self.url("/v1/client-tokens:batch"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let text = std::fs::read_to_string(&out_path).unwrap();
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+
+    fn audit_records(&self) -> Vec<Value> {
+        let out = run(&mut with_config(&self.dir, &["audit", "export"]));
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
     }
 
     fn stop(&mut self) -> std::process::ExitStatus {
@@ -658,4 +707,168 @@ fn the_systemd_unit_is_hardened() {
     for required in ["Type=notify", "User=sitesign", "NoNewPrivileges=yes", "CapabilityBoundingSet=\n"] {
         assert!(unit_text.contains(required), "{required}");
     }
+}
+
+/// The DeviceId inside a token (its payload decoded, not verified: the tests above verify).
+fn device_in(token: &str) -> String {
+    let payload = token.split('.').nth(1).unwrap();
+    let alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut bits = 0u32;
+    let mut n = 0;
+    let mut bytes = Vec::new();
+    for c in payload.chars() {
+        bits = bits << 6 | alphabet.find(c).unwrap() as u32;
+        n += 6;
+        if n >= 8 {
+            n -= 8;
+            bytes.push((bits >> n) as u8);
+        }
+    }
+    let v: Value = serde_json::from_slice(&bytes).unwrap();
+    v["DeviceId"].as_str().unwrap().to_owned()
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, data).as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn batches_keep_order_report_per_item_errors_and_audit_every_token() {
+    let s = Service::start("");
+    // 300 items: every 7th malformed, every 11th a bad device id, every 13th a forged renewal.
+    let mut lines = Vec::new();
+    let mut expected = Vec::new();
+    for i in 0..300u32 {
+        let dev = format!("GUID:{i:08X}-0000-4000-8000-000000000000");
+        if i % 7 == 3 {
+            lines.push(format!("{{\"device_id\": \"{dev}\", broken"));
+            expected.push(Err("bad_request"));
+        } else if i % 11 == 5 {
+            lines.push(json!({"device_id": format!("GUID:{i}"), "client_cert_thumbprint": thumbprint(1), "proof": {"kind": "internal"}}).to_string());
+            expected.push(Err("invalid_device_id"));
+        } else if i % 13 == 6 {
+            lines.push(json!({"device_id": dev, "client_cert_thumbprint": thumbprint(1), "proof": {"kind": "renew", "token": "e30.e30.e30"}}).to_string());
+            expected.push(Err("proof_rejected"));
+        } else {
+            lines.push(
+                json!({"device_id": dev, "client_cert_thumbprint": thumbprint(1), "proof": {"kind": "internal"}})
+                    .to_string(),
+            );
+            expected.push(Ok(dev));
+        }
+    }
+    // A blank line is not an item; the last line has no newline.
+    let body_path = s.dir.join("batch.ndjson");
+    std::fs::write(&body_path, format!("{}\n\n{}", lines[..299].join("\n"), lines[299])).unwrap();
+    let results = s.batch_file(&body_path);
+    assert_eq!(results.len(), 300);
+    let records = s.audit_records();
+    let audited: std::collections::HashSet<&str> =
+        records.iter().filter(|r| r["kind"] == "client-token").map(|r| r["sha256"].as_str().unwrap()).collect();
+    let mut tokens = 0;
+    for (i, (got, want)) in results.iter().zip(&expected).enumerate() {
+        match want {
+            Ok(dev) => {
+                let token = got["token"].as_str().unwrap_or_else(|| panic!("item {i}: {got}"));
+                assert_eq!(&device_in(token), dev, "item {i} out of order");
+                assert!(audited.contains(sha256_hex(token.as_bytes()).as_str()), "item {i} has no audit record");
+                tokens += 1;
+            }
+            Err(code) => assert_eq!(got["error"]["code"], *code, "item {i}: {got}"),
+        }
+    }
+    assert_eq!(audited.len(), tokens, "no record without a released token");
+    assert_eq!(verify_chain(&s), true);
+}
+
+fn verify_chain(s: &Service) -> bool {
+    ok(run(&mut with_config(&s.dir, &["audit", "verify"])))["intact"] == true
+}
+
+#[test]
+fn a_long_batch_streams_in_bounded_memory() {
+    // ES256 signs fast enough on SoftHSM to push a long stream through in seconds.
+    let s = Service::start_with("", &["--token-algorithm", "ec-p256"]);
+    let n = 60_000u32;
+    let body_path = s.dir.join("long.ndjson");
+    {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&body_path).unwrap());
+        for i in 0..n {
+            writeln!(
+                f,
+                "{{\"device_id\":\"GUID:{i:08X}-0000-4000-8000-000000000000\",\"client_cert_thumbprint\":\"{}\",\"proof\":{{\"kind\":\"internal\"}}}}",
+                thumbprint((i % 251) as u8)
+            )
+            .unwrap();
+        }
+    }
+    let before = s.peak_rss_kib();
+    let out_path = body_path.with_extension("out");
+    let out = s
+        .mtls()
+        .args(["-X", "POST", "-H", "content-type: application/x-ndjson", "-T"])
+        .arg(&body_path)
+        .arg("-o")
+        .arg(&out_path)
+        .arg(s.url("/v1/client-tokens:batch"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let response_bytes = std::fs::metadata(&out_path).unwrap().len();
+    let text = std::fs::read_to_string(&out_path).unwrap();
+    let mut count = 0u32;
+    for (i, line) in text.lines().enumerate() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        assert!(v["token"].is_string(), "item {i}: {v}");
+        count += 1;
+    }
+    assert_eq!(count, n);
+    let growth = s.peak_rss_kib().saturating_sub(before);
+    let request_bytes = std::fs::metadata(&body_path).unwrap().len();
+    // Neither the request nor the response was held: the service grew by far less than either.
+    assert!(
+        growth * 1024 < response_bytes / 2 && growth < 48 * 1024,
+        "peak RSS grew {growth} KiB for a {request_bytes}-byte request and a {response_bytes}-byte response"
+    );
+    let audited = s.audit_records().iter().filter(|r| r["kind"] == "client-token").count();
+    assert_eq!(audited, n as usize);
+}
+
+#[test]
+fn a_full_queue_answers_busy_and_signs_nothing_for_it() {
+    // One signing worker (one session) behind a queue of one: a crowd of single requests overflows.
+    let s = Service::start("[service]\nqueue_depth = 1\nrate_limit_per_second = 100000\nrate_limit_burst = 100000");
+    let config = s.dir.join("sitesign.toml");
+    assert!(std::fs::read_to_string(&config).unwrap().contains("queue_depth = 1"));
+    let threads: Vec<_> = (0..48u8)
+        .map(|n| {
+            let (dir, port) = (s.dir.clone(), s.port);
+            std::thread::spawn(move || {
+                let body = json!({"device_id": device(n), "client_cert_thumbprint": thumbprint(n), "proof": {"kind": "internal"}});
+                let out = Command::new("curl")
+                    .args(["-sS", "--max-time", "30", "-D", "-", "--cacert"])
+                    .arg(dir.join("ca.pem"))
+                    .arg("--cert")
+                    .arg(dir.join("mp/mp.crt"))
+                    .arg("--key")
+                    .arg(dir.join("mp/mp.key"))
+                    .args(["-H", "content-type: application/json", "--data-binary", &body.to_string()])
+                    .arg(format!("https://127.0.0.1:{port}/v1/client-tokens"))
+                    .output()
+                    .unwrap();
+                String::from_utf8_lossy(&out.stdout).into_owned()
+            })
+        })
+        .collect();
+    let answers: Vec<String> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let ok_count = answers.iter().filter(|a| a.starts_with("HTTP/1.1 200")).count();
+    let busy: Vec<&String> = answers.iter().filter(|a| a.starts_with("HTTP/1.1 503")).collect();
+    assert_eq!(ok_count + busy.len(), answers.len(), "{answers:?}");
+    assert!(!busy.is_empty(), "48 concurrent requests never found a queue of one full");
+    for b in &busy {
+        let lower = b.to_ascii_lowercase();
+        assert!(lower.contains("retry-after: ") && lower.contains("\"unavailable\""), "{b}");
+    }
+    let audited = s.audit_records().iter().filter(|r| r["kind"] == "client-token").count();
+    assert_eq!(audited, ok_count, "a busy answer signed nothing");
 }
