@@ -778,7 +778,7 @@ fn batches_keep_order_report_per_item_errors_and_audit_every_token() {
         }
     }
     assert_eq!(audited.len(), tokens, "no record without a released token");
-    assert_eq!(verify_chain(&s), true);
+    assert!(verify_chain(&s));
 }
 
 fn verify_chain(s: &Service) -> bool {
