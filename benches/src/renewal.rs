@@ -1,0 +1,410 @@
+//! `renewal`: the end-to-end mass-renewal benchmark (SPEC §6, issue 7).
+//!
+//! In one run it
+//! 1. measures the **raw** sign rate of the backend with the same key type and the same number
+//!    of sessions (`raw-rate`, a fresh device of the same kind);
+//! 2. provisions a fresh appliance (`sitesign quickstart`: SoftHSM, or with `--backend swtpm` a
+//!    private swtpm) and starts `sitesignd`;
+//! 3. registers N devices through `POST /v1/client-tokens:batch` over HTTPS with mTLS (internal
+//!    proofs), then **renews** all N with their tokens (renew proofs: each presented token fully
+//!    verified) — the renewal phase is the end-to-end rate;
+//! 4. drives single-token requests from 64 concurrent MP connections and records their latency;
+//! 5. prints one JSON line: raw rate, end-to-end rate, their ratio, p50/p99 single-token latency,
+//!    sitesignd's peak RSS.
+//!
+//! `cargo run --release -p sitesign-benches --bin renewal -- [--tokens N | --million]
+//! [--backend swtpm] [--algorithm ec-p256]`. Progress goes to standard error.
+
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use futures_util::StreamExt as _;
+use http_body_util::{BodyExt as _, Full, StreamBody};
+use hyper::body::{Bytes, Frame};
+use hyper_util::rt::TokioIo;
+use indicatif::{ProgressBar, ProgressStyle};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Device {
+    Softhsm,
+    Swtpm,
+}
+
+/// End-to-end renewal benchmark: raw backend rate vs. tokens through sitesignd's batch endpoint.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Tokens to register and then renew.
+    #[arg(long, default_value_t = 100_000)]
+    tokens: u64,
+    /// 1,000,000 tokens.
+    #[arg(long)]
+    million: bool,
+    /// The key device.
+    #[arg(long, value_enum, default_value = "softhsm")]
+    backend: Device,
+    /// Token-signing key: rsa-2048 (RS256) or ec-p256 (ES256).
+    #[arg(long, default_value = "rsa-2048")]
+    algorithm: String,
+    /// Concurrent MP connections for the single-token latency phase.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Seconds of the single-token latency phase.
+    #[arg(long, default_value_t = 10.0)]
+    latency_seconds: f64,
+    /// Seconds of the raw-rate measurement.
+    #[arg(long, default_value_t = 5.0)]
+    raw_seconds: f64,
+    /// Keep the appliance in this folder (default: a temporary folder).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+fn bin(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let path = exe.parent().context("binary folder")?.join(name);
+    if !path.exists() {
+        bail!("{} not found: build it first (cargo build --release -p sitesign-provisioning -p sitesign-benches)", path.display());
+    }
+    Ok(path)
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        if port < 65_000 && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return Ok(port);
+        }
+    }
+}
+
+fn ready(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer.starts_with("HTTP/1.1 200")
+}
+
+fn peak_rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmHWM:")).map(|v| v.trim().trim_end_matches("kB").trim().to_owned()))
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// A device's id and its client certificate thumbprint (deterministic from its number).
+fn device(i: u64) -> (String, String) {
+    let id = format!("GUID:{:08X}-{:04X}-4000-8000-{:012X}", i & 0xffff_ffff, (i >> 32) & 0xffff, i);
+    let digest = ring::digest::digest(&ring::digest::SHA256, &i.to_be_bytes());
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let (mut out, mut bits, mut n) = (String::with_capacity(43), 0u32, 0);
+    for b in digest.as_ref() {
+        bits = bits << 8 | u32::from(*b);
+        n += 8;
+        while n >= 6 {
+            n -= 6;
+            out.push(alphabet[(bits >> n) as usize & 63] as char);
+        }
+    }
+    out.push(alphabet[(bits << (6 - n)) as usize & 63] as char);
+    (id, out)
+}
+
+struct Client {
+    config: Arc<rustls::ClientConfig>,
+    addr: SocketAddr,
+}
+
+impl Client {
+    fn new(dir: &Path, port: u16) -> anyhow::Result<Client> {
+        let pem = |p: &str| -> anyhow::Result<Vec<u8>> {
+            Ok(der::pem::decode_vec(&std::fs::read(dir.join(p))?).map_err(|e| anyhow::anyhow!("{p}: {e}"))?.1)
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from(pem("ca.pem")?))?;
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pem("mp/mp.key")?));
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(vec![CertificateDer::from(pem("mp/mp.crt")?)], key)?;
+        Ok(Client { config: Arc::new(config), addr: SocketAddr::from(([127, 0, 0, 1], port)) })
+    }
+
+    async fn connect<B>(&self) -> anyhow::Result<hyper::client::conn::http1::SendRequest<B>>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let tcp = tokio::net::TcpStream::connect(self.addr).await?;
+        tcp.set_nodelay(true)?;
+        let tls = tokio_rustls::TlsConnector::from(Arc::clone(&self.config))
+            .connect(ServerName::IpAddress(self.addr.ip().into()), tcp)
+            .await?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+        tokio::spawn(conn);
+        Ok(sender)
+    }
+}
+
+type LineStream = futures_util::stream::BoxStream<'static, Result<Frame<Bytes>, std::convert::Infallible>>;
+
+/// Streams `lines` (chunks of NDJSON) to the batch endpoint; returns (tokens, errors, seconds).
+/// Each response line goes to `sink` as it arrives.
+async fn batch(
+    client: &Client,
+    lines: LineStream,
+    total: u64,
+    label: &str,
+    mut sink: impl FnMut(&[u8]) -> bool + Send,
+) -> anyhow::Result<(u64, u64, f64)> {
+    let mut sender = client.connect::<StreamBody<LineStream>>().await?;
+    let bar = ProgressBar::new(total).with_message(label.to_owned());
+    bar.set_style(ProgressStyle::with_template("{msg:>10} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")?.progress_chars("=> "));
+    let started = Instant::now();
+    let request = hyper::Request::post("/v1/client-tokens:batch")
+        .header("host", "127.0.0.1")
+        .header("content-type", "application/x-ndjson")
+        .body(StreamBody::new(lines))?;
+    let response = sender.send_request(request).await?;
+    if !response.status().is_success() {
+        bail!("batch answered {}", response.status());
+    }
+    let mut body = response.into_body();
+    let (mut tokens, mut errors, mut pending) = (0u64, 0u64, Vec::<u8>::new());
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else { continue };
+        pending.extend_from_slice(&data);
+        let mut start = 0;
+        while let Some(at) = pending[start..].iter().position(|b| *b == b'\n') {
+            let line = &pending[start..start + at];
+            if sink(line) {
+                tokens += 1;
+            } else {
+                errors += 1;
+            }
+            start += at + 1;
+        }
+        pending.drain(..start);
+        bar.set_position(tokens + errors);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    Ok((tokens, errors, seconds))
+}
+
+/// NDJSON chunks of ~64 KiB from `line(i)` for i in 0..n.
+fn generate(n: u64, mut line: impl FnMut(u64, &mut Vec<u8>) + Send + 'static) -> LineStream {
+    futures_util::stream::unfold(0u64, move |i| {
+        let mut chunk = Vec::with_capacity(64 * 1024 + 2048);
+        let mut j = i;
+        while j < n && chunk.len() < 64 * 1024 {
+            line(j, &mut chunk);
+            j += 1;
+        }
+        let out = (!chunk.is_empty()).then(|| (Ok(Frame::data(Bytes::from(chunk))), j));
+        std::future::ready(out)
+    })
+    .boxed()
+}
+
+/// Single-token requests from `concurrency` connections for `seconds`: latencies in ms.
+async fn latency(client: Arc<Client>, concurrency: usize, seconds: f64) -> anyhow::Result<Vec<f64>> {
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let mut tasks = Vec::new();
+    for c in 0..concurrency {
+        let client = Arc::clone(&client);
+        tasks.push(tokio::spawn(async move {
+            let mut sender = client.connect::<Full<Bytes>>().await?;
+            let mut out = Vec::new();
+            let mut i = 0u64;
+            while Instant::now() < deadline {
+                let (id, tp) = device(10_000_000_000 + (c as u64) * 1_000_000 + i);
+                let body = format!(r#"{{"device_id":"{id}","client_cert_thumbprint":"{tp}","proof":{{"kind":"internal"}}}}"#);
+                let request = hyper::Request::post("/v1/client-tokens")
+                    .header("host", "127.0.0.1")
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from(body)))?;
+                let started = Instant::now();
+                let response = sender.send_request(request).await?;
+                let status = response.status();
+                response.into_body().collect().await?;
+                if status.is_success() {
+                    out.push(started.elapsed().as_secs_f64() * 1000.0);
+                }
+                i += 1;
+            }
+            anyhow::Ok(out)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    all.sort_by(f64::total_cmp);
+    Ok(all)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+struct Service(Child);
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.0.id() as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        let _ = self.0.wait();
+    }
+}
+
+fn run(args: &Args) -> anyhow::Result<()> {
+    let tokens = if args.million { 1_000_000 } else { args.tokens };
+    let sessions = match args.backend {
+        Device::Softhsm => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        Device::Swtpm => 1,
+    };
+    let backend_name = format!("{:?}", args.backend).to_lowercase();
+
+    // 1. The raw rate, same key type, same sessions, same run.
+    eprintln!("measuring the raw {backend_name} rate ({}, {sessions} session(s), {} s)…", args.algorithm, args.raw_seconds);
+    let raw = Command::new(bin("raw-rate")?)
+        .args(["--backend", &backend_name, "--algorithm", &args.algorithm, "--sessions", &sessions.to_string()])
+        .args(["--seconds", &args.raw_seconds.to_string()])
+        .stderr(Stdio::inherit())
+        .output()?;
+    let raw: serde_json::Value = serde_json::from_slice(
+        raw.stdout.split(|b| *b == b'\n').find(|l| !l.is_empty()).context("raw-rate printed nothing")?,
+    )?;
+    let raw_rate = raw["rate_per_s"].as_f64().context("raw rate")?;
+
+    // 2. A fresh appliance and its service.
+    let temp = tempfile::Builder::new().prefix("sitesign-renewal-").tempdir()?;
+    let root = args.dir.clone().unwrap_or_else(|| temp.path().to_owned());
+    let dir = root.join("appliance");
+    let swtpm = (args.backend == Device::Swtpm).then(|| softhsm_tests::swtpm::Swtpm::start(&root));
+    let port = free_port()?;
+    let mut quickstart = Command::new(bin("sitesign")?);
+    quickstart.args(["quickstart", "--json", "--dir"]).arg(&dir);
+    quickstart.args(["--listen", &format!("127.0.0.1:{port}"), "--token-algorithm", &args.algorithm]);
+    if let Some(t) = &swtpm {
+        quickstart.args(["--backend", "tpm", "--tcti", &t.tcti()]);
+    }
+    let made = quickstart.env_remove("SOFTHSM2_CONF").output()?;
+    if !made.status.success() {
+        bail!("quickstart failed: {}", String::from_utf8_lossy(&made.stdout));
+    }
+    let config = dir.join("sitesign.toml");
+    let text = std::fs::read_to_string(&config)?;
+    // The benchmark is one MP: lift its rate limit; keep the default queue.
+    std::fs::write(&config, text.replace("[service]\n", "[service]\nrate_limit_per_second = 100000000\nrate_limit_burst = 100000000\n"))?;
+    let mut sitesignd = Command::new(bin("sitesignd")?);
+    sitesignd.arg("--config").arg(&config).env_remove("SOFTHSM2_CONF").stderr(std::fs::File::create(root.join("sitesignd.log"))?);
+    if rustix::process::geteuid().is_root() {
+        sitesignd.arg("--allow-root");
+    }
+    let service = Service(sitesignd.spawn()?);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ready(port + 1) {
+        if Instant::now() > deadline {
+            bail!("sitesignd did not become ready; see {}", root.join("sitesignd.log").display());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pid = service.0.id();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let client = Arc::new(Client::new(&dir, port)?);
+    let tokens_path = root.join("tokens.txt");
+
+    // 3a. Registration: N devices, internal proofs; their tokens kept for the renewal.
+    let lines = generate(tokens, |i, out| {
+        let (id, tp) = device(i);
+        let _ = write!(out, r#"{{"device_id":"{id}","client_cert_thumbprint":"{tp}","proof":{{"kind":"internal"}}}}"#);
+        out.push(b'\n');
+    });
+    let mut file = BufWriter::new(std::fs::File::create(&tokens_path)?);
+    let (registered, reg_errors, reg_seconds) = runtime.block_on(batch(&client, lines, tokens, "register", |line| {
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(line) else { return false };
+        match v["token"].as_str() {
+            Some(t) => writeln!(file, "{t}").is_ok(),
+            None => false,
+        }
+    }))?;
+    file.flush()?;
+    drop(file);
+    if registered != tokens {
+        bail!("registration: {registered} tokens, {reg_errors} errors; see {}", root.join("sitesignd.log").display());
+    }
+
+    // 3b. Renewal: every device presents its token (verified in full) for a new one.
+    let mut reader = BufReader::new(std::fs::File::open(&tokens_path)?);
+    let lines = generate(tokens, move |i, out| {
+        let mut token = String::new();
+        let _ = reader.read_line(&mut token);
+        let (id, tp) = device(i);
+        let _ = write!(
+            out,
+            r#"{{"device_id":"{id}","client_cert_thumbprint":"{tp}","proof":{{"kind":"renew","token":"{}"}}}}"#,
+            token.trim()
+        );
+        out.push(b'\n');
+    });
+    let (renewed, renew_errors, renew_seconds) = runtime.block_on(batch(&client, lines, tokens, "renew", |line| {
+        line.starts_with(br#"{"token""#)
+    }))?;
+
+    // 4. Single-token latency under concurrent load.
+    eprintln!("single-token requests from {} connections for {} s…", args.concurrency, args.latency_seconds);
+    let latencies = runtime.block_on(latency(Arc::clone(&client), args.concurrency, args.latency_seconds))?;
+    let peak = peak_rss_mib(pid);
+    drop(service);
+    drop(swtpm);
+
+    let e2e = renewed as f64 / renew_seconds;
+    let line = serde_json::json!({
+        "backend": backend_name,
+        "algorithm": args.algorithm,
+        "sessions": sessions,
+        "tokens": tokens,
+        "raw_rate_per_s": (raw_rate * 10.0).round() / 10.0,
+        "registration_rate_per_s": (registered as f64 / reg_seconds * 10.0).round() / 10.0,
+        "renewal_rate_per_s": (e2e * 10.0).round() / 10.0,
+        "ratio": (e2e / raw_rate * 1000.0).round() / 1000.0,
+        "renewal_errors": renew_errors,
+        "single_concurrency": args.concurrency,
+        "single_requests": latencies.len(),
+        "single_rate_per_s": (latencies.len() as f64 / args.latency_seconds * 10.0).round() / 10.0,
+        "single_p50_ms": (percentile(&latencies, 0.50) * 100.0).round() / 100.0,
+        "single_p99_ms": (percentile(&latencies, 0.99) * 100.0).round() / 100.0,
+        "peak_rss_mib": (peak * 10.0).round() / 10.0,
+    });
+    println!("{line}");
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(&Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("renewal: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
