@@ -70,7 +70,10 @@ fn bin(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let path = exe.parent().context("binary folder")?.join(name);
     if !path.exists() {
-        bail!("{} not found: build it first (cargo build --release -p sitesign-provisioning -p sitesign-benches)", path.display());
+        bail!(
+            "{} not found: build it first (cargo build --release -p sitesign-provisioning -p sitesign-benches)",
+            path.display()
+        );
     }
     Ok(path)
 }
@@ -98,7 +101,9 @@ fn ready(port: u16) -> bool {
 fn peak_rss_mib(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmHWM:")).map(|v| v.trim().trim_end_matches("kB").trim().to_owned()))
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("VmHWM:")).map(|v| v.trim().trim_end_matches("kB").trim().to_owned())
+        })
         .and_then(|v| v.parse::<f64>().ok())
         .map_or(0.0, |kib| kib / 1024.0)
 }
@@ -171,7 +176,9 @@ async fn batch(
 ) -> anyhow::Result<(u64, u64, f64)> {
     let mut sender = client.connect::<StreamBody<LineStream>>().await?;
     let bar = ProgressBar::new(total).with_message(label.to_owned());
-    bar.set_style(ProgressStyle::with_template("{msg:>10} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")?.progress_chars("=> "));
+    bar.set_style(
+        ProgressStyle::with_template("{msg:>10} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")?.progress_chars("=> "),
+    );
     let started = Instant::now();
     let request = hyper::Request::post("/v1/client-tokens:batch")
         .header("host", "127.0.0.1")
@@ -231,7 +238,8 @@ async fn latency(client: Arc<Client>, concurrency: usize, seconds: f64) -> anyho
             let mut i = 0u64;
             while Instant::now() < deadline {
                 let (id, tp) = device(10_000_000_000 + (c as u64) * 1_000_000 + i);
-                let body = format!(r#"{{"device_id":"{id}","client_cert_thumbprint":"{tp}","proof":{{"kind":"internal"}}}}"#);
+                let body =
+                    format!(r#"{{"device_id":"{id}","client_cert_thumbprint":"{tp}","proof":{{"kind":"internal"}}}}"#);
                 let request = hyper::Request::post("/v1/client-tokens")
                     .header("host", "127.0.0.1")
                     .header("content-type", "application/json")
@@ -283,7 +291,10 @@ fn run(args: &Args) -> anyhow::Result<()> {
     let backend_name = format!("{:?}", args.backend).to_lowercase();
 
     // 1. The raw rate, same key type, same sessions, same run.
-    eprintln!("measuring the raw {backend_name} rate ({}, {sessions} session(s), {} s)…", args.algorithm, args.raw_seconds);
+    eprintln!(
+        "measuring the raw {backend_name} rate ({}, {sessions} session(s), {} s)…",
+        args.algorithm, args.raw_seconds
+    );
     let raw = Command::new(bin("raw-rate")?)
         .args(["--backend", &backend_name, "--algorithm", &args.algorithm, "--sessions", &sessions.to_string()])
         .args(["--seconds", &args.raw_seconds.to_string()])
@@ -313,9 +324,16 @@ fn run(args: &Args) -> anyhow::Result<()> {
     let config = dir.join("sitesign.toml");
     let text = std::fs::read_to_string(&config)?;
     // The benchmark is one MP: lift its rate limit; keep the default queue.
-    std::fs::write(&config, text.replace("[service]\n", "[service]\nrate_limit_per_second = 100000000\nrate_limit_burst = 100000000\n"))?;
+    std::fs::write(
+        &config,
+        text.replace("[service]\n", "[service]\nrate_limit_per_second = 100000000\nrate_limit_burst = 100000000\n"),
+    )?;
     let mut sitesignd = Command::new(bin("sitesignd")?);
-    sitesignd.arg("--config").arg(&config).env_remove("SOFTHSM2_CONF").stderr(std::fs::File::create(root.join("sitesignd.log"))?);
+    sitesignd
+        .arg("--config")
+        .arg(&config)
+        .env_remove("SOFTHSM2_CONF")
+        .stderr(std::fs::File::create(root.join("sitesignd.log"))?);
     if rustix::process::geteuid().is_root() {
         sitesignd.arg("--allow-root");
     }
@@ -340,13 +358,14 @@ fn run(args: &Args) -> anyhow::Result<()> {
         out.push(b'\n');
     });
     let mut file = BufWriter::new(std::fs::File::create(&tokens_path)?);
-    let (registered, reg_errors, reg_seconds) = runtime.block_on(batch(&client, lines, tokens, "register", |line| {
-        let Ok(v) = serde_json::from_slice::<serde_json::Value>(line) else { return false };
-        match v["token"].as_str() {
-            Some(t) => writeln!(file, "{t}").is_ok(),
-            None => false,
-        }
-    }))?;
+    let (registered, reg_errors, reg_seconds) =
+        runtime.block_on(batch(&client, lines, tokens, "register", |line| {
+            let Ok(v) = serde_json::from_slice::<serde_json::Value>(line) else { return false };
+            match v["token"].as_str() {
+                Some(t) => writeln!(file, "{t}").is_ok(),
+                None => false,
+            }
+        }))?;
     file.flush()?;
     drop(file);
     if registered != tokens {
@@ -366,9 +385,8 @@ fn run(args: &Args) -> anyhow::Result<()> {
         );
         out.push(b'\n');
     });
-    let (renewed, renew_errors, renew_seconds) = runtime.block_on(batch(&client, lines, tokens, "renew", |line| {
-        line.starts_with(br#"{"token""#)
-    }))?;
+    let (renewed, renew_errors, renew_seconds) =
+        runtime.block_on(batch(&client, lines, tokens, "renew", |line| line.starts_with(br#"{"token""#)))?;
 
     // 4. Single-token latency under concurrent load.
     eprintln!("single-token requests from {} connections for {} s…", args.concurrency, args.latency_seconds);

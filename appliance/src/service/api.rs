@@ -285,6 +285,8 @@ async fn post_verify(State(app): State<Arc<App>>, body: Bytes) -> Result<Json<Va
 /// Most results a batch keeps in flight (signing or waiting for the audit commit) before it stops
 /// reading its request: this and the line limit bound a batch's memory whatever its length.
 pub const BATCH_IN_FLIGHT: usize = 1024;
+/// Request chunks of one batch validated at the same time.
+const VALIDATING: usize = 4;
 
 /// One batch line's result, in request order: a ticket from the pipeline, or an error found
 /// before signing.
@@ -354,49 +356,62 @@ async fn post_batch(State(app): State<Arc<App>>, Extension(caller): Extension<Ca
         }
         writer_app.metrics.batch_size.observe(items as f64);
     });
-    // The reader: lines → validation (blocking pool) → pipeline, in order.
+    // Validated chunks, in request order; up to VALIDATING chunks are checked at once (proof
+    // verification is the costly part and spreads over the cores).
+    type Checked = Vec<Result<(PreparedToken, String), ApiError>>;
+    let (checked_tx, mut checked_rx) = tokio::sync::mpsc::channel::<tokio::task::JoinHandle<Checked>>(VALIDATING);
+    // The submitter: validated items → pipeline (waiting for room: backpressure), in order.
+    let submit_app = Arc::clone(&app);
     tokio::spawn(async move {
         let caller_id: Arc<str> = Arc::from(caller.subject.as_str());
+        while let Some(handle) = checked_rx.recv().await {
+            let checked = handle.await.unwrap_or_else(|e| vec![Err(ApiError::Internal(e.to_string()))]);
+            for item in checked {
+                let slot = match item {
+                    Ok((prepared, subject)) => {
+                        match submit_app.pipeline.submit(prepared, Arc::clone(&caller_id), subject).await {
+                            Ok(ticket) => Slot::Ticket(ticket),
+                            Err(e) => Slot::Failed(e.into()),
+                        }
+                    }
+                    Err(e) => Slot::Failed(e),
+                };
+                if slot_tx.send(slot).await.is_err() {
+                    return; // the client went away
+                }
+            }
+        }
+    });
+    // The reader: request chunks → lines → validation on the blocking pool.
+    tokio::spawn(async move {
         let mut stream = body.into_data_stream();
         let mut pending: Vec<u8> = Vec::new();
         let mut skipping = false;
         loop {
             let chunk = stream.next().await;
             let end = !matches!(chunk, Some(Ok(_)));
-            match chunk {
-                Some(Ok(bytes)) => pending.extend_from_slice(&bytes),
-                Some(Err(e)) => {
-                    let _ = slot_tx.send(Slot::Failed(ApiError::BadRequest(format!("request stream: {e}")))).await;
-                }
-                None => {}
+            if let Some(Err(e)) = &chunk {
+                let message = format!("request stream: {e}");
+                let failed = tokio::spawn(async move { vec![Err(ApiError::BadRequest(message))] });
+                let _ = checked_tx.send(failed).await;
+            }
+            if let Some(Ok(bytes)) = chunk {
+                pending.extend_from_slice(&bytes);
             }
             let lines = take_lines(&mut pending, &mut skipping, end);
             if !lines.is_empty() {
                 let a = Arc::clone(&app);
-                let checked = tokio::task::spawn_blocking(move || {
+                let handle = tokio::task::spawn_blocking(move || {
                     lines
                         .into_iter()
                         .map(|line| match line {
                             None => Err(ApiError::BadRequest(format!("a line is longer than {BODY_LIMIT} bytes"))),
                             Some(l) => validate_client(&a, &parse::<ClientTokenRequest>(&l)?),
                         })
-                        .collect::<Vec<_>>()
-                })
-                .await
-                .unwrap_or_default();
-                for item in checked {
-                    let slot = match item {
-                        Ok((prepared, subject)) => {
-                            match app.pipeline.submit(prepared, Arc::clone(&caller_id), subject).await {
-                                Ok(ticket) => Slot::Ticket(ticket),
-                                Err(e) => Slot::Failed(e.into()),
-                            }
-                        }
-                        Err(e) => Slot::Failed(e),
-                    };
-                    if slot_tx.send(slot).await.is_err() {
-                        return; // the client went away
-                    }
+                        .collect::<Checked>()
+                });
+                if checked_tx.send(handle).await.is_err() {
+                    return;
                 }
             }
             if end {
