@@ -111,18 +111,7 @@ fn peak_rss_mib(pid: u32) -> f64 {
 /// A device's id and its client certificate thumbprint (deterministic from its number).
 fn device(i: u64) -> (String, String) {
     let id = format!("GUID:{:08X}-{:04X}-4000-8000-{:012X}", i & 0xffff_ffff, (i >> 32) & 0xffff, i);
-    let digest = ring::digest::digest(&ring::digest::SHA256, &i.to_be_bytes());
-    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let (mut out, mut bits, mut n) = (String::with_capacity(43), 0u32, 0);
-    for b in digest.as_ref() {
-        bits = bits << 8 | u32::from(*b);
-        n += 8;
-        while n >= 6 {
-            n -= 6;
-            out.push(alphabet[(bits >> n) as usize & 63] as char);
-        }
-    }
-    out.push(alphabet[(bits << (6 - n)) as usize & 63] as char);
+    let out = sitesign::token::b64::encode(ring::digest::digest(&ring::digest::SHA256, &i.to_be_bytes()).as_ref());
     (id, out)
 }
 

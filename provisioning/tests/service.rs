@@ -11,6 +11,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use sitesign::token::b64;
 
 mod common;
 use common::{ok, quickstart, run, with_config};
@@ -194,22 +195,7 @@ fn parse_curl(out: &Output) -> (u16, Value) {
 fn thumbprint(seed: u8) -> String {
     let mut h = [seed; 32];
     h[0] ^= 0x5a;
-    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::new();
-    let mut bits = 0u32;
-    let mut n = 0;
-    for b in h {
-        bits = bits << 8 | u32::from(b);
-        n += 8;
-        while n >= 6 {
-            n -= 6;
-            out.push(alphabet[(bits >> n) as usize & 63] as char);
-        }
-    }
-    if n > 0 {
-        out.push(alphabet[(bits << (6 - n)) as usize & 63] as char);
-    }
-    out
+    b64::encode(&h)
 }
 
 fn device(n: u8) -> String {
@@ -482,17 +468,6 @@ fn bad_requests_get_stable_errors_and_nothing_is_signed() {
 /// A client token that expired an hour ago, signed by the token-signing key in the SoftHSM token
 /// with pkcs11-tool (its PIN answered at the prompt).
 fn expired_client_token(s: &Service) -> String {
-    let b64 = |b: &[u8]| {
-        let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-        let mut out = String::new();
-        for chunk in b.chunks(3) {
-            let n = chunk.iter().enumerate().fold(0u32, |n, (i, x)| n | u32::from(*x) << (16 - 8 * i));
-            for i in 0..=chunk.len() {
-                out.push(alphabet[(n >> (18 - 6 * i)) as usize & 63] as char);
-            }
-        }
-        out
-    };
     let (_, certs) = s.call("/v1/certificates", None);
     let ts = certs["certificates"].as_array().unwrap().iter().find(|c| c["role"] == "token-signing").unwrap().clone();
     let status = ok(run(&mut with_config(&s.dir, &["status"])));
@@ -509,7 +484,7 @@ fn expired_client_token(s: &Service) -> String {
         now - 90 * 86_400,
         now - 3600
     );
-    let input = format!("{}.{}", b64(header.as_bytes()), b64(claims.as_bytes()));
+    let input = format!("{}.{}", b64::encode(header.as_bytes()), b64::encode(claims.as_bytes()));
     // Signed by the token-signing key in the token, in a child process that has the token's
     // SOFTHSM2_CONF (SoftHSM reads it once per process): the `sign_with_token_signing_key` helper.
     let work = s.dir.join("forge");
@@ -523,7 +498,7 @@ fn expired_client_token(s: &Service) -> String {
         .output()
         .unwrap();
     let sig = std::fs::read(work.join("sig")).unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stdout)));
-    format!("{input}.{}", b64(&sig))
+    format!("{input}.{}", b64::encode(&sig))
 }
 
 /// Helper for [`expired_client_token`]: signs `$FORGE_DIR/input` with the active token-signing key
@@ -711,20 +686,7 @@ fn the_systemd_unit_is_hardened() {
 
 /// The DeviceId inside a token (its payload decoded, not verified: the tests above verify).
 fn device_in(token: &str) -> String {
-    let payload = token.split('.').nth(1).unwrap();
-    let alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut bits = 0u32;
-    let mut n = 0;
-    let mut bytes = Vec::new();
-    for c in payload.chars() {
-        bits = bits << 6 | alphabet.find(c).unwrap() as u32;
-        n += 6;
-        if n >= 8 {
-            n -= 8;
-            bytes.push((bits >> n) as u8);
-        }
-    }
-    let v: Value = serde_json::from_slice(&bytes).unwrap();
+    let v: Value = serde_json::from_slice(&b64::decode(token.split('.').nth(1).unwrap()).unwrap()).unwrap();
     v["DeviceId"].as_str().unwrap().to_owned()
 }
 

@@ -162,6 +162,24 @@ impl SoftHsm {
         &self.pin_file
     }
 
+    /// A session on the test token with raw cryptoki, outside sitesign's code, logged in as the
+    /// user: for independent checks (and the known-answer test's key import).
+    pub fn raw_session(&self, read_write: bool) -> cryptoki::session::Session {
+        use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+        let ctx = Pkcs11::new(module_path()).unwrap();
+        // The module may still be initialised in this process (backends do not finalise it).
+        let _ = ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK));
+        let slot = ctx
+            .get_slots_with_token()
+            .unwrap()
+            .into_iter()
+            .find(|s| ctx.get_token_info(*s).unwrap().label() == TOKEN_LABEL)
+            .unwrap();
+        let session = if read_write { ctx.open_rw_session(slot) } else { ctx.open_ro_session(slot) }.unwrap();
+        session.login(cryptoki::session::UserType::User, Some(self.user_pin())).unwrap();
+        session
+    }
+
     /// The user PIN, for independent checks with raw cryptoki.
     pub fn user_pin(&self) -> &SecretString {
         &self.user_pin

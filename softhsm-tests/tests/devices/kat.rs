@@ -2,9 +2,7 @@
 //! sitesign itself never imports keys) must reproduce the RFC's RS256 signature byte for byte
 //! through sitesign's backend: host-side SHA-256, DigestInfo, CKM_RSA_PKCS in the token.
 
-use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::object::{Attribute, KeyType, ObjectClass};
-use cryptoki::session::UserType;
 use der::Decode;
 use der::asn1::UintRef;
 use hsm_adapters::{KeyBackend, SignatureScheme};
@@ -53,16 +51,7 @@ pub fn rfc7520_signature_is_reproduced_by_an_imported_key(hsm: &SoftHsm) {
     assert_eq!(key.version.as_bytes(), [0]);
 
     // Import it with raw cryptoki, sensitive and sign-only like a generated key.
-    let ctx = Pkcs11::new(softhsm_tests::module_path()).unwrap();
-    ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)).unwrap();
-    let slot = ctx
-        .get_slots_with_token()
-        .unwrap()
-        .into_iter()
-        .find(|s| ctx.get_token_info(*s).unwrap().label() == TOKEN_LABEL)
-        .unwrap();
-    let session = ctx.open_rw_session(slot).unwrap();
-    session.login(UserType::User, Some(hsm.user_pin())).unwrap();
+    let session = hsm.raw_session(true);
     let bytes = |u: &UintRef<'_>| u.as_bytes().to_vec();
     session
         .create_object(&[

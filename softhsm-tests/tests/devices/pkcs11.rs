@@ -3,7 +3,6 @@
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::object::{Attribute, AttributeInfo, AttributeType, ObjectClass};
-use cryptoki::session::UserType;
 use hsm_adapters::pkcs11::Pkcs11Backend;
 use hsm_adapters::pkcs11::token::initialize_token;
 use hsm_adapters::{Error, ErrorClass, KeyAlgorithm, KeyBackend, PinSource, SignatureScheme, SigningKey};
@@ -42,17 +41,7 @@ pub fn generated_keys_have_exactly_the_required_protection(hsm: &SoftHsm) {
     drop(backend);
 
     // Read the same attributes back with raw cryptoki, outside sitesign's code.
-    let ctx = Pkcs11::new(softhsm_tests::module_path()).unwrap();
-    // The module may still be initialised in this process (backends do not finalise it).
-    let _ = ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK));
-    let slot = ctx
-        .get_slots_with_token()
-        .unwrap()
-        .into_iter()
-        .find(|s| ctx.get_token_info(*s).unwrap().label() == TOKEN_LABEL)
-        .unwrap();
-    let session = ctx.open_ro_session(slot).unwrap();
-    session.login(UserType::User, Some(hsm.user_pin())).unwrap();
+    let session = hsm.raw_session(false);
     let privs = session.find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY)]).unwrap();
     assert_eq!(privs.len(), 2);
     for h in privs {
@@ -107,12 +96,7 @@ pub fn private_key_material_cannot_be_read(hsm: &SoftHsm) {
     }
     drop((rsa, ec, backend));
 
-    let ctx = Pkcs11::new(softhsm_tests::module_path()).unwrap();
-    // The module may still be initialised in this process (backends do not finalise it).
-    let _ = ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK));
-    let slot = ctx.get_slots_with_initialized_token().unwrap()[0];
-    let session = ctx.open_ro_session(slot).unwrap();
-    session.login(UserType::User, Some(hsm.user_pin())).unwrap();
+    let session = hsm.raw_session(false);
     for (label, secret) in [("rsa", AttributeType::PrivateExponent), ("ec", AttributeType::Value)] {
         let h = session
             .find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY), Attribute::Label(label.into())])
