@@ -201,7 +201,13 @@ fn es256_token_signing_keys_issue_tokens_third_parties_verify() {
     quickstart(dir, &[]);
     let config = dir.join("sitesign.toml");
     let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(&config, text.replace("[pki]\n", "[pki]\ntoken_signing_algorithm = \"ec-p256\"\n")).unwrap();
+    // Switch the configuration to ES256 and make a new hierarchy with it.
+    assert!(text.contains("token_signing_algorithm = \"rsa-2048\""), "{text}");
+    std::fs::write(
+        &config,
+        text.replace("token_signing_algorithm = \"rsa-2048\"", "token_signing_algorithm = \"ec-p256\""),
+    )
+    .unwrap();
     ok(run(&mut with_config(dir, &["init", "--force"])));
     let out = tmp.path().join("export");
     ok(run(&mut with_config(dir, &["cert", "export", "--out", out.to_str().unwrap()])));
