@@ -171,6 +171,16 @@ fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("the body is not valid: {e}")))
 }
 
+/// The bulk-token registry, read from the store only when a bulk token is verified (so that
+/// verifications of device tokens, the bulk of a renewal, never wait for the store's lock).
+struct Registry<'a>(&'a App);
+
+impl verify::BulkRegistry for Registry<'_> {
+    fn bulk_blocked(&self, guid: crate::token::Guid) -> Result<Option<bool>, String> {
+        verify::BulkRegistry::bulk_blocked(&*self.0.store(), guid)
+    }
+}
+
 fn verify_token(
     app: &App,
     token: &str,
@@ -178,8 +188,7 @@ fn verify_token(
     expect: Option<TokenKind>,
 ) -> Result<crate::token::Verified, ApiError> {
     let keys = app.keys.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let store = app.store();
-    verify::verify(&app.policy, &keys, &*store, token, thumbprint, expect, crate::pki::now_unix()).map_err(
+    verify::verify(&app.policy, &keys, &Registry(app), token, thumbprint, expect, crate::pki::now_unix()).map_err(
         |e| match e {
             VerifyError::Rejected(r) => ApiError::ProofRejected(r),
             VerifyError::Registry(e) => ApiError::Internal(e),
@@ -285,8 +294,11 @@ async fn post_verify(State(app): State<Arc<App>>, body: Bytes) -> Result<Json<Va
 /// Most results a batch keeps in flight (signing or waiting for the audit commit) before it stops
 /// reading its request: this and the line limit bound a batch's memory whatever its length.
 pub const BATCH_IN_FLIGHT: usize = 1024;
-/// Request chunks of one batch validated at the same time.
-const VALIDATING: usize = 4;
+/// Request chunks of one batch validated at the same time (more would only contend for the
+/// same cores).
+fn validating() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 8)
+}
 
 /// One batch line's result, in request order: a ticket from the pipeline, or an error found
 /// before signing.
@@ -359,7 +371,7 @@ async fn post_batch(State(app): State<Arc<App>>, Extension(caller): Extension<Ca
     // Validated chunks, in request order; up to VALIDATING chunks are checked at once (proof
     // verification is the costly part and spreads over the cores).
     type Checked = Vec<Result<(PreparedToken, String), ApiError>>;
-    let (checked_tx, mut checked_rx) = tokio::sync::mpsc::channel::<tokio::task::JoinHandle<Checked>>(VALIDATING);
+    let (checked_tx, mut checked_rx) = tokio::sync::mpsc::channel::<tokio::task::JoinHandle<Checked>>(validating());
     // The submitter: validated items → pipeline (waiting for room: backpressure), in order.
     let submit_app = Arc::clone(&app);
     tokio::spawn(async move {
