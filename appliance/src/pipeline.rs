@@ -42,18 +42,26 @@ pub enum PipelineError {
     Stopped,
 }
 
-/// The outcome of one job.
+/// The outcome of one token.
 pub type JobResult = Result<IssuedToken, PipelineError>;
 
+/// A token to sign and the audit subject it is recorded under.
+pub type Item = (PreparedToken, String);
+
+/// A job: up to [`GROUP`] tokens of one caller, signed by one worker in order and recorded in one
+/// audit submission — so the queue, the audit writer and the caller's wake-up are paid once per
+/// group, not once per token.
 struct Job {
-    prepared: PreparedToken,
+    items: Vec<Item>,
     caller: Arc<str>,
-    subject: String,
-    reply: tokio::sync::oneshot::Sender<JobResult>,
+    reply: tokio::sync::oneshot::Sender<Vec<JobResult>>,
 }
 
-/// Receives one job's outcome.
-pub type Ticket = tokio::sync::oneshot::Receiver<JobResult>;
+/// Most tokens in one job.
+pub const GROUP: usize = 32;
+
+/// Receives one job's outcomes, in the order of its items.
+pub type Ticket = tokio::sync::oneshot::Receiver<Vec<JobResult>>;
 
 /// The pipeline: a bounded queue and its signing workers.
 #[derive(Debug, Clone)]
@@ -64,7 +72,7 @@ pub struct Pipeline {
 
 impl std::fmt::Debug for Job {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Job").field("subject", &self.subject).finish_non_exhaustive()
+        f.debug_struct("Job").field("items", &self.items.len()).finish_non_exhaustive()
     }
 }
 
@@ -133,31 +141,22 @@ impl Pipeline {
         self.jobs.len()
     }
 
-    fn job(prepared: PreparedToken, caller: Arc<str>, subject: String) -> (Job, Ticket) {
+    fn job(items: Vec<Item>, caller: Arc<str>) -> (Job, Ticket) {
         let (reply, ticket) = tokio::sync::oneshot::channel();
-        (Job { prepared, caller, subject, reply }, ticket)
+        (Job { items, caller, reply }, ticket)
     }
 
-    /// Queues a job if there is room now (single requests: a full queue means "busy").
-    pub fn try_submit(
-        &self,
-        prepared: PreparedToken,
-        caller: Arc<str>,
-        subject: String,
-    ) -> Result<Ticket, PipelineError> {
-        let (job, ticket) = Self::job(prepared, caller, subject);
+    /// Queues one token if there is room now (single requests: a full queue means "busy").
+    pub fn try_submit(&self, item: Item, caller: Arc<str>) -> Result<Ticket, PipelineError> {
+        let (job, ticket) = Self::job(vec![item], caller);
         self.jobs.try_send(job).map_err(|e| if e.is_full() { PipelineError::Busy } else { PipelineError::Stopped })?;
         Ok(ticket)
     }
 
-    /// Queues a job, waiting for room (batches: the wait is the backpressure).
-    pub async fn submit(
-        &self,
-        prepared: PreparedToken,
-        caller: Arc<str>,
-        subject: String,
-    ) -> Result<Ticket, PipelineError> {
-        let (job, ticket) = Self::job(prepared, caller, subject);
+    /// Queues up to [`GROUP`] tokens as one job, waiting for room (batches: the wait is the
+    /// backpressure).
+    pub async fn submit(&self, items: Vec<Item>, caller: Arc<str>) -> Result<Ticket, PipelineError> {
+        let (job, ticket) = Self::job(items, caller);
         self.jobs.send(job).await.map_err(|_| PipelineError::Stopped)?;
         Ok(ticket)
     }
@@ -173,35 +172,50 @@ fn worker(rx: &async_channel::Receiver<Job>, stage: &Stage) {
         if job.reply.is_closed() {
             continue; // the caller went away: do not sign for nobody
         }
-        stage.metrics.sessions_in_use.fetch_add(1, Ordering::Relaxed);
-        let started = Instant::now();
-        let signed = stage.signer.sign(job.prepared);
-        stage.metrics.sessions_in_use.fetch_sub(1, Ordering::Relaxed);
-        stage.metrics.sign_seconds.observe(started.elapsed().as_secs_f64());
-        let token = match signed {
-            Ok(t) => {
-                stage.health.note(&stage.metrics, Ok(()));
-                t
-            }
-            Err(e) => {
-                if let IssueError::Backend(b) = &e {
-                    stage.health.note(&stage.metrics, Err(b));
+        // Sign every token of the job; a device failure fails that token only.
+        let mut signed: Vec<Result<IssuedToken, PipelineError>> = Vec::with_capacity(job.items.len());
+        let mut events = Vec::with_capacity(job.items.len());
+        for (prepared, subject) in job.items {
+            stage.metrics.sessions_in_use.fetch_add(1, Ordering::Relaxed);
+            let started = Instant::now();
+            let result = stage.signer.sign(prepared);
+            stage.metrics.sessions_in_use.fetch_sub(1, Ordering::Relaxed);
+            stage.metrics.sign_seconds.observe(started.elapsed().as_secs_f64());
+            match result {
+                Ok(token) => {
+                    stage.health.note(&stage.metrics, Ok(()));
+                    events.push(token_event(&token, &job.caller, &subject));
+                    signed.push(Ok(token));
                 }
-                let _ = job.reply.send(Err(e.into()));
-                continue;
+                Err(e) => {
+                    if let IssueError::Backend(b) = &e {
+                        stage.health.note(&stage.metrics, Err(b));
+                    }
+                    signed.push(Err(e.into()));
+                }
             }
-        };
-        let event = token_event(&token, &job.caller, &job.subject);
+        }
         let (reply, metrics) = (job.reply, Arc::clone(&stage.metrics));
+        if events.is_empty() {
+            let _ = reply.send(signed);
+            continue;
+        }
+        // Released only from the audit writer, once the group's records are durable.
         stage.audit.submit(
-            vec![event],
+            events,
             Box::new(move |committed| {
                 let outcome = match committed {
-                    Ok(_) => {
-                        metrics.tokens_issued[token.claims.kind() as usize].fetch_add(1, Ordering::Relaxed);
-                        Ok(token)
+                    Ok(_) => signed
+                        .into_iter()
+                        .inspect(|r| {
+                            if let Ok(t) = r {
+                                metrics.tokens_issued[t.claims.kind() as usize].fetch_add(1, Ordering::Relaxed);
+                            }
+                        })
+                        .collect(),
+                    Err(e) => {
+                        signed.into_iter().map(|r| r.and_then(|_| Err(PipelineError::Audit(e.clone())))).collect()
                     }
-                    Err(e) => Err(PipelineError::Audit(e)),
                 };
                 let _ = reply.send(outcome);
             }),

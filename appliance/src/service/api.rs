@@ -188,12 +188,12 @@ fn verify_token(
     expect: Option<TokenKind>,
 ) -> Result<crate::token::Verified, ApiError> {
     let keys = app.keys.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-    verify::verify(&app.policy, &keys, &Registry(app), token, thumbprint, expect, crate::pki::now_unix()).map_err(
-        |e| match e {
+    verify::verify(&app.policy, &keys, &Registry(app), token, thumbprint, expect, crate::pki::now_unix()).map_err(|e| {
+        match e {
             VerifyError::Rejected(r) => ApiError::ProofRejected(r),
             VerifyError::Registry(e) => ApiError::Internal(e),
-        },
-    )
+        }
+    })
 }
 
 impl From<PipelineError> for ApiError {
@@ -242,8 +242,9 @@ async fn sign_one(
     prepared: PreparedToken,
     subject: String,
 ) -> Result<IssuedToken, ApiError> {
-    let ticket = app.pipeline.try_submit(prepared, Arc::from(caller.subject.as_str()), subject)?;
-    ticket.await.map_err(|_| ApiError::Unavailable("the service is stopping".into()))?.map_err(ApiError::from)
+    let ticket = app.pipeline.try_submit((prepared, subject), Arc::from(caller.subject.as_str()))?;
+    let mut results = ticket.await.map_err(|_| ApiError::Unavailable("the service is stopping".into()))?;
+    results.pop().ok_or_else(|| ApiError::Internal("no result".into()))?.map_err(ApiError::from)
 }
 
 fn token_response(t: &IssuedToken) -> Json<Value> {
@@ -293,17 +294,17 @@ async fn post_verify(State(app): State<Arc<App>>, body: Bytes) -> Result<Json<Va
 
 /// Most results a batch keeps in flight (signing or waiting for the audit commit) before it stops
 /// reading its request: this and the line limit bound a batch's memory whatever its length.
-pub const BATCH_IN_FLIGHT: usize = 1024;
+pub const BATCH_IN_FLIGHT: usize = 4096;
 /// Request chunks of one batch validated at the same time (more would only contend for the
 /// same cores).
 fn validating() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 8)
 }
 
-/// One batch line's result, in request order: a ticket from the pipeline, or an error found
-/// before signing.
+/// Batch lines' results, in request order: a ticket for a group of consecutive lines queued for
+/// signing, or an error found before signing.
 enum Slot {
-    Ticket(crate::pipeline::Ticket),
+    Group(crate::pipeline::Ticket, usize),
     Failed(ApiError),
 }
 
@@ -337,24 +338,31 @@ fn take_lines(pending: &mut Vec<u8>, skipping: &mut bool, end: bool) -> Vec<Opti
 /// order as their audit records become durable.
 async fn post_batch(State(app): State<Arc<App>>, Extension(caller): Extension<Caller>, body: Body) -> Response {
     let (out_tx, out_rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(64);
-    let (slot_tx, mut slot_rx) = tokio::sync::mpsc::channel::<Slot>(BATCH_IN_FLIGHT);
+    let (slot_tx, mut slot_rx) = tokio::sync::mpsc::channel::<Slot>(BATCH_IN_FLIGHT / crate::pipeline::GROUP);
     // The writer: awaits each slot in order and streams its line.
     let writer_app = Arc::clone(&app);
     tokio::spawn(async move {
         let mut items = 0u64;
         let mut buf = Vec::with_capacity(64 * 1024);
         while let Some(slot) = slot_rx.recv().await {
-            items += 1;
-            let line = match slot {
-                Slot::Ticket(t) => match t.await {
-                    Ok(Ok(token)) => json!({"token": token.token, "expires": token.expires}),
-                    Ok(Err(e)) => ApiError::from(e).to_json(),
-                    Err(_) => ApiError::Unavailable("the service is stopping".into()).to_json(),
+            let lines: Vec<Value> = match slot {
+                Slot::Group(t, n) => match t.await {
+                    Ok(results) => results
+                        .into_iter()
+                        .map(|r| match r {
+                            Ok(token) => json!({"token": token.token, "expires": token.expires}),
+                            Err(e) => ApiError::from(e).to_json(),
+                        })
+                        .collect(),
+                    Err(_) => vec![ApiError::Unavailable("the service is stopping".into()).to_json(); n],
                 },
-                Slot::Failed(e) => e.to_json(),
+                Slot::Failed(e) => vec![e.to_json()],
             };
-            serde_json::to_writer(&mut buf, &line).unwrap_or_default();
-            buf.push(b'\n');
+            for line in lines {
+                items += 1;
+                serde_json::to_writer(&mut buf, &line).unwrap_or_default();
+                buf.push(b'\n');
+            }
             // Flush when nothing more is ready, or the buffer is large.
             if slot_rx.is_empty() || buf.len() > 48 * 1024 {
                 if out_tx.send(Ok(Bytes::from(std::mem::take(&mut buf)))).await.is_err() {
@@ -378,18 +386,35 @@ async fn post_batch(State(app): State<Arc<App>>, Extension(caller): Extension<Ca
         let caller_id: Arc<str> = Arc::from(caller.subject.as_str());
         while let Some(handle) = checked_rx.recv().await {
             let checked = handle.await.unwrap_or_else(|e| vec![Err(ApiError::Internal(e.to_string()))]);
-            for item in checked {
-                let slot = match item {
-                    Ok((prepared, subject)) => {
-                        match submit_app.pipeline.submit(prepared, Arc::clone(&caller_id), subject).await {
-                            Ok(ticket) => Slot::Ticket(ticket),
-                            Err(e) => Slot::Failed(e.into()),
+            // Consecutive good lines go to the workers in groups; a bad line keeps its place.
+            let mut group: Vec<crate::pipeline::Item> = Vec::with_capacity(crate::pipeline::GROUP);
+            let mut checked = checked.into_iter().peekable();
+            while let Some(item) = checked.next() {
+                let mut slots = Vec::with_capacity(2);
+                match item {
+                    Ok(ok) => group.push(ok),
+                    Err(e) => slots.push(Slot::Failed(e)),
+                }
+                let flush = group.len() == crate::pipeline::GROUP
+                    || !slots.is_empty()
+                    || checked.peek().is_none_or(Result::is_err);
+                if flush && !group.is_empty() {
+                    let items = std::mem::replace(&mut group, Vec::with_capacity(crate::pipeline::GROUP));
+                    let n = items.len();
+                    match submit_app.pipeline.submit(items, Arc::clone(&caller_id)).await {
+                        Ok(ticket) => slots.insert(0, Slot::Group(ticket, n)),
+                        // Every line of the group gets its answer.
+                        Err(e) => {
+                            let failed = (0..n).map(|_| Slot::Failed(ApiError::from(PipelineError::Stopped)));
+                            tracing::warn!(error = %e, "batch group not queued");
+                            slots.splice(0..0, failed);
                         }
                     }
-                    Err(e) => Slot::Failed(e),
-                };
-                if slot_tx.send(slot).await.is_err() {
-                    return; // the client went away
+                }
+                for slot in slots {
+                    if slot_tx.send(slot).await.is_err() {
+                        return; // the client went away
+                    }
                 }
             }
         }
