@@ -118,6 +118,38 @@ struct Pending {
     reply: Reply,
 }
 
+/// Signs a checkpoint statement with the token-signing key: (key id, signature).
+pub type CheckpointSigner = Box<dyn FnOnce(&[u8]) -> Result<(String, Vec<u8>), String> + Send>;
+
+enum Message {
+    Records(Pending),
+    Checkpoint(CheckpointSigner, mpsc::SyncSender<Result<Option<Checkpoint>, AuditError>>),
+}
+
+/// A signed statement of the chain's head: `seq` records, the last with `hash`. Deleting records
+/// at the end of the log — which the chain alone cannot show — leaves a checkpoint that names
+/// more records than there are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Records in the log when it was signed.
+    pub seq: i64,
+    /// The hash of record `seq`.
+    pub hash: String,
+    /// Unix time.
+    pub time: i64,
+    /// The token-signing key that signed it.
+    pub key_id: String,
+    /// The signature over [`Checkpoint::statement`], base64url.
+    pub signature: String,
+}
+
+impl Checkpoint {
+    /// The bytes signed.
+    pub fn statement(seq: i64, hash: &str, time: i64) -> Vec<u8> {
+        format!("sitesign audit checkpoint\nseq {seq}\nhash {hash}\ntime {time}\n").into_bytes()
+    }
+}
+
 /// Group-commit statistics, for metrics.
 #[derive(Debug)]
 pub struct AuditStats {
@@ -145,7 +177,7 @@ impl Default for AuditStats {
 /// The audit log, shared by every signing path.
 #[derive(Debug, Clone)]
 pub struct AuditLog {
-    tx: mpsc::SyncSender<Pending>,
+    tx: mpsc::SyncSender<Message>,
     healthy: Arc<AtomicBool>,
     stats: Arc<AuditStats>,
     path: PathBuf,
@@ -167,6 +199,13 @@ fn open(path: &Path, max_bytes: Option<u64>) -> rusqlite::Result<Connection> {
             sha256  TEXT NOT NULL,
             prev    TEXT NOT NULL,
             hash    TEXT NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS checkpoints (
+            seq       INTEGER PRIMARY KEY,
+            hash      TEXT NOT NULL,
+            time      INTEGER NOT NULL,
+            key_id    TEXT NOT NULL,
+            signature TEXT NOT NULL
         );",
     )?;
     if let Some(max) = max_bytes {
@@ -196,7 +235,7 @@ impl AuditLog {
         let fail = |e: &dyn std::fmt::Display| AuditError { path: path.clone(), reason: e.to_string() };
         std::fs::create_dir_all(dir).map_err(|e| fail(&e))?;
         let conn = open(&path, max_bytes).map_err(|e| fail(&e))?;
-        let (tx, rx) = mpsc::sync_channel::<Pending>(65_536);
+        let (tx, rx) = mpsc::sync_channel::<Message>(65_536);
         let healthy = Arc::new(AtomicBool::new(true));
         let stats = Arc::new(AuditStats::default());
         let (h, s, p) = (Arc::clone(&healthy), Arc::clone(&stats), path.clone());
@@ -212,7 +251,16 @@ impl AuditLog {
     pub fn append(&self, events: Vec<AuditEvent>) -> Result<i64, AuditError> {
         let (reply, wait) = mpsc::sync_channel(1);
         let gone = || AuditError { path: self.path.clone(), reason: "the audit writer has stopped".into() };
-        self.tx.send(Pending { events, reply: Reply::Wait(reply) }).map_err(|_| gone())?;
+        self.tx.send(Message::Records(Pending { events, reply: Reply::Wait(reply) })).map_err(|_| gone())?;
+        wait.recv().map_err(|_| gone())?
+    }
+
+    /// Signs and stores a checkpoint of the current head with `sign`, if records were added since
+    /// the last one; returns it. Blocks until it is durable.
+    pub fn checkpoint(&self, sign: CheckpointSigner) -> Result<Option<Checkpoint>, AuditError> {
+        let (reply, wait) = mpsc::sync_channel(1);
+        let gone = || AuditError { path: self.path.clone(), reason: "the audit writer has stopped".into() };
+        self.tx.send(Message::Checkpoint(sign, reply)).map_err(|_| gone())?;
         wait.recv().map_err(|_| gone())?
     }
 
@@ -220,7 +268,9 @@ impl AuditLog {
     /// group is committed, or has failed. This is how the signing pipeline releases results only
     /// after their records are durable without waiting for each fsync itself.
     pub fn submit(&self, events: Vec<AuditEvent>, then: AuditCallback) {
-        if let Err(mpsc::SendError(p)) = self.tx.send(Pending { events, reply: Reply::Call(then) }) {
+        if let Err(mpsc::SendError(Message::Records(p))) =
+            self.tx.send(Message::Records(Pending { events, reply: Reply::Call(then) }))
+        {
             p.reply.send(Err(AuditError { path: self.path.clone(), reason: "the audit writer has stopped".into() }));
         }
     }
@@ -248,31 +298,44 @@ const GROUP_MAX: usize = 4096;
 /// larger commits leave the CPU to the signing workers. An idle log commits at once.
 const GROUP_WINDOW: Duration = Duration::from_millis(5);
 
-fn writer(mut conn: Connection, rx: mpsc::Receiver<Pending>, healthy: &AtomicBool, stats: &AuditStats, path: &Path) {
+fn writer(mut conn: Connection, rx: mpsc::Receiver<Message>, healthy: &AtomicBool, stats: &AuditStats, path: &Path) {
     // The chain head, kept between commits (re-read after a failure).
     let mut head_cache: Option<(i64, String)> = None;
-    while let Ok(first) = rx.recv() {
+    let mut deferred: Option<Message> = None;
+    loop {
+        let first = match deferred.take() {
+            Some(m) => m,
+            None => match rx.recv() {
+                Ok(m) => m,
+                Err(_) => return,
+            },
+        };
+        let first = match first {
+            Message::Checkpoint(sign, reply) => {
+                let _ = reply.send(write_checkpoint(&mut conn, sign, path));
+                continue;
+            }
+            Message::Records(p) => p,
+        };
         let opened = Instant::now();
         let mut group = vec![first];
         let mut n = group[0].events.len();
-        while n < GROUP_MAX {
-            match rx.try_recv() {
-                Ok(p) => {
+        while n < GROUP_MAX && deferred.is_none() {
+            let next = match rx.try_recv() {
+                Ok(m) => Some(m),
+                Err(mpsc::TryRecvError::Empty) if group.len() > 1 => {
+                    // Busy: wait a little for more, up to the window.
+                    rx.recv_timeout(GROUP_WINDOW.saturating_sub(opened.elapsed())).ok()
+                }
+                Err(_) => None,
+            };
+            match next {
+                Some(Message::Records(p)) => {
                     n += p.events.len();
                     group.push(p);
                 }
-                Err(mpsc::TryRecvError::Empty) if group.len() > 1 => {
-                    // Busy: wait a little for more, up to the window.
-                    let left = GROUP_WINDOW.saturating_sub(opened.elapsed());
-                    match rx.recv_timeout(left) {
-                        Ok(p) => {
-                            n += p.events.len();
-                            group.push(p);
-                        }
-                        Err(_) => break,
-                    }
-                }
-                Err(_) => break,
+                Some(checkpoint) => deferred = Some(checkpoint),
+                None => break,
             }
         }
         let started = Instant::now();
@@ -298,6 +361,30 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Pending>, healthy: &AtomicBoo
             }
         }
     }
+}
+
+fn write_checkpoint(
+    conn: &mut Connection,
+    sign: CheckpointSigner,
+    path: &Path,
+) -> Result<Option<Checkpoint>, AuditError> {
+    let fail = |reason: String| AuditError { path: path.to_owned(), reason };
+    let (seq, hash) = head(conn).map_err(|e| fail(e.to_string()))?;
+    let last: Option<i64> =
+        conn.query_row("SELECT max(seq) FROM checkpoints", [], |r| r.get(0)).map_err(|e| fail(e.to_string()))?;
+    if seq == 0 || last == Some(seq) {
+        return Ok(None);
+    }
+    let time = crate::pki::now_unix();
+    let (key_id, signature) = sign(&Checkpoint::statement(seq, &hash, time)).map_err(fail)?;
+    let cp = Checkpoint { seq, hash, time, key_id, signature: crate::token::b64::encode(&signature) };
+    conn.execute(
+        "INSERT INTO checkpoints (seq, hash, time, key_id, signature) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![cp.seq, cp.hash, cp.time, cp.key_id, cp.signature],
+    )
+    .map_err(|e| fail(e.to_string()))?;
+    tracing::info!(seq = cp.seq, hash = %cp.hash, key = %cp.key_id, "audit checkpoint signed");
+    Ok(Some(cp))
 }
 
 fn commit(
@@ -360,6 +447,62 @@ pub fn read_all(dir: &Path) -> Result<Vec<AuditRecord>, AuditError> {
         })
         .map_err(fail)?;
     rows.collect::<Result<Vec<_>, _>>().map_err(fail)
+}
+
+/// Every checkpoint, in `seq` order.
+pub fn read_checkpoints(dir: &Path) -> Result<Vec<Checkpoint>, AuditError> {
+    let path = AuditLog::path_in(dir);
+    let fail = |e: rusqlite::Error| AuditError { path: path.clone(), reason: e.to_string() };
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let conn = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(fail)?;
+    let has: bool = conn
+        .query_row("SELECT count(*) FROM sqlite_master WHERE name = 'checkpoints'", [], |r| r.get::<_, i64>(0))
+        .map_err(fail)?
+        > 0;
+    if !has {
+        return Ok(Vec::new());
+    }
+    let mut stmt =
+        conn.prepare("SELECT seq, hash, time, key_id, signature FROM checkpoints ORDER BY seq").map_err(fail)?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok(Checkpoint { seq: r.get(0)?, hash: r.get(1)?, time: r.get(2)?, key_id: r.get(3)?, signature: r.get(4)? })
+        })
+        .map_err(fail)?;
+    rows.collect::<Result<Vec<_>, _>>().map_err(fail)
+}
+
+/// Checks each checkpoint against the (already chain-verified) `records`: its signature (by
+/// `check_signature(key_id, statement, signature)`), that the log still holds record `seq`, and
+/// that the record's hash is the one signed.
+pub fn verify_checkpoints(
+    records: &[AuditRecord],
+    checkpoints: &[Checkpoint],
+    check_signature: impl Fn(&str, &[u8], &[u8]) -> bool,
+) -> Result<usize, ChainBreak> {
+    for cp in checkpoints {
+        let brk = |problem: String| ChainBreak { position: cp.seq.max(0) as usize, seq: cp.seq, problem };
+        let signature = crate::token::b64::decode(&cp.signature).unwrap_or_default();
+        if !check_signature(&cp.key_id, &Checkpoint::statement(cp.seq, &cp.hash, cp.time), &signature) {
+            return Err(brk(format!("the checkpoint at seq {} is not validly signed by key {}", cp.seq, cp.key_id)));
+        }
+        match records.get((cp.seq - 1).max(0) as usize) {
+            None => {
+                return Err(brk(format!(
+                    "a signed checkpoint covers {} records but the log has {}: records at the end were deleted",
+                    cp.seq,
+                    records.len()
+                )));
+            }
+            Some(r) if r.hash != cp.hash => {
+                return Err(brk(format!("record {} is not the one the checkpoint signed", cp.seq)));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(checkpoints.len())
 }
 
 /// Where the chain breaks.

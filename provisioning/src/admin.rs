@@ -283,12 +283,33 @@ pub fn audit_verify(ctx: &Context, out: Output) -> Result<ExitCode, CliError> {
         return Ok(code);
     }
     let records = sitesign::audit::read_all(&ctx.config.audit.dir)?;
+    let checkpoints = sitesign::audit::read_checkpoints(&ctx.config.audit.dir)?;
     let path = sitesign::audit::AuditLog::path_in(&ctx.config.audit.dir);
-    match sitesign::audit::verify(&records) {
-        Ok(n) => {
+    // Checkpoint signatures are checked with the token-signing certificates in the state store.
+    let keys = ctx.store()?.keys()?;
+    let check_signature = |key_id: &str, statement: &[u8], signature: &[u8]| {
+        keys.iter()
+            .filter(|k| k.id == key_id && k.role == KeyRole::TokenSigning)
+            .filter_map(|k| pki::parse_certificate(k.certificate.as_deref()?).ok())
+            .filter_map(|c| der::Encode::to_der(c.tbs_certificate().subject_public_key_info()).ok())
+            .filter_map(|spki| hsm_adapters::PublicKey::from_spki_der(&spki).ok())
+            .any(|public| {
+                let scheme = public.algorithm().default_scheme();
+                sitesign::selftest::verify_independently(&public, scheme, statement, signature)
+            })
+    };
+    let result = sitesign::audit::verify(&records)
+        .and_then(|n| sitesign::audit::verify_checkpoints(&records, &checkpoints, check_signature).map(|c| (n, c)));
+    match result {
+        Ok((n, c)) => {
             let head = records.last().map(|r| r.hash.clone()).unwrap_or_else(|| sitesign::audit::GENESIS.into());
-            out.line(format!("audit chain intact: {n} records in {}; head {head}", path.display()));
-            out.json(&json!({"intact": true, "records": n, "head": head, "path": path}));
+            let last = checkpoints.last().map(|cp| cp.seq);
+            out.line(format!(
+                "audit chain intact: {n} records in {}; head {head}; {c} signed checkpoint(s){}",
+                path.display(),
+                last.map(|s| format!(", the last at seq {s}")).unwrap_or_default()
+            ));
+            out.json(&json!({"intact": true, "records": n, "head": head, "checkpoints": c, "last_checkpoint": last, "path": path}));
             Ok(ExitCode::SUCCESS)
         }
         Err(brk) => {

@@ -582,7 +582,10 @@ fn audit_tampering_is_detected() {
         let out = run(&mut with_config(&s.dir, &["audit", "verify"]));
         (out.status.success(), serde_json::from_slice::<Value>(&out.stdout).unwrap())
     };
-    assert!(verify().0);
+    let (intact, v) = verify();
+    assert!(intact, "{v}");
+    // On SIGTERM the service signed a checkpoint of the head with the token-signing key.
+    assert_eq!(v["last_checkpoint"], 8, "{v}");
     let backup = std::fs::read(&db).unwrap();
     for (what, sql) in [
         ("edit", "UPDATE audit SET subject = 'GUID:FORGED' WHERE seq = 6"),
@@ -592,6 +595,9 @@ fn audit_tampering_is_detected() {
             "UPDATE audit SET seq = seq + 100 WHERE seq = 5; UPDATE audit SET seq = 5 WHERE seq = 6; UPDATE audit SET seq = 6 WHERE seq = 105",
         ),
         ("truncated hash", "UPDATE audit SET hash = substr(hash, 1, 10) WHERE seq = 7"),
+        // The last records deleted: the chain alone is intact, the signed checkpoint is not.
+        ("deletion at the end", "DELETE FROM audit WHERE seq >= 7"),
+        ("forged checkpoint", "UPDATE checkpoints SET signature = 'AAAA' || substr(signature, 5)"),
     ] {
         std::fs::write(&db, &backup).unwrap();
         let _ = std::fs::remove_file(s.dir.join("state/audit.db-wal"));

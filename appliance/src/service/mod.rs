@@ -275,6 +275,30 @@ async fn serve_ops(listener: TcpListener, app: Arc<App>, mut stop: tokio::sync::
     }
 }
 
+/// How often the audit log's head is signed (when it moved).
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(60);
+
+/// Signs a checkpoint of the audit log's head with the token-signing key (SPEC §8).
+fn checkpoint(app: &App) {
+    let signer = app.signer.clone();
+    let sign: crate::audit::CheckpointSigner =
+        Box::new(move |statement| signer.sign_checkpoint(statement).map_err(|e| e.to_string()));
+    if let Err(e) = app.audit.checkpoint(sign) {
+        tracing::error!(error = %e, "audit checkpoint failed");
+    }
+}
+
+async fn checkpoints(app: Arc<App>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(CHECKPOINT_EVERY) => {}
+            _ = stop.changed() => return,
+        }
+        let app = Arc::clone(&app);
+        let _ = tokio::task::spawn_blocking(move || checkpoint(&app)).await;
+    }
+}
+
 /// Tells systemd (if it started us with `Type=notify`) that the service is ready or stopping.
 fn sd_notify(state: &str) {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
@@ -326,6 +350,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     }
     tokio::spawn(admin_socket::serve(admin, Arc::clone(&app), service.clone(), stop_rx.clone()));
 
+    tokio::spawn(checkpoints(Arc::clone(&app), stop_rx.clone()));
+
     tracing::info!(listen = %service.listen, ops = ?service.ops_listen, admin = %service.admin_socket.display(), "sitesignd ready");
     sd_notify("READY=1");
 
@@ -341,6 +367,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let _ = stop_tx.send(true);
     let _ = api.await;
     app.pipeline.close();
+    // A last signed checkpoint of the audit log's head.
+    let last = Arc::clone(&app);
+    let _ = tokio::task::spawn_blocking(move || checkpoint(&last)).await;
     let _ = std::fs::remove_file(&service.admin_socket);
     tracing::info!("stopped");
     Ok(())

@@ -200,6 +200,15 @@ impl TokenSigner {
         Ok(PreparedToken { signing_input, claims, key_id: self.key_id.clone(), scheme: self.scheme })
     }
 
+    /// Signs an audit checkpoint statement (built by [`crate::audit::Checkpoint::statement`],
+    /// never caller-supplied bytes) with the token-signing key: (key id, signature).
+    pub fn sign_checkpoint(&self, statement: &[u8]) -> Result<(String, Vec<u8>), IssueError> {
+        if !statement.starts_with(b"sitesign audit checkpoint\n") {
+            return Err(IssueError::Key { key: self.key_id.clone(), reason: "not an audit checkpoint".into() });
+        }
+        Ok((self.key_id.clone(), self.key.sign(self.scheme, statement)?))
+    }
+
     /// Signs a prepared token with the device key.
     pub fn sign(&self, prepared: PreparedToken) -> Result<IssuedToken, IssueError> {
         let signature = self.key.sign(prepared.scheme, prepared.signing_input())?;
