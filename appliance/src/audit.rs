@@ -418,19 +418,23 @@ fn commit(
     Ok(lasts)
 }
 
+/// Runs `read` on a read-only connection to the log in `dir`; an absent log reads as empty.
+fn read_only<T: Default>(dir: &Path, read: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, AuditError> {
+    let path = AuditLog::path_in(dir);
+    if !path.exists() {
+        return Ok(T::default());
+    }
+    Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .and_then(|conn| read(&conn))
+        .map_err(|e| AuditError { path, reason: e.to_string() })
+}
+
 /// Every record, in `seq` order.
 pub fn read_all(dir: &Path) -> Result<Vec<AuditRecord>, AuditError> {
-    let path = AuditLog::path_in(dir);
-    let fail = |e: rusqlite::Error| AuditError { path: path.clone(), reason: e.to_string() };
-    if !path.exists() {
-        return Ok(Vec::new());
-    }
-    let conn = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(fail)?;
-    let mut stmt = conn
-        .prepare("SELECT seq, time, caller, kind, subject, key_id, sha256, prev, hash FROM audit ORDER BY rowid")
-        .map_err(fail)?;
-    let rows = stmt
-        .query_map([], |r| {
+    read_only(dir, |conn| {
+        let mut stmt = conn
+            .prepare("SELECT seq, time, caller, kind, subject, key_id, sha256, prev, hash FROM audit ORDER BY rowid")?;
+        let rows = stmt.query_map([], |r| {
             Ok(AuditRecord {
                 seq: r.get(0)?,
                 event: AuditEvent {
@@ -444,34 +448,26 @@ pub fn read_all(dir: &Path) -> Result<Vec<AuditRecord>, AuditError> {
                 prev: r.get(7)?,
                 hash: r.get(8)?,
             })
-        })
-        .map_err(fail)?;
-    rows.collect::<Result<Vec<_>, _>>().map_err(fail)
+        })?;
+        rows.collect()
+    })
 }
 
 /// Every checkpoint, in `seq` order.
 pub fn read_checkpoints(dir: &Path) -> Result<Vec<Checkpoint>, AuditError> {
-    let path = AuditLog::path_in(dir);
-    let fail = |e: rusqlite::Error| AuditError { path: path.clone(), reason: e.to_string() };
-    if !path.exists() {
-        return Ok(Vec::new());
-    }
-    let conn = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(fail)?;
-    let has: bool = conn
-        .query_row("SELECT count(*) FROM sqlite_master WHERE name = 'checkpoints'", [], |r| r.get::<_, i64>(0))
-        .map_err(fail)?
-        > 0;
-    if !has {
-        return Ok(Vec::new());
-    }
-    let mut stmt =
-        conn.prepare("SELECT seq, hash, time, key_id, signature FROM checkpoints ORDER BY seq").map_err(fail)?;
-    let rows = stmt
-        .query_map([], |r| {
+    read_only(dir, |conn| {
+        let has: bool = conn
+            .query_row("SELECT count(*) FROM sqlite_master WHERE name = 'checkpoints'", [], |r| r.get::<_, i64>(0))?
+            > 0;
+        if !has {
+            return Ok(Vec::new());
+        }
+        let mut stmt = conn.prepare("SELECT seq, hash, time, key_id, signature FROM checkpoints ORDER BY seq")?;
+        let rows = stmt.query_map([], |r| {
             Ok(Checkpoint { seq: r.get(0)?, hash: r.get(1)?, time: r.get(2)?, key_id: r.get(3)?, signature: r.get(4)? })
-        })
-        .map_err(fail)?;
-    rows.collect::<Result<Vec<_>, _>>().map_err(fail)
+        })?;
+        rows.collect()
+    })
 }
 
 /// Checks each checkpoint against the (already chain-verified) `records`: its signature (by
