@@ -654,19 +654,28 @@ fn rate_limits_and_systemd_notification() {
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(
         &config,
-        text.replace("[service]\n", "[service]\nrate_limit_per_second = 2\nrate_limit_burst = 3\n"),
+        text.replace("[service]\n", "[service]\nrate_limit_per_second = 1\nrate_limit_burst = 3\n"),
     )
     .unwrap();
     s.spawn(&[("NOTIFY_SOCKET", notify.to_str().unwrap())]);
     let mut buf = [0u8; 64];
     let n = listener.recv(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"READY=1");
-    // Readiness polling used none of the MP's budget (ops listener): 3 pass, the 4th waits.
-    let statuses: Vec<u16> = (0..4).map(|_| s.call("/v1/certificates", None).0).collect();
-    assert_eq!(statuses, [200, 200, 200, 429]);
-    let out = s.mtls().args(["-D", "-", "-o", "/dev/null"]).arg(s.url("/v1/certificates")).output().unwrap();
-    let headers = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
-    assert!(headers.contains("retry-after: "), "{headers}");
+    // Readiness polling used none of the MP's budget (ops listener): the burst of 3 passes, then
+    // (one token a second coming back) a request is told to wait.
+    let statuses: Vec<u16> = (0..6).map(|_| s.call("/v1/certificates", None).0).collect();
+    assert_eq!(statuses[..3], [200, 200, 200], "{statuses:?}");
+    assert!(statuses[3..].contains(&429), "{statuses:?}");
+    assert!(statuses.iter().all(|c| *c == 200 || *c == 429), "{statuses:?}");
+    // A refused request says when to come back.
+    let refused = (0..6)
+        .map(|_| {
+            let out = s.mtls().args(["-D", "-", "-o", "/dev/null"]).arg(s.url("/v1/certificates")).output().unwrap();
+            String::from_utf8_lossy(&out.stdout).to_ascii_lowercase()
+        })
+        .find(|h| h.starts_with("http/1.1 429"))
+        .expect("six quick requests at one a second: some are refused");
+    assert!(refused.contains("retry-after: "), "{refused}");
     s.stop();
     let n = listener.recv(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"STOPPING=1");
@@ -804,39 +813,59 @@ fn a_long_batch_streams_in_bounded_memory() {
 
 #[test]
 fn a_full_queue_answers_busy_and_signs_nothing_for_it() {
-    // One signing worker (one session) behind a queue of one: a crowd of single requests overflows.
+    // A queue of one job, kept full by a long batch (which waits for room: backpressure); single
+    // requests arriving meanwhile find it full and are told to come back.
     let s = Service::start("[service]\nqueue_depth = 1\nrate_limit_per_second = 100000\nrate_limit_burst = 100000");
-    let config = s.dir.join("sitesign.toml");
-    assert!(std::fs::read_to_string(&config).unwrap().contains("queue_depth = 1"));
-    let threads: Vec<_> = (0..48u8)
-        .map(|n| {
-            let (dir, port) = (s.dir.clone(), s.port);
-            std::thread::spawn(move || {
-                let body = json!({"device_id": device(n), "client_cert_thumbprint": thumbprint(n), "proof": {"kind": "internal"}});
-                let out = Command::new("curl")
-                    .args(["-sS", "--max-time", "30", "-D", "-", "--cacert"])
-                    .arg(dir.join("ca.pem"))
-                    .arg("--cert")
-                    .arg(dir.join("mp/mp.crt"))
-                    .arg("--key")
-                    .arg(dir.join("mp/mp.key"))
-                    .args(["-H", "content-type: application/json", "--data-binary", &body.to_string()])
-                    .arg(format!("https://127.0.0.1:{port}/v1/client-tokens"))
-                    .output()
-                    .unwrap();
-                String::from_utf8_lossy(&out.stdout).into_owned()
-            })
+    let n = 4000u32;
+    let body_path = s.dir.join("filler.ndjson");
+    let lines: Vec<String> = (0..n)
+        .map(|i| {
+            json!({"device_id": format!("GUID:{i:08X}-0000-4000-8000-000000000000"), "client_cert_thumbprint": thumbprint(7), "proof": {"kind": "internal"}})
+                .to_string()
         })
         .collect();
-    let answers: Vec<String> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    std::fs::write(&body_path, lines.join("\n") + "\n").unwrap();
+    let out_path = body_path.with_extension("out");
+    let mut batch = s
+        .mtls()
+        .args(["-X", "POST", "-H", "content-type: application/x-ndjson", "-T"])
+        .arg(&body_path)
+        .arg("-o")
+        .arg(&out_path)
+        .arg(s.url("/v1/client-tokens:batch"))
+        .spawn()
+        .unwrap();
+    // Wait until the batch is flowing (its output has started), then send single requests.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::metadata(&out_path).map_or(0, |m| m.len()) < 4096 {
+        assert!(Instant::now() < deadline, "the batch never started answering");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut answers = Vec::new();
+    for i in 0..20u8 {
+        let body =
+            json!({"device_id": device(i), "client_cert_thumbprint": thumbprint(i), "proof": {"kind": "internal"}});
+        let out = s
+            .mtls()
+            .args(["-D", "-", "-H", "content-type: application/json", "--data-binary", &body.to_string()])
+            .arg(s.url("/v1/client-tokens"))
+            .output()
+            .unwrap();
+        answers.push(String::from_utf8_lossy(&out.stdout).into_owned());
+    }
+    assert!(batch.wait().unwrap().success());
     let ok_count = answers.iter().filter(|a| a.starts_with("HTTP/1.1 200")).count();
     let busy: Vec<&String> = answers.iter().filter(|a| a.starts_with("HTTP/1.1 503")).collect();
     assert_eq!(ok_count + busy.len(), answers.len(), "{answers:?}");
-    assert!(!busy.is_empty(), "48 concurrent requests never found a queue of one full");
+    assert!(!busy.is_empty(), "no single request found the queue full while a batch kept it so");
     for b in &busy {
         let lower = b.to_ascii_lowercase();
         assert!(lower.contains("retry-after: ") && lower.contains("\"unavailable\""), "{b}");
     }
+    // The batch itself was slowed, never refused: every line has its token.
+    let batch_tokens =
+        std::fs::read_to_string(&out_path).unwrap().lines().filter(|l| l.starts_with("{\"token\"")).count();
+    assert_eq!(batch_tokens, n as usize);
     let audited = s.audit_records().iter().filter(|r| r["kind"] == "client-token").count();
-    assert_eq!(audited, ok_count, "a busy answer signed nothing");
+    assert_eq!(audited, ok_count + batch_tokens, "a busy answer signed nothing");
 }
