@@ -286,18 +286,9 @@ pub fn audit_verify(ctx: &Context, out: Output) -> Result<ExitCode, CliError> {
     let checkpoints = sitesign::audit::read_checkpoints(&ctx.config.audit.dir)?;
     let path = sitesign::audit::AuditLog::path_in(&ctx.config.audit.dir);
     // Checkpoint signatures are checked with the token-signing certificates in the state store.
-    let keys = ctx.store()?.keys()?;
-    let check_signature = |key_id: &str, statement: &[u8], signature: &[u8]| {
-        keys.iter()
-            .filter(|k| k.id == key_id && k.role == KeyRole::TokenSigning)
-            .filter_map(|k| pki::parse_certificate(k.certificate.as_deref()?).ok())
-            .filter_map(|c| der::Encode::to_der(c.tbs_certificate().subject_public_key_info()).ok())
-            .filter_map(|spki| hsm_adapters::PublicKey::from_spki_der(&spki).ok())
-            .any(|public| {
-                let scheme = public.algorithm().default_scheme();
-                sitesign::selftest::verify_independently(&public, scheme, statement, signature)
-            })
-    };
+    let keys = ops::tokens::key_ring(&ctx.store()?)?;
+    let check_signature =
+        |key_id: &str, statement: &[u8], signature: &[u8]| keys.verifies(key_id, statement, signature);
     let result = sitesign::audit::verify(&records)
         .and_then(|n| sitesign::audit::verify_checkpoints(&records, &checkpoints, check_signature).map(|c| (n, c)));
     match result {

@@ -135,20 +135,22 @@ impl Service {
             .unwrap()
     }
 
-    /// POSTs the file `body` to the batch endpoint as a stream (curl -T), returning the lines.
-    fn batch_file(&self, body: &Path) -> Vec<Value> {
-        let out_path = body.with_extension("out");
-        let out = self
-            .mtls()
-            .args(["-X", "POST", "-H", "content-type: application/x-ndjson", "-T"])
+    /// curl streaming the file `body` to the batch endpoint (-T), the answer into `body`.out.
+    fn batch_command(&self, body: &Path) -> Command {
+        let mut c = self.mtls();
+        c.args(["-X", "POST", "-H", "content-type: application/x-ndjson", "-T"])
             .arg(body)
             .arg("-o")
-            .arg(&out_path)
-            .arg(self.url("/v1/client-tokens:batch"))
-            .output()
-            .unwrap();
+            .arg(body.with_extension("out"))
+            .arg(self.url("/v1/client-tokens:batch"));
+        c
+    }
+
+    /// POSTs the file `body` to the batch endpoint as a stream (curl -T), returning the lines.
+    fn batch_file(&self, body: &Path) -> Vec<Value> {
+        let out = self.batch_command(body).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let text = std::fs::read_to_string(&out_path).unwrap();
+        let text = std::fs::read_to_string(body.with_extension("out")).unwrap();
         text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
     }
 
@@ -781,15 +783,7 @@ fn a_long_batch_streams_in_bounded_memory() {
     }
     let before = s.peak_rss_kib();
     let out_path = body_path.with_extension("out");
-    let out = s
-        .mtls()
-        .args(["-X", "POST", "-H", "content-type: application/x-ndjson", "-T"])
-        .arg(&body_path)
-        .arg("-o")
-        .arg(&out_path)
-        .arg(s.url("/v1/client-tokens:batch"))
-        .output()
-        .unwrap();
+    let out = s.batch_command(&body_path).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let response_bytes = std::fs::metadata(&out_path).unwrap().len();
     let text = std::fs::read_to_string(&out_path).unwrap();
@@ -826,15 +820,7 @@ fn a_full_queue_answers_busy_and_signs_nothing_for_it() {
         .collect();
     std::fs::write(&body_path, lines.join("\n") + "\n").unwrap();
     let out_path = body_path.with_extension("out");
-    let mut batch = s
-        .mtls()
-        .args(["-X", "POST", "-H", "content-type: application/x-ndjson", "-T"])
-        .arg(&body_path)
-        .arg("-o")
-        .arg(&out_path)
-        .arg(s.url("/v1/client-tokens:batch"))
-        .spawn()
-        .unwrap();
+    let mut batch = s.batch_command(&body_path).spawn().unwrap();
     // Wait until the batch is flowing (its output has started), then send single requests.
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::fs::metadata(&out_path).map_or(0, |m| m.len()) < 4096 {

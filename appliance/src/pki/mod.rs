@@ -183,11 +183,11 @@ pub fn issue(request: &Request, issuer: &Issuer<'_>) -> Result<Issued, PkiError>
     let der = certificate.to_der().map_err(enc)?;
     let tbs = certificate.tbs_certificate();
     Ok(Issued {
-        serial: hex(tbs.serial_number().as_bytes()),
+        serial: hex::encode(tbs.serial_number().as_bytes()),
         subject: tbs.subject().to_string(),
         not_before: unix(&tbs.validity().not_before),
         not_after: unix(&tbs.validity().not_after),
-        sha256: hex(&Sha256::digest(&der)),
+        sha256: hex::encode(Sha256::digest(&der)),
         certificate,
         der,
     })
@@ -214,11 +214,6 @@ pub fn verify_signed_by(certificate: &Certificate, issuer: &hsm_adapters::Public
     }
 }
 
-/// Lower-case hex.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Parses a DER certificate.
 pub fn parse_certificate(der: &[u8]) -> Result<Certificate, PkiError> {
     Certificate::from_der(der).map_err(enc)
@@ -237,40 +232,17 @@ pub fn now_unix() -> i64 {
 /// `x5t`: base64url(SHA-1(DER)) without padding (SPEC §2).
 pub fn x5t(der: &[u8]) -> String {
     use sha1::Digest as _;
-    base64url(&sha1::Sha1::digest(der))
+    crate::token::b64::encode(&sha1::Sha1::digest(der))
 }
 
 /// `x5t#S256`: base64url(SHA-256(DER)) without padding.
 pub fn x5t_s256(der: &[u8]) -> String {
-    base64url(&Sha256::digest(der))
-}
-
-/// base64url without padding (RFC 4648 §5).
-pub fn base64url(bytes: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
-        for i in 0..=chunk.len() {
-            out.push(A[(n >> (18 - 6 * i)) as usize & 63] as char);
-        }
-    }
-    out
+    crate::token::b64::encode(&Sha256::digest(der))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base64url_matches_rfc4648_vectors() {
-        for (input, want) in
-            [("", ""), ("f", "Zg"), ("fo", "Zm8"), ("foo", "Zm9v"), ("foob", "Zm9vYg"), ("fooba", "Zm9vYmE")]
-        {
-            assert_eq!(base64url(input.as_bytes()), want);
-        }
-        assert_eq!(base64url(&[0xfb, 0xff]), "-_8");
-    }
 
     #[test]
     fn serials_are_positive_and_16_bytes() {

@@ -20,6 +20,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn matches_rfc4648_vectors() {
+        for (input, want) in
+            [("", ""), ("f", "Zg"), ("fo", "Zm8"), ("foo", "Zm9v"), ("foob", "Zm9vYg"), ("fooba", "Zm9vYmE")]
+        {
+            assert_eq!(encode(input.as_bytes()), want);
+        }
+    }
+
+    #[test]
     fn round_trips_and_refuses_every_non_canonical_form() {
         for n in 0..40 {
             let bytes: Vec<u8> = (0..n).map(|i| (i * 37 + 11) as u8).collect();

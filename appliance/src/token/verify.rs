@@ -80,6 +80,15 @@ impl KeyRing {
     pub fn get(&self, x5t: &str) -> Option<&VerifyKey> {
         self.by_x5t.get(x5t)
     }
+
+    /// Whether `signature` over `message` verifies with the token-signing key `key_id` (any
+    /// status: a checkpoint stays verifiable after its key is retired), in that key's scheme.
+    pub fn verifies(&self, key_id: &str, message: &[u8], signature: &[u8]) -> bool {
+        self.by_x5t
+            .values()
+            .filter(|k| k.key_id == key_id)
+            .any(|k| UnparsedPublicKey::new(verifier_for(k.scheme), &k.public).verify(message, signature).is_ok())
+    }
 }
 
 /// Where bulk-token GUIDs are registered.
