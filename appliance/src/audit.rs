@@ -37,8 +37,54 @@ pub struct AuditEvent {
     pub subject: String,
     /// The signing key.
     pub key_id: String,
-    /// SHA-256 of the signed output, hex.
+    /// SHA-256 of the signed output, hex (empty for a transition that signed nothing).
     pub sha256: String,
+    /// How the request was authorised (`internal`, `bulk:<guid>`, `renew:<UniqueId>`, …) or
+    /// what a transition changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl AuditEvent {
+    /// The record of an issued token: never the token, only its SHA-256.
+    pub fn token(token: &crate::token::IssuedToken, caller: &str, subject: &str, detail: String) -> AuditEvent {
+        AuditEvent {
+            time: token.claims.issued_at().unwrap_or(token.claims.window().0),
+            caller: caller.to_owned(),
+            kind: format!("{}-token", token.claims.kind().as_str()),
+            subject: subject.to_owned(),
+            key_id: token.key_id.clone(),
+            sha256: token.sha256.clone(),
+            detail: Some(detail),
+        }
+    }
+
+    /// The record of an issued certificate.
+    pub fn certificate(c: &crate::store::CertRecord, actor: &str) -> AuditEvent {
+        AuditEvent {
+            time: c.issued,
+            caller: actor.to_owned(),
+            kind: format!("certificate:{}", c.profile),
+            subject: c.subject.clone(),
+            key_id: c.issuer_key.clone(),
+            sha256: c.sha256.clone(),
+            detail: Some(format!("serial {}", c.serial)),
+        }
+    }
+
+    /// The record of a change that signed nothing: a key scheduled, retired or revoked, a
+    /// certificate revoked, a bulk token blocked.
+    pub fn transition(time: i64, actor: &str, kind: &str, subject: &str, key_id: &str, detail: String) -> AuditEvent {
+        AuditEvent {
+            time,
+            caller: actor.to_owned(),
+            kind: kind.to_owned(),
+            subject: subject.to_owned(),
+            key_id: key_id.to_owned(),
+            sha256: String::new(),
+            detail: Some(detail),
+        }
+    }
 }
 
 /// A stored record: the event, its place and its chain hashes.
@@ -66,6 +112,9 @@ pub fn chain_hash(seq: i64, event: &AuditEvent, prev: &str) -> String {
         subject: &'a str,
         key_id: &'a str,
         sha256: &'a str,
+        // Absent in records written before it existed, so their hashes are unchanged.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        detail: Option<&'a str>,
     }
     let canonical = serde_json::to_vec(&Canonical {
         seq,
@@ -75,6 +124,7 @@ pub fn chain_hash(seq: i64, event: &AuditEvent, prev: &str) -> String {
         subject: &event.subject,
         key_id: &event.key_id,
         sha256: &event.sha256,
+        detail: event.detail.as_deref(),
     })
     .unwrap_or_default();
     let mut h = Sha256::new();
@@ -150,7 +200,8 @@ impl Checkpoint {
     }
 }
 
-/// Group-commit statistics, for metrics.
+/// Group-commit statistics. The histogram and the failure counter are the service's metrics'
+/// own (see [`AuditStats::for_metrics`]); the CLI's are private.
 #[derive(Debug)]
 pub struct AuditStats {
     /// Commits made.
@@ -158,9 +209,9 @@ pub struct AuditStats {
     /// Records written.
     pub records: AtomicU64,
     /// Commit time (fsync included), seconds.
-    pub commit_seconds: crate::metrics::Histogram,
+    pub commit_seconds: prometheus_client::metrics::histogram::Histogram,
     /// Commits that failed.
-    pub failures: AtomicU64,
+    pub failures: prometheus_client::metrics::counter::Counter,
 }
 
 impl Default for AuditStats {
@@ -168,8 +219,19 @@ impl Default for AuditStats {
         AuditStats {
             commits: AtomicU64::new(0),
             records: AtomicU64::new(0),
-            commit_seconds: crate::metrics::Histogram::new(&crate::metrics::LATENCY_BUCKETS),
-            failures: AtomicU64::new(0),
+            commit_seconds: prometheus_client::metrics::histogram::Histogram::new(crate::metrics::LATENCY_BUCKETS),
+            failures: prometheus_client::metrics::counter::Counter::default(),
+        }
+    }
+}
+
+impl AuditStats {
+    /// Statistics that feed `metrics`' audit histogram and failure counter.
+    pub fn for_metrics(metrics: &crate::metrics::Metrics) -> AuditStats {
+        AuditStats {
+            commit_seconds: metrics.audit_fsync_seconds.clone(),
+            failures: metrics.audit_failures.clone(),
+            ..AuditStats::default()
         }
     }
 }
@@ -208,6 +270,16 @@ fn open(path: &Path, max_bytes: Option<u64>) -> rusqlite::Result<Connection> {
             signature TEXT NOT NULL
         );",
     )?;
+    // Logs written before records carried `detail`, and before tokens could be looked up by
+    // their SHA-256 (renewal of a revoked key's tokens asks whether this site issued them).
+    let has_detail: bool =
+        conn.query_row("SELECT count(*) FROM pragma_table_info('audit') WHERE name = 'detail'", [], |r| {
+            r.get::<_, i64>(0).map(|n| n > 0)
+        })?;
+    if !has_detail {
+        conn.execute_batch("ALTER TABLE audit ADD COLUMN detail TEXT")?;
+    }
+    conn.execute_batch("CREATE INDEX IF NOT EXISTS audit_sha256 ON audit (sha256)")?;
     if let Some(max) = max_bytes {
         let page: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
         conn.pragma_update(None, "max_page_count", (max as i64 / page).max(16))?;
@@ -231,13 +303,18 @@ impl AuditLog {
     /// Opens (creating) the log in `dir` and starts its writer thread. `max_bytes` caps the
     /// database's size: past it, appends fail as on a full disk.
     pub fn open(dir: &Path, max_bytes: Option<u64>) -> Result<AuditLog, AuditError> {
+        Self::open_with(dir, max_bytes, AuditStats::default())
+    }
+
+    /// [`AuditLog::open`], counting into `stats`.
+    pub fn open_with(dir: &Path, max_bytes: Option<u64>, stats: AuditStats) -> Result<AuditLog, AuditError> {
         let path = Self::path_in(dir);
         let fail = |e: &dyn std::fmt::Display| AuditError { path: path.clone(), reason: e.to_string() };
         std::fs::create_dir_all(dir).map_err(|e| fail(&e))?;
         let conn = open(&path, max_bytes).map_err(|e| fail(&e))?;
         let (tx, rx) = mpsc::sync_channel::<Message>(65_536);
         let healthy = Arc::new(AtomicBool::new(true));
-        let stats = Arc::new(AuditStats::default());
+        let stats = Arc::new(stats);
         let (h, s, p) = (Arc::clone(&healthy), Arc::clone(&stats), path.clone());
         std::thread::Builder::new()
             .name("audit-writer".into())
@@ -352,7 +429,7 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Message>, healthy: &AtomicBoo
             }
             Err(e) => {
                 healthy.store(false, Ordering::Relaxed);
-                stats.failures.fetch_add(1, Ordering::Relaxed);
+                stats.failures.inc();
                 tracing::error!(path = %path.display(), error = %e, "audit commit failed: signatures withheld");
                 let err = AuditError { path: path.to_owned(), reason: e.to_string() };
                 for p in group {
@@ -375,7 +452,7 @@ fn write_checkpoint(
     if seq == 0 || last == Some(seq) {
         return Ok(None);
     }
-    let time = crate::pki::now_unix();
+    let time = crate::time::now_unix();
     let (key_id, signature) = sign(&Checkpoint::statement(seq, &hash, time)).map_err(fail)?;
     let cp = Checkpoint { seq, hash, time, key_id, signature: crate::token::b64::encode(&signature) };
     conn.execute(
@@ -400,14 +477,16 @@ fn commit(
     let mut lasts = Vec::with_capacity(group.len());
     {
         let mut insert = tx.prepare_cached(
-            "INSERT INTO audit (seq, time, caller, kind, subject, key_id, sha256, prev, hash)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            "INSERT INTO audit (seq, time, caller, kind, subject, key_id, sha256, prev, hash, detail)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         )?;
         for p in group {
             for e in &p.events {
                 seq += 1;
                 let hash = chain_hash(seq, e, &prev);
-                insert.execute(params![seq, e.time, e.caller, e.kind, e.subject, e.key_id, e.sha256, prev, hash])?;
+                insert.execute(params![
+                    seq, e.time, e.caller, e.kind, e.subject, e.key_id, e.sha256, prev, hash, e.detail
+                ])?;
                 prev = hash;
             }
             lasts.push(seq);
@@ -429,11 +508,42 @@ fn read_only<T: Default>(dir: &Path, read: impl FnOnce(&Connection) -> rusqlite:
         .map_err(|e| AuditError { path, reason: e.to_string() })
 }
 
+/// Looks issued tokens up in the log by their SHA-256 (an index), on a read-only connection of
+/// its own: the policy asks before renewing a token of a revoked key.
+#[derive(Debug)]
+pub struct Lookup {
+    path: PathBuf,
+    conn: std::sync::Mutex<Option<Connection>>,
+}
+
+impl Lookup {
+    /// A lookup in the log in `dir` (opened at the first question).
+    pub fn new(dir: &Path) -> Lookup {
+        Lookup { path: AuditLog::path_in(dir), conn: std::sync::Mutex::new(None) }
+    }
+}
+
+impl crate::policy::IssuedTokens for Lookup {
+    fn issued(&self, sha256_hex: &str) -> Result<bool, String> {
+        let mut guard = self.conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if guard.is_none() {
+            let conn = Connection::open_with_flags(&self.path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .map_err(|e| format!("audit log {}: {e}", self.path.display()))?;
+            *guard = Some(conn);
+        }
+        let conn = guard.as_ref().ok_or("no connection")?;
+        conn.query_row("SELECT count(*) FROM audit WHERE sha256 = ?1", [sha256_hex], |r| r.get::<_, i64>(0))
+            .map(|n| n > 0)
+            .map_err(|e| format!("audit log {}: {e}", self.path.display()))
+    }
+}
+
 /// Every record, in `seq` order.
 pub fn read_all(dir: &Path) -> Result<Vec<AuditRecord>, AuditError> {
     read_only(dir, |conn| {
-        let mut stmt = conn
-            .prepare("SELECT seq, time, caller, kind, subject, key_id, sha256, prev, hash FROM audit ORDER BY rowid")?;
+        let mut stmt = conn.prepare(
+            "SELECT seq, time, caller, kind, subject, key_id, sha256, prev, hash, detail FROM audit ORDER BY rowid",
+        )?;
         let rows = stmt.query_map([], |r| {
             Ok(AuditRecord {
                 seq: r.get(0)?,
@@ -444,6 +554,7 @@ pub fn read_all(dir: &Path) -> Result<Vec<AuditRecord>, AuditError> {
                     subject: r.get(4)?,
                     key_id: r.get(5)?,
                     sha256: r.get(6)?,
+                    detail: r.get(9)?,
                 },
                 prev: r.get(7)?,
                 hash: r.get(8)?,
@@ -546,6 +657,7 @@ mod tests {
             subject: format!("GUID:{i}"),
             key_id: "ts-1".into(),
             sha256: hex::encode(Sha256::digest(i.to_be_bytes())),
+            detail: (i % 2 == 0).then(|| "internal".to_owned()),
         }
     }
 
@@ -564,9 +676,26 @@ mod tests {
         let mut seqs: Vec<i64> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
         seqs.sort_unstable();
         assert_eq!(seqs, (1..=200).collect::<Vec<_>>());
-        assert!(log.stats().commits.load(Ordering::Relaxed) <= 200);
+        assert_eq!(log.stats().records.load(Ordering::Relaxed), 200);
         let records = read_all(dir.path()).unwrap();
         assert_eq!(verify(&records), Ok(200));
+    }
+
+    #[test]
+    fn records_submitted_together_are_committed_in_groups() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(dir.path(), None).unwrap();
+        let (done, finished) = mpsc::channel();
+        // Submitting does not wait for a commit, so 1,000 records queue up far faster than one
+        // fsync: the writer must take them in groups, not one commit each.
+        for i in 0..1000 {
+            let done = done.clone();
+            log.submit(vec![event(i)], Box::new(move |r| done.send(r.is_ok()).unwrap_or_default()));
+        }
+        assert!((0..1000).all(|_| finished.recv().unwrap()));
+        let commits = log.stats().commits.load(Ordering::Relaxed);
+        assert!(commits < 250, "{commits} commits for 1000 records submitted at once");
+        assert_eq!(verify(&read_all(dir.path()).unwrap()), Ok(1000));
     }
 
     #[test]

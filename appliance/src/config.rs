@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use hsm_adapters::{BackendConfig, BackendConfigFile, ConfigProblem, KeyAlgorithm};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The file as written.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
     /// Where the state database and audit log live.
@@ -27,7 +27,7 @@ pub struct ConfigFile {
 }
 
 /// The `[service]` table as written.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceConfigFile {
     /// mTLS API address; default `127.0.0.1:8443`.
@@ -52,7 +52,7 @@ pub struct ServiceConfigFile {
 }
 
 /// The `[audit]` table as written.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfigFile {
     /// Folder of `audit.db`; default the state folder. Put it on its own filesystem if you like.
@@ -95,11 +95,14 @@ pub struct AuditConfig {
 }
 
 /// The `[tokens]` table as written.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokensConfigFile {
     /// Clock skew allowed on `nbf`/`exp`, seconds; default 300, at most 3600.
     pub clock_skew_seconds: Option<i64>,
+    /// A client token signed by the active key may be renewed once it is this old, days;
+    /// default 30 (tokens of a replaced or revoked key may always be renewed).
+    pub renew_after_days: Option<i64>,
 }
 
 /// The validated `[tokens]` table.
@@ -107,10 +110,12 @@ pub struct TokensConfigFile {
 pub struct TokensConfig {
     /// Allowed clock skew, seconds.
     pub clock_skew_seconds: i64,
+    /// Minimum age of a renewable client token (of the active key), days.
+    pub renew_after_days: i64,
 }
 
 /// The `[pki]` table as written.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PkiConfigFile {
     /// The organisation in certificate subjects (e.g. "Contoso CM01").
@@ -261,7 +266,14 @@ impl ConfigFile {
             problems
                 .push(ConfigProblem { path: "tokens.clock_skew_seconds".into(), message: "must be 0 to 3600".into() });
         }
-        let tokens = TokensConfig { clock_skew_seconds };
+        let renew_after_days = tokens.renew_after_days.unwrap_or(crate::token::DEFAULT_RENEW_AFTER_DAYS);
+        if !(0..=89).contains(&renew_after_days) {
+            problems.push(ConfigProblem {
+                path: "tokens.renew_after_days".into(),
+                message: "must be 0 to 89 (a client token lasts 90 days)".into(),
+            });
+        }
+        let tokens = TokensConfig { clock_skew_seconds, renew_after_days };
         let service = validate_service(&self.service.clone().unwrap_or_default(), base, &state_dir, &mut problems);
         let audit_file = self.audit.clone().unwrap_or_default();
         let audit = AuditConfig {
@@ -429,15 +441,10 @@ fn validate_pki(
 }
 
 impl Config {
-    /// Environment variables that the configured PKCS#11 modules need and that differ from this
-    /// process's environment. A program that gets a non-empty list re-runs itself with them set
-    /// before it loads any module.
-    pub fn missing_environment(&self) -> Vec<(String, String)> {
-        self.backends
-            .values()
-            .flat_map(|b| b.environment().iter().cloned())
-            .filter(|(k, v)| std::env::var_os(k).is_none_or(|cur| cur != std::ffi::OsStr::new(v)))
-            .collect()
+    /// Environment variables the configured PKCS#11 modules read when they load (see
+    /// [`crate::environment::ensure`]).
+    pub fn module_environment(&self) -> Vec<(String, String)> {
+        self.backends.values().flat_map(|b| b.environment().iter().cloned()).collect()
     }
 
     /// Reads and validates the configuration file at `path`.

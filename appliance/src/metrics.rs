@@ -1,148 +1,143 @@
-//! Prometheus metrics: lock-free counters and histograms, rendered in the text exposition format
-//! (version 0.0.4) that Prometheus scrapes.
+//! Prometheus metrics (SPEC §4): typed families from `prometheus-client`, rendered in the text
+//! exposition format (version 0.0.4) that Prometheus scrapes.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::AtomicI64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
 /// Upper bounds (seconds) for latency histograms: 100 µs to 10 s.
 pub const LATENCY_BUCKETS: [f64; 14] =
     [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 10.0];
-/// Upper bounds for batch sizes (items).
+/// Upper bounds for batch sizes (lines).
 pub const SIZE_BUCKETS: [f64; 8] = [1.0, 10.0, 100.0, 1000.0, 10_000.0, 100_000.0, 1_000_000.0, 10_000_000.0];
 
-/// A histogram with fixed buckets.
-#[derive(Debug)]
-pub struct Histogram {
-    bounds: &'static [f64],
-    counts: Vec<AtomicU64>,
-    count: AtomicU64,
-    /// Sum in millionths (µs for seconds), to stay atomic.
-    sum_micro: AtomicU64,
+/// The `Content-Type` of [`Metrics::render`]'s output.
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// A token kind label.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    /// `bulk`, `client` or `access`.
+    pub kind: &'static str,
 }
 
-impl Histogram {
-    /// A histogram over `bounds` (ascending; +Inf is implied).
-    pub fn new(bounds: &'static [f64]) -> Histogram {
-        Histogram {
-            bounds,
-            counts: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
-            count: AtomicU64::new(0),
-            sum_micro: AtomicU64::new(0),
-        }
-    }
+/// A stable error-code label.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    /// The stable code.
+    pub code: &'static str,
+}
 
-    /// Records one observation.
-    pub fn observe(&self, value: f64) {
-        if let Some(i) = self.bounds.iter().position(|b| value <= *b) {
-            self.counts[i].fetch_add(1, Ordering::Relaxed);
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_micro.fetch_add((value * 1e6) as u64, Ordering::Relaxed);
-    }
-
-    /// Observations so far.
-    pub fn count(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
-    }
-
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let mut cumulative = 0;
-        let sep = if labels.is_empty() { "" } else { "," };
-        for (b, c) in self.bounds.iter().zip(&self.counts) {
-            cumulative += c.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {cumulative}");
-        }
-        let count = self.count();
-        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
-        let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
-        let _ = writeln!(out, "{name}_sum{braces} {}", self.sum_micro.load(Ordering::Relaxed) as f64 / 1e6);
-        let _ = writeln!(out, "{name}_count{braces} {count}");
-    }
+/// An HTTP status label.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    /// The status code.
+    pub status: u16,
 }
 
 /// Everything the service measures.
 #[derive(Debug)]
 pub struct Metrics {
-    /// Tokens issued by kind: bulk, client, access.
-    pub tokens_issued: [AtomicU64; 3],
-    /// Items per batch request.
+    registry: Registry,
+    /// Tokens issued (released after their audit record), by kind.
+    pub tokens_issued: Family<KindLabel, Counter>,
+    /// Lines per batch request.
     pub batch_size: Histogram,
-    /// Time spent in the device per signature.
+    /// Time in the device per signature.
     pub sign_seconds: Histogram,
-    /// Backend errors by stable code.
-    pub backend_errors: Mutex<BTreeMap<String, u64>>,
-    /// Device signing operations in progress (sessions in use).
-    pub sessions_in_use: AtomicI64,
-    /// HTTP responses by status code.
-    pub responses: Mutex<BTreeMap<u16, u64>>,
+    /// Key backend errors by stable code.
+    pub backend_errors: Family<CodeLabel, Counter>,
+    /// Device signing operations in progress.
+    pub sessions_in_use: Gauge<i64, AtomicI64>,
+    /// HTTP responses by status.
+    pub responses: Family<StatusLabel, Counter>,
+    /// Audit group-commit time, fsync included.
+    pub audit_fsync_seconds: Histogram,
+    /// Audit commits that failed (signatures withheld).
+    pub audit_failures: Counter,
+    /// 1 when the service is ready to sign.
+    pub ready: Gauge<i64, AtomicI64>,
+    /// Changes of the state picked up from the store.
+    pub state_reloads: Counter,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
+        let mut registry = Registry::default();
+        let tokens_issued = Family::<KindLabel, Counter>::default();
+        for kind in ["bulk", "client", "access"] {
+            // Every kind is shown from the start, at 0, so a dashboard's rate() has a series.
+            let _ = tokens_issued.get_or_create(&KindLabel { kind });
+        }
+        let batch_size = Histogram::new(SIZE_BUCKETS);
+        let sign_seconds = Histogram::new(LATENCY_BUCKETS);
+        let backend_errors = Family::<CodeLabel, Counter>::default();
+        let sessions_in_use = Gauge::<i64, AtomicI64>::default();
+        let responses = Family::<StatusLabel, Counter>::default();
+        let audit_fsync_seconds = Histogram::new(LATENCY_BUCKETS);
+        let audit_failures = Counter::default();
+        let ready = Gauge::<i64, AtomicI64>::default();
+        let state_reloads = Counter::default();
+        registry.register("sitesign_tokens_issued", "Tokens issued, by kind", tokens_issued.clone());
+        registry.register("sitesign_batch_size", "Lines per batch request", batch_size.clone());
+        registry.register("sitesign_sign_seconds", "Time in the key device per signature", sign_seconds.clone());
+        registry.register("sitesign_backend_errors", "Key backend errors, by stable code", backend_errors.clone());
+        registry.register("sitesign_sessions_in_use", "Device signing operations in progress", sessions_in_use.clone());
+        registry.register("sitesign_http_responses", "HTTP responses, by status", responses.clone());
+        registry.register(
+            "sitesign_audit_fsync_seconds",
+            "Audit group-commit time (fsync included)",
+            audit_fsync_seconds.clone(),
+        );
+        registry.register(
+            "sitesign_audit_failures",
+            "Audit commits that failed (signatures withheld)",
+            audit_failures.clone(),
+        );
+        registry.register("sitesign_ready", "1 when the service is ready to sign", ready.clone());
+        registry.register("sitesign_state_reloads", "Changes of the state store picked up", state_reloads.clone());
         Metrics {
-            tokens_issued: Default::default(),
-            batch_size: Histogram::new(&SIZE_BUCKETS),
-            sign_seconds: Histogram::new(&LATENCY_BUCKETS),
-            backend_errors: Mutex::default(),
-            sessions_in_use: AtomicI64::new(0),
-            responses: Mutex::default(),
+            registry,
+            tokens_issued,
+            batch_size,
+            sign_seconds,
+            backend_errors,
+            sessions_in_use,
+            responses,
+            audit_fsync_seconds,
+            audit_failures,
+            ready,
+            state_reloads,
         }
     }
 }
 
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-}
-
 impl Metrics {
+    /// Counts one token of `kind` issued.
+    pub fn token_issued(&self, kind: crate::token::TokenKind) {
+        self.tokens_issued.get_or_create(&KindLabel { kind: kind.as_str() }).inc();
+    }
+
     /// Counts a backend error.
-    pub fn backend_error(&self, code: &str) {
-        *self.backend_errors.lock().unwrap_or_else(|p| p.into_inner()).entry(code.to_owned()).or_default() += 1;
+    pub fn backend_error(&self, code: &'static str) {
+        self.backend_errors.get_or_create(&CodeLabel { code }).inc();
     }
 
     /// Counts a response.
     pub fn response(&self, status: u16) {
-        *self.responses.lock().unwrap_or_else(|p| p.into_inner()).entry(status).or_default() += 1;
+        self.responses.get_or_create(&StatusLabel { status }).inc();
     }
 
-    /// The text exposition, with the audit log's commit histogram and readiness.
-    pub fn render(&self, audit_commit: &Histogram, audit_failures: u64, ready: bool) -> String {
+    /// The text exposition.
+    pub fn render(&self) -> String {
         let mut out = String::new();
-        let name = "sitesign_tokens_issued_total";
-        header(&mut out, name, "counter", "Tokens issued, by kind.");
-        for (kind, c) in ["bulk", "client", "access"].iter().zip(&self.tokens_issued) {
-            let _ = writeln!(out, "{name}{{kind=\"{kind}\"}} {}", c.load(Ordering::Relaxed));
-        }
-        header(&mut out, "sitesign_batch_size", "histogram", "Items per batch request.");
-        self.batch_size.render(&mut out, "sitesign_batch_size", "");
-        header(&mut out, "sitesign_sign_seconds", "histogram", "Time in the key device per signature.");
-        self.sign_seconds.render(&mut out, "sitesign_sign_seconds", "");
-        let name = "sitesign_backend_errors_total";
-        header(&mut out, name, "counter", "Key backend errors, by stable code.");
-        for (code, n) in self.backend_errors.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            let _ = writeln!(out, "{name}{{code=\"{code}\"}} {n}");
-        }
-        header(&mut out, "sitesign_audit_fsync_seconds", "histogram", "Audit group-commit time (fsync included).");
-        audit_commit.render(&mut out, "sitesign_audit_fsync_seconds", "");
-        header(
-            &mut out,
-            "sitesign_audit_failures_total",
-            "counter",
-            "Audit commits that failed (signatures withheld).",
-        );
-        let _ = writeln!(out, "sitesign_audit_failures_total {audit_failures}");
-        header(&mut out, "sitesign_sessions_in_use", "gauge", "Device signing operations in progress.");
-        let _ = writeln!(out, "sitesign_sessions_in_use {}", self.sessions_in_use.load(Ordering::Relaxed));
-        let name = "sitesign_http_responses_total";
-        header(&mut out, name, "counter", "HTTP responses, by status.");
-        for (status, n) in self.responses.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            let _ = writeln!(out, "{name}{{status=\"{status}\"}} {n}");
-        }
-        header(&mut out, "sitesign_ready", "gauge", "1 when the service is ready to sign.");
-        let _ = writeln!(out, "sitesign_ready {}", u8::from(ready));
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry);
         out
     }
 }
@@ -152,16 +147,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn histograms_are_cumulative() {
-        let h = Histogram::new(&LATENCY_BUCKETS);
-        for v in [0.00005, 0.002, 0.002, 20.0] {
-            h.observe(v);
-        }
-        let mut out = String::new();
-        h.render(&mut out, "x", "");
-        assert!(out.contains("x_bucket{le=\"0.0001\"} 1\n"), "{out}");
-        assert!(out.contains("x_bucket{le=\"0.0025\"} 3\n"), "{out}");
-        assert!(out.contains("x_bucket{le=\"10\"} 3\n"), "{out}");
-        assert!(out.contains("x_bucket{le=\"+Inf\"} 4\n") && out.contains("x_count 4\n"), "{out}");
+    fn renders_the_text_format_with_every_kind() {
+        let m = Metrics::default();
+        m.token_issued(crate::token::TokenKind::Client);
+        m.sign_seconds.observe(0.002);
+        m.backend_error("backend_busy");
+        let text = m.render();
+        assert!(text.contains("sitesign_tokens_issued_total{kind=\"client\"} 1\n"), "{text}");
+        assert!(text.contains("sitesign_tokens_issued_total{kind=\"bulk\"} 0\n"), "{text}");
+        assert!(text.contains("sitesign_sign_seconds_bucket{le=\"0.0025\"} 1\n"), "{text}");
+        assert!(text.contains("sitesign_backend_errors_total{code=\"backend_busy\"} 1\n"), "{text}");
+        assert!(text.contains("# TYPE sitesign_sign_seconds histogram"), "{text}");
     }
 }

@@ -14,14 +14,22 @@
 //! result is released only from the audit writer's callback, after its record is durable.
 //! The queue is bounded: a single request that finds it full gets "busy" (503 + Retry-After);
 //! a batch waits for room, which slows its reader and so its sender (TCP backpressure).
+//!
+//! A worker signs with the key that is active when it signs, not when the request was
+//! validated: each job reads the current [`Signing`] (swapped when the store changes), re-prepares
+//! a token whose key stopped being active meanwhile, and re-checks that its authorisation still
+//! holds (a bulk token blocked since is refused). A rotation therefore fails no request in flight.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use crate::audit::{AuditError, AuditLog};
+use arc_swap::ArcSwap;
+
+use crate::audit::{AuditError, AuditEvent, AuditLog};
 use crate::metrics::Metrics;
-use crate::ops::tokens::token_event;
+use crate::policy::Authorization;
+use crate::state::State;
 use crate::token::issue::{IssueError, PreparedToken};
 use crate::token::{IssuedToken, TokenSigner};
 
@@ -40,13 +48,37 @@ pub enum PipelineError {
     /// The pipeline has stopped.
     #[error("the signing pipeline has stopped")]
     Stopped,
+    /// No token-signing key is active now.
+    #[error("no token-signing key is active; see `sitesign keys list`")]
+    NoActiveKey,
+    /// The authorisation no longer holds when the token is signed (a bulk token blocked while
+    /// the request waited).
+    #[error("{0} is blocked")]
+    NoLongerAuthorised(String),
 }
 
 /// The outcome of one token.
 pub type JobResult = Result<IssuedToken, PipelineError>;
 
-/// A token to sign and the audit subject it is recorded under.
-pub type Item = (PreparedToken, String);
+/// A token to sign, the audit subject it is recorded under, and how it was authorised.
+#[derive(Debug)]
+pub struct Item {
+    /// The token, prepared (claims and signing input).
+    pub prepared: PreparedToken,
+    /// The audit record's subject (the device id).
+    pub subject: String,
+    /// Why it may be signed; re-checked when it is.
+    pub authorization: Authorization,
+}
+
+/// What the workers sign with: the current state and the signer of its active token-signing key.
+#[derive(Debug, Clone)]
+pub struct Signing {
+    /// The state.
+    pub state: Arc<State>,
+    /// The active token-signing key, if any.
+    pub signer: Option<TokenSigner>,
+}
 
 /// A job: up to [`GROUP`] tokens of one caller, signed by one worker in order and recorded in one
 /// audit submission — so the queue, the audit writer and the caller's wake-up are paid once per
@@ -76,11 +108,11 @@ impl std::fmt::Debug for Job {
     }
 }
 
-/// What the workers need.
+/// What the signing workers work with.
 #[derive(Debug, Clone)]
-pub struct Stage {
-    /// The active token-signing key.
-    pub signer: TokenSigner,
+pub struct WorkerContext {
+    /// The current state and signer, swapped when the store changes.
+    pub signing: Arc<ArcSwap<Signing>>,
     /// The audit log.
     pub audit: AuditLog,
     /// Metrics.
@@ -92,12 +124,13 @@ pub struct Stage {
 /// Whether the last device call reached the device (for readiness), and error counts.
 #[derive(Debug, Default)]
 pub struct BackendHealth {
-    down: std::sync::atomic::AtomicBool,
+    down: AtomicBool,
 }
 
 impl BackendHealth {
     /// Notes the outcome of a device call.
     pub fn note(&self, metrics: &Metrics, result: Result<(), &hsm_adapters::Error>) {
+        use std::sync::atomic::Ordering;
         match result {
             Ok(()) => self.down.store(false, Ordering::Relaxed),
             Err(e) => {
@@ -111,19 +144,19 @@ impl BackendHealth {
 
     /// Whether the last device call failed for lack of the device.
     pub fn is_down(&self) -> bool {
-        self.down.load(Ordering::Relaxed)
+        self.down.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
 impl Pipeline {
     /// Starts `workers` signing threads (one per backend session) behind a queue of
     /// `queue_depth` jobs.
-    pub fn start(stage: Stage, workers: usize, queue_depth: usize) -> Pipeline {
+    pub fn start(context: WorkerContext, workers: usize, queue_depth: usize) -> Pipeline {
         let (tx, rx) = async_channel::bounded::<Job>(queue_depth.max(1));
         let workers = workers.max(1);
         for i in 0..workers {
-            let (rx, stage) = (rx.clone(), stage.clone());
-            let spawned = std::thread::Builder::new().name(format!("signer-{i}")).spawn(move || worker(&rx, &stage));
+            let (rx, context) = (rx.clone(), context.clone());
+            let spawned = std::thread::Builder::new().name(format!("signer-{i}")).spawn(move || worker(&rx, &context));
             if let Err(e) = spawned {
                 tracing::error!(error = %e, "cannot start a signing worker");
             }
@@ -167,41 +200,32 @@ impl Pipeline {
     }
 }
 
-fn worker(rx: &async_channel::Receiver<Job>, stage: &Stage) {
+fn worker(rx: &async_channel::Receiver<Job>, ctx: &WorkerContext) {
     while let Ok(job) = rx.recv_blocking() {
         if job.reply.is_closed() {
             continue; // the caller went away: do not sign for nobody
         }
-        // Sign every token of the job; a device failure fails that token only.
-        let mut signed: Vec<Result<IssuedToken, PipelineError>> = Vec::with_capacity(job.items.len());
+        let current = ctx.signing.load_full();
+        // Sign every token of the job; a failure fails that token only.
+        let mut signed: Vec<JobResult> = Vec::with_capacity(job.items.len());
         let mut events = Vec::with_capacity(job.items.len());
-        for (prepared, subject) in job.items {
-            stage.metrics.sessions_in_use.fetch_add(1, Ordering::Relaxed);
-            let started = Instant::now();
-            let result = stage.signer.sign(prepared);
-            stage.metrics.sessions_in_use.fetch_sub(1, Ordering::Relaxed);
-            stage.metrics.sign_seconds.observe(started.elapsed().as_secs_f64());
+        for item in job.items {
+            let result = sign_one(ctx, &current, item, &job.caller);
             match result {
-                Ok(token) => {
-                    stage.health.note(&stage.metrics, Ok(()));
-                    events.push(token_event(&token, &job.caller, &subject));
+                Ok((token, event)) => {
+                    events.push(event);
                     signed.push(Ok(token));
                 }
-                Err(e) => {
-                    if let IssueError::Backend(b) = &e {
-                        stage.health.note(&stage.metrics, Err(b));
-                    }
-                    signed.push(Err(e.into()));
-                }
+                Err(e) => signed.push(Err(e)),
             }
         }
-        let (reply, metrics) = (job.reply, Arc::clone(&stage.metrics));
+        let (reply, metrics) = (job.reply, Arc::clone(&ctx.metrics));
         if events.is_empty() {
             let _ = reply.send(signed);
             continue;
         }
         // Released only from the audit writer, once the group's records are durable.
-        stage.audit.submit(
+        ctx.audit.submit(
             events,
             Box::new(move |committed| {
                 let outcome = match committed {
@@ -209,7 +233,7 @@ fn worker(rx: &async_channel::Receiver<Job>, stage: &Stage) {
                         .into_iter()
                         .inspect(|r| {
                             if let Ok(t) = r {
-                                metrics.tokens_issued[t.claims.kind() as usize].fetch_add(1, Ordering::Relaxed);
+                                metrics.token_issued(t.claims.kind());
                             }
                         })
                         .collect(),
@@ -220,5 +244,39 @@ fn worker(rx: &async_channel::Receiver<Job>, stage: &Stage) {
                 let _ = reply.send(outcome);
             }),
         );
+    }
+}
+
+/// Signs one item with the current signer: its authorisation re-checked, re-prepared if its key
+/// stopped being active, the device's signature taken, and its audit event made (at signing time).
+fn sign_one(
+    ctx: &WorkerContext,
+    current: &Signing,
+    item: Item,
+    caller: &str,
+) -> Result<(IssuedToken, AuditEvent), PipelineError> {
+    if !item.authorization.still_holds(&current.state) {
+        return Err(PipelineError::NoLongerAuthorised(item.authorization.audit_detail()));
+    }
+    let signer = current.signer.as_ref().ok_or(PipelineError::NoActiveKey)?;
+    let prepared = signer.reprepare(item.prepared)?;
+    ctx.metrics.sessions_in_use.inc();
+    let started = Instant::now();
+    let result = signer.sign(prepared);
+    ctx.metrics.sessions_in_use.dec();
+    ctx.metrics.sign_seconds.observe(started.elapsed().as_secs_f64());
+    match result {
+        Ok(token) => {
+            ctx.health.note(&ctx.metrics, Ok(()));
+            let mut event = AuditEvent::token(&token, caller, &item.subject, item.authorization.audit_detail());
+            event.time = crate::time::now_unix();
+            Ok((token, event))
+        }
+        Err(e) => {
+            if let IssueError::Backend(b) = &e {
+                ctx.health.note(&ctx.metrics, Err(b));
+            }
+            Err(e.into())
+        }
     }
 }

@@ -18,10 +18,10 @@ use hsm_adapters::pkcs11::token::initialize_token;
 use hsm_adapters::{KeyAlgorithm, KeyBackend, PinSource, Pkcs11Config, TokenSelector};
 use secrecy::SecretString;
 use sitesign::audit::{AuditEvent, AuditLog};
+use sitesign::keys::{KeyRecord, KeyRole};
 use sitesign::pki::{self, DAY, Issuer, ProfileKind, Request};
-use sitesign::store::{KeyRecord, KeyRole, KeyStatus};
 use sitesign::token::verify::{BulkRegistry, verify};
-use sitesign::token::{Guid, KeyRing, TokenKind, TokenSigner, VerifyPolicy};
+use sitesign::token::{Guid, KeyRing, Presented, Purpose, TokenKind, TokenSigner, Verifier, VerifyPolicy};
 
 struct NoBulk;
 
@@ -38,7 +38,8 @@ fn main() {
     let dir = tempfile::Builder::new().prefix("sitesign-micro-").tempdir().unwrap();
     let root = std::env::var_os("SITESIGN_MICRO_DIR").map_or_else(|| dir.path().to_owned(), Into::into);
     let softhsm = SoftHsmDir::create(&root).unwrap();
-    if !softhsm.is_active() {
+    let wanted = [(hsm_adapters::pkcs11::softhsm::CONF_ENV.to_owned(), softhsm.conf_path().display().to_string())];
+    if !sitesign::environment::missing(&wanted).is_empty() {
         let status = std::process::Command::new(std::env::current_exe().unwrap())
             .args(std::env::args_os().skip(1))
             .env("SITESIGN_MICRO_DIR", softhsm.root())
@@ -72,7 +73,7 @@ fn main() {
     let cert = pki::issue(&request, &Issuer { key: Arc::clone(&key), certificate: None }).unwrap().der;
     let hierarchy = Guid::random().unwrap();
     let signer = TokenSigner::new(Arc::clone(&key), "ts", &cert, i64::MAX, hierarchy).unwrap();
-    let now = pki::now_unix();
+    let now = sitesign::time::now_unix();
     let token = signer.client(DEVICE, THUMBPRINT, now).unwrap().token;
     let record = KeyRecord {
         id: "ts".into(),
@@ -80,13 +81,16 @@ fn main() {
         uri: key.uri().to_string(),
         algorithm: "rsa-2048".into(),
         role: KeyRole::TokenSigning,
-        status: KeyStatus::Active,
         created: now,
-        activated: Some(now),
-        retire_after: None,
-        certificate: Some(cert),
+        activates: Some(now),
+        deactivates: None,
+        retires: None,
+        revoked: None,
+        revoke_reason: None,
+        not_after: i64::MAX,
+        certificates: vec![cert],
     };
-    let ring = KeyRing::from_records(&[record]).unwrap();
+    let ring = KeyRing::from_records(&[record], now).unwrap();
     let policy = VerifyPolicy { hierarchy, skew: 300 };
     let audit = AuditLog::open(&root.join("audit"), None).unwrap();
     let event = AuditEvent {
@@ -96,6 +100,7 @@ fn main() {
         subject: DEVICE.into(),
         key_id: "ts".into(),
         sha256: "5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8".into(),
+        detail: Some("internal".into()),
     };
 
     let mut c = Criterion::default().configure_from_args();
@@ -107,8 +112,17 @@ fn main() {
     g.bench_function("verify_client_rs256 (strict, full)", |b| {
         b.iter(|| {
             black_box(
-                verify(&policy, &ring, &NoBulk, black_box(&token), Some(THUMBPRINT), Some(TokenKind::Client), now)
-                    .unwrap(),
+                verify(
+                    Verifier { policy: &policy, keys: &ring, registry: &NoBulk },
+                    Presented {
+                        token: black_box(&token),
+                        thumbprint: Some(THUMBPRINT),
+                        expect: Some(TokenKind::Client),
+                        purpose: Purpose::Use,
+                    },
+                    now,
+                )
+                .unwrap(),
             )
         })
     });

@@ -128,7 +128,7 @@ fn report(args: &Args, key: &Arc<dyn hsm_adapters::SigningKey>, sessions: &[usiz
 
 fn run_tpm(args: &Args, algorithm: KeyAlgorithm) -> anyhow::Result<i32> {
     let dir = tempfile::Builder::new().prefix("sitesign-raw-rate-").tempdir()?;
-    let swtpm = (args.backend == Device::Swtpm).then(|| softhsm_tests::swtpm::Swtpm::start(dir.path()));
+    let swtpm = (args.backend == Device::Swtpm).then(|| device_tests::swtpm::Swtpm::start(dir.path()));
     let tcti = swtpm.as_ref().map_or_else(|| args.tcti.clone(), |s| s.tcti());
     let backend = TpmBackend::open(TpmConfig {
         tcti: tcti.parse().map_err(|e| anyhow::anyhow!("TCTI {tcti:?}: {e}"))?,
@@ -158,7 +158,8 @@ fn run(args: &Args) -> anyhow::Result<i32> {
         }
     };
     let softhsm = SoftHsmDir::create(&root)?;
-    if !softhsm.is_active() {
+    let wanted = [(hsm_adapters::pkcs11::softhsm::CONF_ENV.to_owned(), softhsm.conf_path().display().to_string())];
+    if !sitesign::environment::missing(&wanted).is_empty() {
         // Re-run with the instance's SOFTHSM2_CONF and our folder, so the child reuses it.
         if args.dir.is_none() {
             let exe = std::env::current_exe()?;
@@ -170,7 +171,7 @@ fn run(args: &Args) -> anyhow::Result<i32> {
                 .status()?;
             return Ok(status.code().unwrap_or(1));
         }
-        return Ok(softhsm.rerun_self()?);
+        sitesign::environment::ensure(&wanted)?;
     }
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let sessions: Vec<usize> = if args.sessions.is_empty() { (1..=cpus).collect() } else { args.sessions.clone() };

@@ -298,7 +298,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
     let temp = tempfile::Builder::new().prefix("sitesign-renewal-").tempdir()?;
     let root = args.dir.clone().unwrap_or_else(|| temp.path().to_owned());
     let dir = root.join("appliance");
-    let swtpm = (args.backend == Device::Swtpm).then(|| softhsm_tests::swtpm::Swtpm::start(&root));
+    let swtpm = (args.backend == Device::Swtpm).then(|| device_tests::swtpm::Swtpm::start(&root));
     let port = free_port()?;
     let mut quickstart = Command::new(bin("sitesign")?);
     quickstart.args(["quickstart", "--json", "--dir"]).arg(&dir);

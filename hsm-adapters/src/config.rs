@@ -6,7 +6,7 @@ use std::fmt;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::pin::PinSource;
 
@@ -17,7 +17,7 @@ pub const DEFAULT_PKCS11_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 pub const MAX_SESSIONS: usize = 256;
 
 /// One `[backends.NAME]` table as written in the config file.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum BackendConfigFile {
@@ -28,7 +28,7 @@ pub enum BackendConfigFile {
 }
 
 /// The keys of a `kind = "tpm"` backend table.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct TpmConfigFile {
     /// TCTI: `device:/dev/tpmrm0` (default), `swtpm:host=127.0.0.1,port=2321`, `tabrmd`.
@@ -46,7 +46,7 @@ pub struct TpmConfigFile {
 }
 
 /// The keys of a `kind = "pkcs11"` backend table.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Pkcs11ConfigFile {
     /// Path of the PKCS#11 module; default Debian's SoftHSM2.
@@ -63,7 +63,7 @@ pub struct Pkcs11ConfigFile {
     pub sessions: Option<usize>,
     /// Environment variables the module reads its own configuration from (SoftHSM2:
     /// `SOFTHSM2_CONF`). sitesign's programs set them for themselves before loading the module.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub environment: std::collections::BTreeMap<String, String>,
 }
 

@@ -7,6 +7,8 @@ use std::path::PathBuf;
 
 use cryptoki::context::Function;
 use cryptoki::error::RvError;
+use tss_esapi::constants::{Tss2ResponseCode, Tss2ResponseCodeKind};
+use tss_esapi::tss2_esys;
 
 /// Result with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -170,13 +172,14 @@ fn tpm_hint(rc: u32) -> &'static str {
         _ if is_tpm_auth_failure(rc) => {
             " (the auth value was rejected; check auth_file — the TPM locks out after repeated failures)"
         }
-        _ if rc == TPM_RC_LOCKOUT => " (the TPM is in dictionary-attack lockout; wait or reset it with lockout auth)",
+        _ if is_tpm_lockout(rc) => " (the TPM is in dictionary-attack lockout; wait or reset it with lockout auth)",
         ErrorClass::Session => " (the TPM is unreachable or was restarted)",
         _ => "",
     }
 }
 
-const TPM_RC_LOCKOUT: u32 = 0x921;
+// The TSS2 response-code layers (TCG TSS 2.0 Overview, §6.1.2: `TSS2_RC_LAYER(n)`, a C macro with
+// no binding); the codes within each layer come from tss-esapi's constants.
 const TSS_LAYER_TPM: u32 = 0;
 const TSS_LAYER_ESYS: u32 = 7;
 const TSS_LAYER_SYS: u32 = 8;
@@ -184,41 +187,70 @@ const TSS_LAYER_MU: u32 = 9;
 const TSS_LAYER_TCTI: u32 = 10;
 const TSS_LAYER_RESMGR: u32 = 11;
 
+/// The kind of a TPM-layer response code, as tss-esapi decodes it.
+fn tpm_kind(rc: u32) -> Option<Tss2ResponseCodeKind> {
+    if rc >> tss2_esys::TSS2_RC_LAYER_SHIFT != TSS_LAYER_TPM {
+        return None;
+    }
+    Tss2ResponseCode::from(rc).kind()
+}
+
 /// Whether `rc` says an authorization failed (TPM_RC_AUTH_FAIL or TPM_RC_BAD_AUTH, any position).
 pub fn is_tpm_auth_failure(rc: u32) -> bool {
-    rc >> 16 == TSS_LAYER_TPM && rc & 0x80 != 0 && matches!(rc & 0x3f, 0x0e | 0x22)
+    matches!(tpm_kind(rc), Some(Tss2ResponseCodeKind::AuthFail | Tss2ResponseCodeKind::BadAuth))
+}
+
+/// Whether `rc` is TPM_RC_LOCKOUT (dictionary-attack lockout).
+pub fn is_tpm_lockout(rc: u32) -> bool {
+    matches!(tpm_kind(rc), Some(Tss2ResponseCodeKind::Lockout))
 }
 
 /// Classifies a TSS2 response code (TPM 2.0 Part 2 §6.6 for the TPM's own codes; the TSS layers
 /// for the stack's).
 pub fn classify_tpm_rc(rc: u32) -> ErrorClass {
-    let layer = (rc >> 16) & 0xff;
+    use Tss2ResponseCodeKind as K;
+    let layer = (rc >> tss2_esys::TSS2_RC_LAYER_SHIFT) & 0xff;
     let base = rc & 0xffff;
     match layer {
-        TSS_LAYER_TPM if rc & 0x80 != 0 => match rc & 0x3f {
-            // TPM_RC_HANDLE: the handle does not name a loaded object.
-            0x0b => ErrorClass::Key,
+        TSS_LAYER_TPM => match tpm_kind(rc) {
+            // The TPM is busy or short of memory for a moment.
+            Some(
+                K::ObjectMemory
+                | K::SessionMemory
+                | K::Memory
+                | K::SessionHandles
+                | K::ObjectHandles
+                | K::Yielded
+                | K::Canceled
+                | K::Testing
+                | K::NvRate
+                | K::Retry
+                | K::NvUnavailable,
+            ) => ErrorClass::Transient,
+            // A handle the command referred to is not loaded: reload the key.
+            Some(
+                K::Handle
+                | K::ReferenceH0
+                | K::ReferenceH1
+                | K::ReferenceH2
+                | K::ReferenceH3
+                | K::ReferenceH4
+                | K::ReferenceH5
+                | K::ReferenceH6,
+            ) => ErrorClass::Key,
+            // The TPM was restarted and needs TPM2_Startup.
+            Some(K::Initialize) => ErrorClass::Session,
             _ => ErrorClass::Fatal,
         },
-        TSS_LAYER_TPM if rc & 0x800 != 0 => match rc & 0x7f {
-            // OBJECT_MEMORY, SESSION_MEMORY, MEMORY, SESSION_HANDLES, OBJECT_HANDLES, YIELDED,
-            // CANCELED, TESTING, NV_RATE, RETRY, NV_UNAVAILABLE
-            0x02..=0x06 | 0x08..=0x0a | 0x20 | 0x22 | 0x23 => ErrorClass::Transient,
-            // REFERENCE_H0..H6: a handle the command referred to is not loaded.
-            0x10..=0x16 => ErrorClass::Key,
-            _ => ErrorClass::Fatal,
-        },
-        // TPM_RC_INITIALIZE: the TPM was restarted and needs TPM2_Startup.
-        TSS_LAYER_TPM if base == 0x100 => ErrorClass::Session,
-        TSS_LAYER_TPM => ErrorClass::Fatal,
         TSS_LAYER_TCTI | TSS_LAYER_RESMGR => ErrorClass::Session,
         TSS_LAYER_ESYS | TSS_LAYER_SYS | TSS_LAYER_MU => match base {
-            // NO_CONNECTION, IO_ERROR, MALFORMED_RESPONSE, INSUFFICIENT_RESPONSE
-            8 | 10 | 17 | 19 => ErrorClass::Session,
-            // TRY_AGAIN
-            9 => ErrorClass::Transient,
-            // BAD_TR: the ESYS handle is stale.
-            24 => ErrorClass::Key,
+            tss2_esys::TSS2_BASE_RC_NO_CONNECTION
+            | tss2_esys::TSS2_BASE_RC_IO_ERROR
+            | tss2_esys::TSS2_BASE_RC_MALFORMED_RESPONSE
+            | tss2_esys::TSS2_BASE_RC_INSUFFICIENT_RESPONSE => ErrorClass::Session,
+            tss2_esys::TSS2_BASE_RC_TRY_AGAIN => ErrorClass::Transient,
+            // The ESYS handle is stale.
+            tss2_esys::TSS2_BASE_RC_BAD_TR => ErrorClass::Key,
             _ => ErrorClass::Fatal,
         },
         _ => ErrorClass::Fatal,
@@ -257,7 +289,7 @@ impl Error {
                 ErrorClass::Fatal => "backend_failure",
             },
             Error::Tpm { rc, .. } if is_tpm_auth_failure(*rc) => "tpm_auth_failed",
-            Error::Tpm { rc, .. } if *rc == TPM_RC_LOCKOUT => "tpm_lockout",
+            Error::Tpm { rc, .. } if is_tpm_lockout(*rc) => "tpm_lockout",
             Error::Tpm { rc, .. } => match classify_tpm_rc(*rc) {
                 ErrorClass::Transient => "backend_busy",
                 ErrorClass::Session => "backend_unavailable",
@@ -285,14 +317,11 @@ impl Error {
     pub(crate) fn from_tss(operation: &'static str, err: tss_esapi::Error) -> Self {
         match err {
             tss_esapi::Error::Tss2Error(code) => {
-                // tss-esapi keeps the raw code private but prints it as "…: 0x…".
-                let shown = match code {
-                    tss_esapi::constants::response_code::Tss2ResponseCode::FormatZero(z) => z.to_string(),
-                    tss_esapi::constants::response_code::Tss2ResponseCode::FormatOne(o) => o.to_string(),
-                    tss_esapi::constants::response_code::Tss2ResponseCode::Success => "0x0".into(),
+                let rc = match code {
+                    Tss2ResponseCode::FormatZero(z) => z.0,
+                    Tss2ResponseCode::FormatOne(o) => o.0,
+                    Tss2ResponseCode::Success => 0,
                 };
-                let rc =
-                    shown.rsplit("0x").next().and_then(|h| u32::from_str_radix(h.trim(), 16).ok()).unwrap_or(u32::MAX);
                 Error::Tpm { rc, operation, message: code.to_string() }
             }
             tss_esapi::Error::WrapperError(kind) => Error::Encoding { what: format!("TPM {operation}: {kind}") },

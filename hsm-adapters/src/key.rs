@@ -10,16 +10,16 @@ use spki::{AlgorithmIdentifierOwned, ObjectIdentifier, SubjectPublicKeyInfoOwned
 
 use crate::error::{Error, Result};
 
-/// `rsaEncryption` (RFC 8017).
-pub const OID_RSA_ENCRYPTION: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
-/// `sha256WithRSAEncryption` (RFC 8017).
-pub const OID_SHA256_WITH_RSA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.11");
-/// `id-ecPublicKey` (RFC 5480).
-pub const OID_EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
-/// `prime256v1` / `secp256r1` (RFC 5480).
-pub const OID_P256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
 /// `ecdsa-with-SHA256` (RFC 5758).
-pub const OID_ECDSA_WITH_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.2");
+pub use const_oid::db::rfc5912::ECDSA_WITH_SHA_256 as OID_ECDSA_WITH_SHA256;
+/// `id-ecPublicKey` (RFC 5480).
+pub use const_oid::db::rfc5912::ID_EC_PUBLIC_KEY as OID_EC_PUBLIC_KEY;
+/// `rsaEncryption` (RFC 8017), from const-oid's database.
+pub use const_oid::db::rfc5912::RSA_ENCRYPTION as OID_RSA_ENCRYPTION;
+/// `prime256v1` / `secp256r1` (RFC 5480).
+pub use const_oid::db::rfc5912::SECP_256_R_1 as OID_P256;
+/// `sha256WithRSAEncryption` (RFC 8017).
+pub use const_oid::db::rfc5912::SHA_256_WITH_RSA_ENCRYPTION as OID_SHA256_WITH_RSA;
 
 /// The DER prefix of a PKCS#1 v1.5 `DigestInfo` for SHA-256 (RFC 8017 §9.2, note 1). The digest's
 /// 32 bytes follow it.
@@ -240,6 +240,42 @@ impl PublicKey {
         let spki = SubjectPublicKeyInfoOwned::from_der(&self.spki_der)?;
         Ok(spki.subject_public_key.raw_bytes().to_vec())
     }
+
+    /// The key's parameters as JWK (RFC 7518 §6) and most APIs want them: an RSA key's modulus and
+    /// exponent, or a P-256 key's affine coordinates, each big-endian without leading zeros
+    /// (coordinates are 32 bytes each).
+    pub fn components(&self) -> Result<KeyComponents> {
+        let bits = self.subject_public_key_bytes()?;
+        match self.algorithm {
+            KeyAlgorithm::EcP256 => Ok(KeyComponents::EcP256 { x: bits[1..33].to_vec(), y: bits[33..65].to_vec() }),
+            _ => {
+                let rsa = RsaPublicKeyDer::from_der(&bits)?;
+                Ok(KeyComponents::Rsa {
+                    modulus: rsa.modulus.as_bytes().to_vec(),
+                    exponent: rsa.public_exponent.as_bytes().to_vec(),
+                })
+            }
+        }
+    }
+}
+
+/// A public key's parameters (see [`PublicKey::components`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyComponents {
+    /// RSA: modulus `n` and public exponent `e`.
+    Rsa {
+        /// `n`, big-endian.
+        modulus: Vec<u8>,
+        /// `e`, big-endian.
+        exponent: Vec<u8>,
+    },
+    /// P-256: the point's coordinates.
+    EcP256 {
+        /// `x`, 32 bytes.
+        x: Vec<u8>,
+        /// `y`, 32 bytes.
+        y: Vec<u8>,
+    },
 }
 
 fn strip_leading_zeros(bytes: &[u8]) -> &[u8] {

@@ -24,8 +24,10 @@ use std::sync::Arc;
 pub use backend::{KeyBackend, SigningKey};
 pub use config::{BackendConfig, BackendConfigFile, ConfigProblem, Pkcs11Config, TokenSelector, TpmConfig};
 pub use error::{Error, ErrorClass, Result};
-pub use key::{Capabilities, KeyAlgorithm, ProtectionCheck, ProtectionReport, PublicKey, SignatureScheme};
-pub use pin::PinSource;
+pub use key::{
+    Capabilities, KeyAlgorithm, KeyComponents, ProtectionCheck, ProtectionReport, PublicKey, SignatureScheme,
+};
+pub use pin::{PinSource, random_secret};
 pub use signer::{X509Signature, X509Signer};
 pub use uri::{KeyUri, Pkcs11Uri, TpmUri};
 

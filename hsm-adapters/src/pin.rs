@@ -13,6 +13,21 @@ use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
 
+/// A fresh random secret for a PIN, SO PIN or auth value: 16 bytes from the system's generator
+/// as 32 lower-case hex characters (printable, so every device and tool accepts it).
+pub fn random_secret() -> Result<SecretString> {
+    let mut bytes = Zeroizing::new([0u8; 16]);
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), bytes.as_mut())
+        .map_err(|_| Error::Io { path: "/dev/urandom".into(), reason: "the system random generator failed".into() })?;
+    // Sized up front so the text is never reallocated (and copied) while it grows.
+    let mut hex = String::with_capacity(32);
+    for b in bytes.iter() {
+        hex.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
+        hex.push(char::from(b"0123456789abcdef"[usize::from(b & 0xf)]));
+    }
+    Ok(SecretString::from(hex))
+}
+
 /// Longest PIN accepted (PKCS#11 tokens allow up to 255 bytes; TPM auth values up to 64).
 const MAX_PIN_LEN: usize = 255;
 

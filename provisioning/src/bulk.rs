@@ -1,21 +1,20 @@
 //! `sitesign bulk-token`: the bulk registration token lifecycle, in sitesign's spelling
 //! (`new [--lifetime MIN]`, `list`, `block GUID`, `unblock GUID`) and in ConfigMgr's
-//! `BulkRegistrationTokenTool.exe` spelling (`/new`, `/lifetime N`, `/?`), plus
-//! `sitesign token verify`, which reads a token on standard input (a bearer token never goes in
-//! argv) and prints the verdict.
+//! `BulkRegistrationTokenTool.exe` spelling (`/new`, `/lifetime N`, `/?`). The lifetime and GUIDs
+//! are checked by the appliance, like everything else.
 
 use std::ffi::OsString;
-use std::io::Read;
 use std::process::ExitCode;
 
-use serde_json::{Value, json};
-use sitesign::admin::AdminRequest;
-use sitesign::ops::{self, tokens};
-use sitesign::pki;
-use sitesign::token::{BULK_DEFAULT_LIFETIME_MINUTES, BULK_MAX_LIFETIME_MINUTES, TokenKind};
+use serde_json::json;
+use sitesign::admin::{AdminRequest, AdminResponse};
+use sitesign::store::BulkRecord;
+use sitesign::time::rfc3339;
+use sitesign::token::BULK_DEFAULT_LIFETIME_MINUTES;
 
+use crate::admin_client::{call, unexpected};
 use crate::context::Context;
-use crate::{CliError, Output};
+use crate::output::{CliError, Output};
 
 /// The usage text `/?` prints, as the original tool's.
 pub const CONFIGMGR_USAGE: &str = "\
@@ -85,12 +84,10 @@ pub enum BulkCommand {
     },
 }
 
-use crate::admin_client::call;
-
-fn state_of(record: &Value, now: i64) -> &'static str {
-    if record["blocked"] == true {
+fn state_of(record: &BulkRecord, now: i64) -> &'static str {
+    if record.blocked {
         "blocked"
-    } else if record["expires"].as_i64().is_some_and(|e| e <= now) {
+    } else if record.expires <= now {
         "expired"
     } else {
         "active"
@@ -99,51 +96,43 @@ fn state_of(record: &Value, now: i64) -> &'static str {
 
 /// `sitesign bulk-token …`.
 pub fn run(ctx: &Context, command: &BulkCommand, out: Output) -> Result<ExitCode, CliError> {
-    if let Some(code) = ctx.rerun {
-        return Ok(code);
-    }
     match command {
         BulkCommand::New { lifetime } => {
-            if !(1..=BULK_MAX_LIFETIME_MINUTES).contains(lifetime) {
-                return Err(CliError::new(
-                    "invalid_lifetime",
-                    format!(
-                        "lifetime {lifetime} minutes is out of range: give 1 to {BULK_MAX_LIFETIME_MINUTES} minutes (default {BULK_DEFAULT_LIFETIME_MINUTES}, 3 days); no token was created"
-                    ),
-                ));
-            }
-            let made = call(ctx, &AdminRequest::BulkNew { lifetime_minutes: *lifetime })?;
-            let expires = made["expires"].as_i64().unwrap_or_default();
-            out.line(format!("Bulk registration token GUID: {}", made["guid"].as_str().unwrap_or_default()));
-            out.line(format!("Token is valid until {}.", ops::utc_rfc3339(expires)));
-            out.line(made["token"].as_str().unwrap_or_default());
-            out.json(&json!({"guid": made["guid"], "expires": made["expires"], "token": made["token"]}));
+            let made = match call(ctx, &AdminRequest::BulkNew { lifetime_minutes: *lifetime })? {
+                AdminResponse::BulkTokenCreated(made) => made,
+                other => return Err(unexpected(&other)),
+            };
+            out.line(format!("Bulk registration token GUID: {}", made.guid));
+            out.line(format!("Token is valid until {}.", rfc3339(made.expires)));
+            out.line(&made.token);
+            out.json(&json!({"guid": made.guid, "expires": made.expires, "token": made.token}));
         }
         BulkCommand::List => {
-            let listed = call(ctx, &AdminRequest::BulkList)?;
-            let now = pki::now_unix();
-            let empty = Vec::new();
-            let records = listed["bulk_tokens"].as_array().unwrap_or(&empty);
+            let records = match call(ctx, &AdminRequest::BulkList)? {
+                AdminResponse::BulkTokens { bulk_tokens } => bulk_tokens,
+                other => return Err(unexpected(&other)),
+            };
+            let now = sitesign::time::now_unix();
             if records.is_empty() {
                 out.line("no bulk registration tokens");
             }
-            for r in records {
+            for r in &records {
                 out.line(format!(
                     "{}  {:<7}  created {}  valid until {}  ({} min)  by {}",
-                    r["guid"].as_str().unwrap_or_default(),
+                    r.guid,
                     state_of(r, now),
-                    ops::utc_rfc3339(r["created"].as_i64().unwrap_or_default()),
-                    ops::utc_rfc3339(r["expires"].as_i64().unwrap_or_default()),
-                    r["lifetime"],
-                    r["creator"].as_str().unwrap_or_default(),
+                    rfc3339(r.created),
+                    rfc3339(r.expires),
+                    r.lifetime,
+                    r.creator,
                 ));
             }
-            let with_state: Vec<Value> = records
+            let with_state: Vec<serde_json::Value> = records
                 .iter()
                 .map(|r| {
-                    let mut r = r.clone();
-                    r["state"] = json!(state_of(&r, now));
-                    r
+                    let mut v = json!(r);
+                    v["state"] = json!(state_of(r, now));
+                    v
                 })
                 .collect();
             out.json(&json!({"bulk_tokens": with_state}));
@@ -155,50 +144,19 @@ pub fn run(ctx: &Context, command: &BulkCommand, out: Output) -> Result<ExitCode
             } else {
                 AdminRequest::BulkUnblock { guid: guid.clone() }
             };
-            let done = call(ctx, &request)?;
-            let record = &done["bulk_token"];
+            let record = match call(ctx, &request)? {
+                AdminResponse::BulkToken { bulk_token } => bulk_token,
+                other => return Err(unexpected(&other)),
+            };
             out.line(format!(
                 "bulk token {} is now {}",
-                record["guid"].as_str().unwrap_or_default(),
+                record.guid,
                 if block { "blocked: registrations with it are refused" } else { "unblocked" }
             ));
-            out.json(&done);
+            out.json(&json!({"bulk_token": record}));
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// `sitesign token verify [--thumbprint T] [--kind K]`: the token on standard input.
-pub fn verify(ctx: &Context, thumbprint: Option<&str>, kind: Option<&str>, out: Output) -> Result<ExitCode, CliError> {
-    if let Some(code) = ctx.rerun {
-        return Ok(code);
-    }
-    let mut token = String::new();
-    std::io::stdin()
-        .take(sitesign::token::MAX_TOKEN_BYTES as u64 + 1)
-        .read_to_string(&mut token)
-        .map_err(|e| CliError::new("io", format!("cannot read the token from standard input: {e}")))?;
-    let expect = match kind {
-        None => None,
-        Some("bulk") => Some(TokenKind::Bulk),
-        Some("client") => Some(TokenKind::Client),
-        Some("access") => Some(TokenKind::Access),
-        Some(other) => return Err(CliError::new("usage", format!("--kind {other:?}: bulk, client or access"))),
-    };
-    let store = ctx.store()?;
-    match tokens::verify_token(&store, &ctx.config, token.trim(), thumbprint, expect, pki::now_unix())? {
-        Ok(v) => {
-            out.line(format!("valid {} token, signed by {}", v.kind.as_str(), v.key_id));
-            out.line(serde_json::to_string_pretty(&v.claims).unwrap_or_default());
-            out.json(&json!({"valid": true, "kind": v.kind, "claims": v.claims}));
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(r) => {
-            out.line(format!("invalid: {} — {}", r.reason.code(), r.detail));
-            out.json(&json!({"valid": false, "reason": r.reason.code(), "detail": r.detail}));
-            Ok(ExitCode::from(2))
-        }
-    }
 }
 
 #[cfg(test)]

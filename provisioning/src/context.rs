@@ -1,15 +1,16 @@
 //! What every configured command starts with: the configuration, read and validated, and the
-//! environment its PKCS#11 modules need (set by re-running the program, before any module is
-//! loaded).
+//! environment its PKCS#11 modules need (set by replacing this process with itself, before any
+//! module is loaded).
 
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 
-use sitesign::config::{Config, PkiConfig};
-use sitesign::ops::Backends;
+use sitesign::audit::AuditLog;
+use sitesign::backends::Backends;
+use sitesign::config::Config;
+use sitesign::state::State;
 use sitesign::store::Store;
 
-use crate::CliError;
+use crate::output::CliError;
 
 /// A loaded configuration.
 #[derive(Debug)]
@@ -18,36 +19,15 @@ pub struct Context {
     pub path: PathBuf,
     /// Its validated content.
     pub config: Config,
-    /// Set when the program must re-run itself with the modules' environment: its exit code.
-    pub rerun: Option<ExitCode>,
 }
 
 impl Context {
     /// Reads `path`; re-runs this program with the modules' environment if it is not set.
     pub fn load(path: &Path) -> Result<Context, CliError> {
         let config = Config::load(path)?;
-        let missing = config.missing_environment();
-        let rerun = if missing.is_empty() {
-            None
-        } else {
-            let exe = std::env::current_exe()
-                .map_err(|e| CliError::new("io", format!("cannot find this program to re-run it: {e}")))?;
-            let status = std::process::Command::new(exe)
-                .args(std::env::args_os().skip(1))
-                .envs(missing)
-                .status()
-                .map_err(|e| CliError::new("io", format!("cannot re-run with the module environment: {e}")))?;
-            Some(ExitCode::from(u8::try_from(status.code().unwrap_or(1)).unwrap_or(1)))
-        };
-        Ok(Context { path: path.to_owned(), config, rerun })
-    }
-
-    /// The `[pki]` table, required by the CA commands.
-    pub fn pki(&self) -> Result<&PkiConfig, CliError> {
-        self.config
-            .pki
-            .as_ref()
-            .ok_or_else(|| CliError::new("config", format!("{} has no [pki] table", self.path.display())))
+        sitesign::environment::ensure(&config.module_environment())
+            .map_err(|e| CliError::new("io", format!("cannot re-run with the module environment: {e}")))?;
+        Ok(Context { path: path.to_owned(), config })
     }
 
     /// Opens the state store.
@@ -55,9 +35,14 @@ impl Context {
         Ok(Store::open(&self.config.state_dir)?)
     }
 
+    /// The state as of now.
+    pub fn state(&self) -> Result<State, CliError> {
+        Ok(State::load(&self.store()?, &self.config, sitesign::time::now_unix())?)
+    }
+
     /// Opens the audit log.
-    pub fn audit(&self) -> Result<sitesign::audit::AuditLog, CliError> {
-        Ok(sitesign::audit::AuditLog::open(&self.config.audit.dir, self.config.audit.max_bytes)?)
+    pub fn audit(&self) -> Result<AuditLog, CliError> {
+        Ok(AuditLog::open(&self.config.audit.dir, self.config.audit.max_bytes)?)
     }
 
     /// Opens every backend.

@@ -1,20 +1,31 @@
-//! `sitesign`: the crypto officer's and admin's tool — `init`, `status`, `keys list`,
-//! `cert issue`, `cert export`, `bulk-token`, `token verify`, `quickstart`, `selftest`. Every
-//! command has `--json`.
+//! `sitesign`: the crypto officer's and admin's tool. Every command has `--json`; every command
+//! that changes keys or certificates prints its plan first, stops there with `--dry-run`, and asks
+//! for confirmation on a terminal (`--yes` for scripts).
 
-mod admin;
 mod admin_client;
+mod appliance;
+mod audit;
 mod bulk;
+mod certs;
 mod context;
+mod keys;
+mod output;
 mod quickstart;
 mod selftest;
 mod softhsm;
+mod token;
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use hsm_adapters::KeyAlgorithm;
+use sitesign::admin::RevocationReason;
+use sitesign::pki::RoleProfile;
+use sitesign::token::TokenKind;
+
+use crate::context::Context;
+use crate::output::{CliError, Output};
 
 /// sitesign: hardware-backed signing for ConfigMgr site tokens.
 #[derive(Debug, Parser)]
@@ -30,6 +41,17 @@ struct Cli {
     command: Command,
 }
 
+/// Confirmation of a change: `--dry-run` shows the plan only, `--yes` skips the question.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct Confirm {
+    /// Show the plan and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Do not ask for confirmation (for scripts).
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Create the SMS Issuing root, the first token-signing key and the appliance's TLS key, each
@@ -41,12 +63,18 @@ enum Command {
     },
     /// Show the state and check every backend and key.
     Status,
-    /// Key inventory.
+    /// The key inventory: list, retire, revoke.
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
     },
-    /// Certificates.
+    /// Replace a key: the token-signing key (published ahead, activated later), the SMS Issuing
+    /// root (cross-certified), or the TLS key.
+    Rotate {
+        #[command(subcommand)]
+        command: RotateCommand,
+    },
+    /// Certificates: issue from a request, list, revoke, CRL, export.
     Cert {
         #[command(subcommand)]
         command: CertCommand,
@@ -81,13 +109,66 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum KeysCommand {
-    /// List every key with its role, status and certificate.
+    /// List every key with its role, state, schedule and certificate.
     List,
+    /// Retire a key: cancels a pending one; a verify-only one only once its tokens have expired
+    /// (or at once with --force).
+    Retire {
+        /// The key's id (see `keys list`).
+        key: String,
+        /// Retire now even though tokens it signed are still valid (they are refused from then).
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        confirm: Confirm,
+    },
+    /// Revoke a key (emergency): its tokens are refused at once; the active key is replaced in
+    /// the same command.
+    Revoke {
+        /// The key's id (see `keys list`).
+        key: String,
+        /// Why (recorded in the inventory and the audit log).
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        confirm: Confirm,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RotateCommand {
+    /// A new token-signing key: published now, active at --activate-at (default now +
+    /// --publish-ahead); the old key verifies its tokens until they expire.
+    TokenSigning {
+        /// Algorithm of the new key.
+        #[arg(long, value_parser = ["rsa-2048", "ec-p256"])]
+        algorithm: Option<String>,
+        /// How long relying parties get to fetch the new key before it signs (e.g. 24h, 7d).
+        #[arg(long)]
+        publish_ahead: Option<String>,
+        /// When the new key starts signing: `now` or an RFC 3339 time (2026-12-01T09:00:00Z).
+        #[arg(long)]
+        activate_at: Option<String>,
+        #[command(flatten)]
+        confirm: Confirm,
+    },
+    /// A new SMS Issuing root, cross-certified both ways with the old one; sitesign's own
+    /// certificates re-issued under it.
+    Issuing {
+        #[command(flatten)]
+        confirm: Confirm,
+    },
+    /// A new TLS key and certificate: new connections get it, open ones finish.
+    Tls {
+        #[command(flatten)]
+        confirm: Confirm,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 enum AuditCommand {
-    /// Check the hash chain: detects edited, deleted and reordered records (exit 1).
+    /// Check the hash chain and the signed checkpoints: detects edited, deleted and reordered
+    /// records (exit 1).
     Verify,
     /// Write every record as JSON lines (to standard output or --out).
     Export {
@@ -105,9 +186,9 @@ enum TokenCommand {
         /// x5t#S256 of the client certificate presented with a client or access token.
         #[arg(long)]
         thumbprint: Option<String>,
-        /// Accept only this kind: bulk, client or access.
-        #[arg(long)]
-        kind: Option<String>,
+        /// Accept only this kind.
+        #[arg(long, value_enum)]
+        kind: Option<TokenKind>,
     },
 }
 
@@ -116,8 +197,8 @@ enum CertCommand {
     /// Issue a role certificate from a PKCS#10 request.
     Issue {
         /// mp-client (a management point's mTLS identity) or role-ssl (a site system's TLS server).
-        #[arg(long, value_parser = ["mp-client", "role-ssl"])]
-        profile: String,
+        #[arg(long, value_enum)]
+        profile: RoleProfile,
         /// The request, PEM or DER.
         #[arg(long)]
         csr: PathBuf,
@@ -125,8 +206,27 @@ enum CertCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Write the SMS Issuing certificate, every non-retired token-signing certificate and a
-    /// trust bundle as PEM files.
+    /// List every certificate issued, with its state.
+    List,
+    /// Revoke a role certificate: refused at the next handshake, listed on the CRL.
+    Revoke {
+        /// Its serial (hex, as `cert list` shows it).
+        serial: String,
+        /// Why.
+        #[arg(long, value_enum, default_value = "unspecified")]
+        reason: RevocationReason,
+        #[command(flatten)]
+        confirm: Confirm,
+    },
+    /// Sign a fresh CRL of the SMS Issuing root(s); write the active root's (DER) to --out, or
+    /// print it as PEM.
+    Crl {
+        /// File to write the DER to.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Write the SMS Issuing certificate(s), every non-retired token-signing certificate, the
+    /// cross-certificates and a trust bundle as PEM files.
     Export {
         /// The folder to write to (created if missing).
         #[arg(long, default_value = ".")]
@@ -134,141 +234,73 @@ enum CertCommand {
     },
 }
 
-/// An error for the operator: a stable code and a message that says what to do.
-#[derive(Debug)]
-pub struct CliError {
-    code: std::borrow::Cow<'static, str>,
-    message: String,
+fn algorithm(text: Option<&str>) -> Result<Option<KeyAlgorithm>, CliError> {
+    text.map(|a| a.parse::<KeyAlgorithm>().map_err(CliError::from)).transpose()
 }
 
-impl CliError {
-    /// A CLI error with `code` and `message`.
-    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
-        CliError { code: code.into(), message: message.into() }
-    }
-
-    /// A CLI error with a code received from the service.
-    pub fn new_owned(code: String, message: String) -> Self {
-        CliError { code: code.into(), message }
-    }
-}
-
-impl From<hsm_adapters::Error> for CliError {
-    fn from(e: hsm_adapters::Error) -> Self {
-        CliError::new(e.code(), e.to_string())
-    }
-}
-
-impl From<sitesign::selftest::SelfTestError> for CliError {
-    fn from(e: sitesign::selftest::SelfTestError) -> Self {
-        CliError::new(e.code(), e.to_string())
-    }
-}
-
-impl From<sitesign::config::ConfigError> for CliError {
-    fn from(e: sitesign::config::ConfigError) -> Self {
-        CliError::new("config", e.to_string())
-    }
-}
-
-impl From<sitesign::ops::OpsError> for CliError {
-    fn from(e: sitesign::ops::OpsError) -> Self {
-        CliError::new(e.code(), e.to_string())
-    }
-}
-
-impl From<sitesign::pki::PkiError> for CliError {
-    fn from(e: sitesign::pki::PkiError) -> Self {
-        CliError::new(e.code(), e.to_string())
-    }
-}
-
-impl From<sitesign::audit::AuditError> for CliError {
-    fn from(e: sitesign::audit::AuditError) -> Self {
-        CliError::new("audit_unavailable", e.to_string())
-    }
-}
-
-impl From<sitesign::store::StoreError> for CliError {
-    fn from(e: sitesign::store::StoreError) -> Self {
-        CliError::new("state_store", e.to_string())
-    }
-}
-
-/// Where a command's human-readable progress and result go, and whether to print JSON instead.
-#[derive(Debug, Clone, Copy)]
-pub struct Output {
-    json: bool,
-}
-
-impl Output {
-    /// A line of human-readable output (suppressed with `--json`).
-    pub fn line(&self, text: impl AsRef<str>) {
-        if !self.json {
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{}", text.as_ref());
+fn run(cli: Cli, out: Output) -> Result<ExitCode, CliError> {
+    let load = || Context::load(&cli.config);
+    match cli.command {
+        Command::Init { force } => appliance::init(&load()?, force, out),
+        Command::Status => appliance::status(&load()?, out),
+        Command::Keys { command: KeysCommand::List } => keys::list(&load()?, out),
+        Command::Keys { command: KeysCommand::Retire { key, force, confirm } } => {
+            keys::retire(&load()?, &key, force, confirm, out)
         }
-    }
-
-    /// Whether JSON output was asked for.
-    pub fn is_json(&self) -> bool {
-        self.json
-    }
-
-    /// A progress line for a long operation, on standard error (suppressed with `--json`).
-    pub fn progress(&self, text: impl AsRef<str>) {
-        if !self.json {
-            eprintln!("… {}", text.as_ref());
+        Command::Keys { command: KeysCommand::Revoke { key, reason, confirm } } => {
+            keys::revoke(&load()?, &key, &reason, confirm, out)
         }
-    }
-
-    /// The JSON result (printed only with `--json`).
-    pub fn json(&self, value: &serde_json::Value) {
-        if self.json {
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{value}");
+        Command::Rotate { command } => {
+            let (request, confirm) = match command {
+                RotateCommand::TokenSigning { algorithm: alg, publish_ahead, activate_at, confirm } => (
+                    keys::rotate_request(
+                        sitesign::keys::KeyRole::TokenSigning,
+                        algorithm(alg.as_deref())?,
+                        publish_ahead.as_deref(),
+                        activate_at.as_deref(),
+                    )?,
+                    confirm,
+                ),
+                RotateCommand::Issuing { confirm } => {
+                    (keys::rotate_request(sitesign::keys::KeyRole::Issuing, None, None, None)?, confirm)
+                }
+                RotateCommand::Tls { confirm } => {
+                    (keys::rotate_request(sitesign::keys::KeyRole::Tls, None, None, None)?, confirm)
+                }
+            };
+            keys::rotate(&load()?, request, confirm, out)
         }
+        Command::Cert { command: CertCommand::Issue { profile, csr, out: path } } => {
+            certs::issue(&load()?, profile, &csr, path.as_deref(), out)
+        }
+        Command::Cert { command: CertCommand::List } => certs::list(&load()?, out),
+        Command::Cert { command: CertCommand::Revoke { serial, reason, confirm } } => {
+            certs::revoke(&load()?, &serial, reason, confirm, out)
+        }
+        Command::Cert { command: CertCommand::Crl { out: path } } => certs::crl(&load()?, path.as_deref(), out),
+        Command::Cert { command: CertCommand::Export { out: dir } } => certs::export_command(&load()?, &dir, out),
+        Command::BulkToken { configmgr_usage: true, .. } | Command::BulkToken { command: None, .. } => {
+            print!("{}", bulk::CONFIGMGR_USAGE);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::BulkToken { command: Some(command), .. } => bulk::run(&load()?, &command, out),
+        Command::Token { command: TokenCommand::Verify { thumbprint, kind } } => {
+            token::verify(&load()?, thumbprint, kind, out)
+        }
+        Command::Audit { command: AuditCommand::Verify } => audit::verify(&load()?, out),
+        Command::Audit { command: AuditCommand::Export { out: path } } => audit::export(&load()?, path.as_deref()),
+        Command::Quickstart(args) => quickstart::run(&args, out),
+        Command::Selftest(args) => selftest::run(&args, out),
     }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse_from(bulk::configmgr_spelling(std::env::args_os().collect()));
     let out = Output { json: cli.json };
-    let result = match cli.command {
-        Command::Init { force } => context::Context::load(&cli.config).and_then(|c| admin::init(&c, force, out)),
-        Command::Status => context::Context::load(&cli.config).and_then(|c| admin::status(&c, out)),
-        Command::Keys { command: KeysCommand::List } => {
-            context::Context::load(&cli.config).and_then(|c| admin::keys_list(&c, out))
-        }
-        Command::Cert { command: CertCommand::Issue { profile, csr, out: path } } => {
-            context::Context::load(&cli.config)
-                .and_then(|c| admin::cert_issue(&c, &profile, &csr, path.as_deref(), out))
-        }
-        Command::Cert { command: CertCommand::Export { out: dir } } => {
-            context::Context::load(&cli.config).and_then(|c| admin::cert_export(&c, &dir, out))
-        }
-        Command::BulkToken { configmgr_usage: true, .. } | Command::BulkToken { command: None, .. } => {
-            print!("{}", bulk::CONFIGMGR_USAGE);
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::BulkToken { command: Some(command), .. } => {
-            context::Context::load(&cli.config).and_then(|c| bulk::run(&c, &command, out))
-        }
-        Command::Token { command: TokenCommand::Verify { thumbprint, kind } } => context::Context::load(&cli.config)
-            .and_then(|c| bulk::verify(&c, thumbprint.as_deref(), kind.as_deref(), out)),
-        Command::Audit { command: AuditCommand::Verify } => {
-            context::Context::load(&cli.config).and_then(|c| admin::audit_verify(&c, out))
-        }
-        Command::Audit { command: AuditCommand::Export { out: path } } => {
-            context::Context::load(&cli.config).and_then(|c| admin::audit_export(&c, path.as_deref()))
-        }
-        Command::Quickstart(args) => quickstart::run(&args, out),
-        Command::Selftest(args) => selftest::run(&args, out),
-    };
-    match result {
+    match run(cli, out) {
         Ok(code) => code,
         Err(e) => {
-            if out.json {
+            if out.is_json() {
                 out.json(&serde_json::json!({"error": {"code": e.code, "message": e.message}}));
             } else {
                 eprintln!("sitesign: error [{}]: {}", e.code, e.message);

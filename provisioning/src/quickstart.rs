@@ -8,23 +8,28 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use std::collections::BTreeMap;
+
 use der::Encode;
+use hsm_adapters::config::{BackendConfigFile, TpmConfigFile};
 use hsm_adapters::signer::VerifyingKey;
-use hsm_adapters::{PublicKey, X509Signature};
+use hsm_adapters::{PublicKey, X509Signature, random_secret};
 use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair};
 use secrecy::ExposeSecret;
 use serde_json::json;
-use sitesign::ops;
-use sitesign::pki::{self, ProfileKind};
-use sitesign::store::KeyRole;
+use sitesign::admin::{self, AdminContext, AdminRequest, AdminResponse};
+use sitesign::config::{ConfigFile, PkiConfigFile, ServiceConfigFile};
+use sitesign::keys::KeyRole;
+use sitesign::pki::{self, ProfileKind, RoleProfile};
 use spki::{AlgorithmIdentifierOwned, DynSignatureAlgorithmIdentifier};
 use x509_cert::builder::{Builder, RequestBuilder};
 use x509_cert::ext::pkix::SubjectAltName;
 
+use crate::absolute;
 use crate::context::{Context, actor};
-use crate::softhsm::{self, Prepared, random_secret, write_private};
-use crate::{CliError, Output, absolute};
+use crate::output::{CliError, Output};
+use crate::softhsm::{self, write_private};
 
 /// Which device the quickstart appliance uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -81,27 +86,26 @@ pub fn run(args: &Args, out: Output) -> Result<ExitCode, CliError> {
     let dir = absolute(&args.dir)?;
     fs::create_dir_all(&dir).map_err(|e| CliError::new("io", format!("cannot create {}: {e}", dir.display())))?;
     let (backend_name, table) = match args.backend {
-        Device::Softhsm => match softhsm::prepare(&dir, &args.module)? {
-            Prepared::Rerun(code) => return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1))),
-            Prepared::Ready { softhsm, pin_file, created } => {
-                if created {
-                    out.line(format!("created SoftHSM token \"sitesign\" in {}", softhsm.root().display()));
-                }
-                ("softhsm", softhsm::backend_table(&softhsm, &args.module, &pin_file))
+        Device::Softhsm => {
+            let prepared = softhsm::prepare(&dir, &args.module)?;
+            if prepared.created {
+                out.line(format!("created SoftHSM token \"sitesign\" in {}", prepared.softhsm.root().display()));
             }
-        },
+            let table = softhsm::backend_table(&prepared.softhsm, &args.module, &prepared.pin_file);
+            ("softhsm", BackendConfigFile::Pkcs11(table))
+        }
         Device::Tpm => {
             let auth = dir.join("tpm.auth");
             if !auth.exists() {
                 write_private(&auth, random_secret()?.expose_secret().as_bytes())?;
             }
-            let table = format!(
-                "[backends.tpm]\nkind = \"tpm\"\ntcti = {:?}\nkey_dir = {:?}\nauth_file = {:?}\n",
-                args.tcti,
-                dir.join("tpm-keys").display().to_string(),
-                auth.display().to_string()
-            );
-            ("tpm", table)
+            let table = TpmConfigFile {
+                tcti: Some(args.tcti.clone()),
+                key_dir: Some(dir.join("tpm-keys")),
+                auth_file: Some(auth),
+                ..TpmConfigFile::default()
+            };
+            ("tpm", BackendConfigFile::Tpm(table))
         }
     };
     let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
@@ -124,27 +128,46 @@ pub fn run(args: &Args, out: Output) -> Result<ExitCode, CliError> {
             Some(o) => o.clone(),
             None => std::net::SocketAddr::new(ops_ip, port.wrapping_add(1)).to_string(),
         };
-        let text = format!(
-            "# Written by `sitesign quickstart`. See sitesign.sample.toml for every option.\n\
-             state_dir = \"state\"\n\n{table}\n[pki]\nsite_name = \"sitesign quickstart\"\nissuing_backend = {backend_name:?}\n\
-             token_signing_algorithm = {:?}\ntls_names = {names:?}\n\n[service]\nlisten = \"{listen}\"\nops_listen = {ops_listen:?}\nadmin_socket = \"admin.sock\"\n",
-            args.token_algorithm
-        );
+        let file = ConfigFile {
+            state_dir: Some("state".into()),
+            backends: BTreeMap::from([(backend_name.to_owned(), table)]),
+            pki: Some(PkiConfigFile {
+                site_name: Some("sitesign quickstart".into()),
+                issuing_backend: backend_name.to_owned(),
+                token_signing_algorithm: Some(args.token_algorithm.clone()),
+                tls_names: Some(names.clone()),
+                ..PkiConfigFile::default()
+            }),
+            service: Some(ServiceConfigFile {
+                listen: Some(listen.to_string()),
+                ops_listen: Some(ops_listen),
+                admin_socket: Some("admin.sock".into()),
+                ..ServiceConfigFile::default()
+            }),
+            ..ConfigFile::default()
+        };
+        let body = toml::to_string(&file).map_err(|e| CliError::new("encoding", format!("the configuration: {e}")))?;
+        let text = format!("# Written by `sitesign quickstart`. See sitesign.sample.toml for every option.\n{body}");
         write(&config_path, text)?;
         out.line(format!("wrote {}", config_path.display()));
     }
     let ctx = Context::load(&config_path)?;
-    if let Some(code) = ctx.rerun {
-        return Ok(code);
-    }
-    let pki_config = ctx.pki()?;
     let mut store = ctx.store()?;
     out.progress("opening the backend");
     let backends = ctx.backends()?;
     let audit = ctx.audit()?;
-    if store.meta("initialized_at")?.is_none() {
+    let actor = actor();
+    let mut admin_ctx = AdminContext {
+        config: &ctx.config,
+        store: &mut store,
+        backends: &backends,
+        audit: &audit,
+        actor: &actor,
+        now: sitesign::time::now_unix(),
+    };
+    if admin_ctx.store.meta("initialized_at")?.is_none() {
         out.progress("generating the SMS Issuing, token-signing and TLS keys inside the device");
-        let report = ops::init(pki_config, &backends, &mut store, &audit, &actor())?;
+        let report = admin::init::init(&mut admin_ctx)?;
         for key in &report.keys {
             out.line(format!("created {} key {}", key.role.as_str(), key.uri));
         }
@@ -157,18 +180,22 @@ pub fn run(args: &Args, out: Output) -> Result<ExitCode, CliError> {
         out.progress("enrolling the demo management point");
         let csr = demo_mp_request(&mp_key)?;
         write(&mp_dir.join("mp.csr"), pki::pem("CERTIFICATE REQUEST", &csr)?)?;
-        let issued =
-            ops::issue_from_csr(pki_config, &backends, &mut store, &audit, ProfileKind::MpClient, &csr, &actor())?;
-        write(&mp_crt, pki::pem("CERTIFICATE", &issued.der)?)?;
-        out.line(format!("enrolled demo management point {} ({})", issued.subject, mp_crt.display()));
+        let request =
+            AdminRequest::CertIssue { profile: RoleProfile::MpClient, csr: sitesign::token::b64::encode(&csr) };
+        let (certificate, pem) = match admin::execute(&mut admin_ctx, &request)? {
+            AdminResponse::CertificateIssued { certificate, pem } => (certificate, pem),
+            other => return Err(crate::admin_client::unexpected(&other)),
+        };
+        write(&mp_crt, pem)?;
+        out.line(format!("enrolled demo management point {} ({})", certificate.subject, mp_crt.display()));
     }
 
-    let (root, _) = ops::active_key(&store, KeyRole::Issuing)?;
-    let root_der = root.certificate.unwrap_or_default();
-    write(&dir.join("ca.pem"), pki::pem("CERTIFICATE", &root_der)?)?;
-    let (tls, _) = ops::active_key(&store, KeyRole::Tls)?;
-    write(&dir.join("tls.crt"), pki::pem("CERTIFICATE", &tls.certificate.unwrap_or_default())?)?;
-    let exported = crate::admin::export(&store, &dir.join("certs"))?;
+    let state = ctx.state()?;
+    let root = state.active(KeyRole::Issuing).and_then(|k| k.certificate()).unwrap_or_default();
+    write(&dir.join("ca.pem"), pki::pem("CERTIFICATE", root)?)?;
+    let tls = state.active(KeyRole::Tls).and_then(|k| k.certificate()).unwrap_or_default();
+    write(&dir.join("tls.crt"), pki::pem("CERTIFICATE", tls)?)?;
+    let exported = crate::certs::export(&state, &dir.join("certs"))?;
     out.line(format!(
         "wrote {} (SMS Issuing), {} (this appliance's TLS server) and {} certificates in {}",
         dir.join("ca.pem").display(),

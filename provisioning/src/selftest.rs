@@ -13,8 +13,9 @@ use hsm_adapters::{KeyAlgorithm, KeyBackend, SigningKey};
 use sitesign::config::Config;
 use sitesign::selftest::check_key;
 
+use crate::absolute;
+use crate::output::{CliError, Output};
 use crate::softhsm::{self, TOKEN_LABEL};
-use crate::{CliError, Output, absolute};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -32,10 +33,7 @@ pub struct Args {
 pub fn run(args: &Args, out: Output) -> Result<ExitCode, CliError> {
     let dir = absolute(&args.dir)?;
     fs::create_dir_all(&dir).map_err(|e| CliError::new("io", format!("cannot create {}: {e}", dir.display())))?;
-    let (softhsm, pin_file, created_token) = match softhsm::prepare(&dir, &args.module)? {
-        softhsm::Prepared::Rerun(code) => return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1))),
-        softhsm::Prepared::Ready { softhsm, pin_file, created } => (softhsm, pin_file, created),
-    };
+    let softhsm::Prepared { softhsm, pin_file, created: created_token } = softhsm::prepare(&dir, &args.module)?;
     if created_token {
         out.line(format!(
             "created SoftHSM token {TOKEN_LABEL:?} in {} (PINs in 0600 files beside it)",
@@ -44,10 +42,17 @@ pub fn run(args: &Args, out: Output) -> Result<ExitCode, CliError> {
     }
     let config_path = dir.join("sitesign.toml");
     if !config_path.exists() {
-        let text = format!(
-            "# Written by `sitesign selftest`. See sitesign.sample.toml for every option.\nstate_dir = \"state\"\n\n{}",
-            softhsm::backend_table(&softhsm, &args.module, &pin_file)
-        );
+        let file = sitesign::config::ConfigFile {
+            state_dir: Some("state".into()),
+            backends: [(
+                "softhsm".to_owned(),
+                hsm_adapters::BackendConfigFile::Pkcs11(softhsm::backend_table(&softhsm, &args.module, &pin_file)),
+            )]
+            .into(),
+            ..sitesign::config::ConfigFile::default()
+        };
+        let body = toml::to_string(&file).map_err(|e| CliError::new("encoding", format!("the configuration: {e}")))?;
+        let text = format!("# Written by `sitesign selftest`. See sitesign.sample.toml for every option.\n{body}");
         fs::write(&config_path, text)
             .map_err(|e| CliError::new("io", format!("cannot write {}: {e}", config_path.display())))?;
     }

@@ -7,22 +7,16 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use hsm_adapters::pkcs11::softhsm::SoftHsmDir;
+use hsm_adapters::config::Pkcs11ConfigFile;
+use hsm_adapters::pkcs11::softhsm::{CONF_ENV, SoftHsmDir};
 use hsm_adapters::pkcs11::token::initialize_token;
-use ring::rand::{SecureRandom, SystemRandom};
-use secrecy::{ExposeSecret, SecretString};
+use hsm_adapters::random_secret;
+use secrecy::ExposeSecret;
 
-use crate::CliError;
+use crate::output::CliError;
 
 /// The token label sitesign's own SoftHSM tokens get.
 pub const TOKEN_LABEL: &str = "sitesign";
-
-/// A random secret of 16 bytes as 32 hex characters.
-pub fn random_secret() -> Result<SecretString, CliError> {
-    let mut bytes = [0u8; 16];
-    SystemRandom::new().fill(&mut bytes).map_err(|_| CliError::new("random", "the system random generator failed"))?;
-    Ok(SecretString::from(bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()))
-}
 
 /// Writes `content` to a new file with mode 0600 (never overwriting).
 pub fn write_private(path: &Path, content: &[u8]) -> Result<(), CliError> {
@@ -35,20 +29,24 @@ pub fn write_private(path: &Path, content: &[u8]) -> Result<(), CliError> {
     f.write_all(content).map_err(|e| CliError::new("io", format!("cannot write {}: {e}", path.display())))
 }
 
-/// The SoftHSM instance under `dir/softhsm`, and whether this process can use it as it is.
-pub enum Prepared {
-    /// `SOFTHSM2_CONF` points elsewhere: re-run with it set (the exit code of that run).
-    Rerun(i32),
-    /// Ready: the instance, the user PIN file, and whether the token was created just now.
-    Ready { softhsm: SoftHsmDir, pin_file: PathBuf, created: bool },
+/// The SoftHSM instance under `dir/softhsm`, ready: the instance, the user PIN file, and whether
+/// the token was created just now.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The instance.
+    pub softhsm: SoftHsmDir,
+    /// The user PIN's file.
+    pub pin_file: PathBuf,
+    /// Whether the token was created by this call.
+    pub created: bool,
 }
 
-/// Lays out the instance and creates the token if `dir/user.pin` does not exist yet.
+/// Lays out the instance, makes sure this process runs with its `SOFTHSM2_CONF` (replacing
+/// itself if not), and creates the token if `dir/user.pin` does not exist yet.
 pub fn prepare(dir: &Path, module: &Path) -> Result<Prepared, CliError> {
     let softhsm = SoftHsmDir::create(&dir.join("softhsm"))?;
-    if !softhsm.is_active() {
-        return Ok(Prepared::Rerun(softhsm.rerun_self()?));
-    }
+    sitesign::environment::ensure(&[(CONF_ENV.to_owned(), softhsm.conf_path().display().to_string())])
+        .map_err(|e| CliError::new("io", format!("cannot re-run with {CONF_ENV} set: {e}")))?;
     if !module.is_file() {
         return Err(CliError::new(
             "backend_module",
@@ -64,16 +62,17 @@ pub fn prepare(dir: &Path, module: &Path) -> Result<Prepared, CliError> {
         write_private(&dir.join("so.pin"), so_pin.expose_secret().as_bytes())?;
         write_private(&pin_file, user_pin.expose_secret().as_bytes())?;
     }
-    Ok(Prepared::Ready { softhsm, pin_file, created })
+    Ok(Prepared { softhsm, pin_file, created })
 }
 
 /// The `[backends.softhsm]` table for the instance.
-pub fn backend_table(softhsm: &SoftHsmDir, module: &Path, pin_file: &Path) -> String {
-    format!(
-        "[backends.softhsm]\nkind = \"pkcs11\"\nmodule = {:?}\ntoken_label = {TOKEN_LABEL:?}\npin_file = {:?}\nsessions = 2\n\
-         environment = {{ SOFTHSM2_CONF = {:?} }}\n",
-        module.display().to_string(),
-        pin_file.display().to_string(),
-        softhsm.conf_path().display().to_string(),
-    )
+pub fn backend_table(softhsm: &SoftHsmDir, module: &Path, pin_file: &Path) -> Pkcs11ConfigFile {
+    Pkcs11ConfigFile {
+        module: Some(module.to_owned()),
+        token_label: Some(TOKEN_LABEL.to_owned()),
+        pin_file: Some(pin_file.to_owned()),
+        sessions: Some(2),
+        environment: [(CONF_ENV.to_owned(), softhsm.conf_path().display().to_string())].into(),
+        ..Pkcs11ConfigFile::default()
+    }
 }

@@ -38,11 +38,11 @@ fn check_certificates(dir: &Path) {
     // RFC 5280 as a third-party linter reads it, each certificate and its link to the issuer.
     let tls = dir.join("tls.crt");
     for cert in [&ca, &ts, &mp] {
-        softhsm_tests::pytools::lint_certificate(cert, &ca);
+        device_tests::pytools::lint_certificate(cert, &ca);
     }
     // pkilint's domain-name check wants a dot; the single label `localhost` is a valid RFC 1034
     // preferred-syntax name, and the quickstart certificate must carry it (`curl https://localhost`).
-    softhsm_tests::pytools::lint_certificate_except(&tls, &ca, &[r#"Invalid domain name syntax: "localhost""#]);
+    device_tests::pytools::lint_certificate_except(&tls, &ca, &[r#"Invalid domain name syntax: "localhost""#]);
     let tls_text = text(&tls);
     assert!(tls_text.contains("TLS Web Server Authentication") && tls_text.contains("DNS:localhost"), "{tls_text}");
     assert!(tls_text.contains("IP Address:127.0.0.1") && tls_text.contains("prime256v1"), "{tls_text}");
@@ -109,7 +109,7 @@ fn quickstart_on_softhsm_makes_a_working_verifiable_hierarchy() {
     // The TLS certificate names the listen host; status is healthy; three keys are listed.
     let keys = ok(run(&mut with_config(dir, &["keys", "list"])));
     let keys = keys["keys"].as_array().unwrap();
-    let roles: Vec<&str> = keys.iter().map(|k| k["key"]["role"].as_str().unwrap()).collect();
+    let roles: Vec<&str> = keys.iter().map(|k| k["role"].as_str().unwrap()).collect();
     assert_eq!(roles.len(), 3);
     for role in ["issuing", "token-signing", "tls"] {
         assert!(roles.contains(&role), "{roles:?}");
@@ -129,7 +129,7 @@ fn quickstart_on_softhsm_makes_a_working_verifiable_hierarchy() {
 fn quickstart_on_swtpm_makes_a_working_verifiable_hierarchy() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("appliance");
-    let tpm = softhsm_tests::swtpm::Swtpm::start(tmp.path());
+    let tpm = device_tests::swtpm::Swtpm::start(tmp.path());
     let made = quickstart(&dir, &["--backend", "tpm", "--tcti", &tpm.tcti()]);
     assert_eq!(made["backend"], "tpm");
     check_certificates(&dir);
@@ -219,7 +219,7 @@ fn certificates_are_issued_from_verified_requests_under_policy() {
     let pem = work.join("site.crt");
     std::fs::write(&pem, issued["pem"].as_str().unwrap()).unwrap();
     openssl(&["verify", "-x509_strict", "-CAfile", dir.join("ca.pem").to_str().unwrap(), pem.to_str().unwrap()]);
-    softhsm_tests::pytools::lint_certificate(&pem, &dir.join("ca.pem"));
+    device_tests::pytools::lint_certificate(&pem, &dir.join("ca.pem"));
     let t = text(&pem);
     assert!(t.contains("DNS:cmg.contoso.com, IP Address:10.0.0.5"), "{t}");
     assert!(t.contains("TLS Web Server Authentication") && t.contains("Key Encipherment"), "{t}");
@@ -243,7 +243,7 @@ fn certificates_are_issued_from_verified_requests_under_policy() {
         ],
     )));
     assert!(text(&out_file).contains("TLS Web Client Authentication"));
-    softhsm_tests::pytools::lint_certificate(&out_file, &dir.join("ca.pem"));
+    device_tests::pytools::lint_certificate(&out_file, &dir.join("ca.pem"));
 
     // Refused requests: each with its stable code, and nothing issued.
     std::fs::write(work.join("garbage.csr"), b"not a request").unwrap();

@@ -210,12 +210,12 @@ fn register(s: &Service, n: u8, proof: Value) -> (u16, Value) {
 }
 
 fn python(script: &str, args: &[&str]) -> Output {
-    Command::new(softhsm_tests::pytools::bin_dir().join("python")).arg("-c").arg(script).args(args).output().unwrap()
+    Command::new(device_tests::pytools::bin_dir().join("python")).arg("-c").arg(script).args(args).output().unwrap()
 }
 
 #[test]
 fn every_endpoint_works_over_mtls_and_tokens_verify_independently() {
-    let s = Service::start("");
+    let s = Service::start("[tokens]\nrenew_after_days = 0");
     // Register on the internal network, get an access token, verify both.
     let (status, client) = register(&s, 1, json!({"kind": "internal"}));
     assert_eq!(status, 200, "{client}");
@@ -326,7 +326,7 @@ fams = {f.name: f for f in text_string_to_metric_families(sys.stdin.read())}
 issued = {s.labels["kind"]: s.value for s in fams["sitesign_tokens_issued"].samples if s.name.endswith("_total")}
 print(issued["client"], issued["access"], fams["sitesign_audit_fsync_seconds"].type, fams["sitesign_sign_seconds"].type)
 "#;
-    let mut child = Command::new(softhsm_tests::pytools::bin_dir().join("python"))
+    let mut child = Command::new(device_tests::pytools::bin_dir().join("python"))
         .arg("-c")
         .arg(script)
         .stdin(Stdio::piped())
@@ -350,7 +350,8 @@ print(issued["client"], issued["access"], fams["sitesign_audit_fsync_seconds"].t
     let client_records = records.iter().filter(|r| r["kind"] == "client-token").count();
     assert_eq!(client_records, 5);
     let mp = records.iter().find(|r| r["kind"] == "access-token").unwrap();
-    assert_eq!(mp["caller"], "CN=demo-mp.sitesign.local,O=sitesign quickstart");
+    let caller = mp["caller"].as_str().unwrap();
+    assert!(caller.starts_with("CN=demo-mp.sitesign.local,O=sitesign quickstart (serial "), "{caller}");
     assert!(
         records.iter().any(|r| r["kind"] == "bulk-token" && r["caller"].as_str().unwrap().starts_with("admin:uid="))
     );
@@ -417,7 +418,11 @@ fn tls_refuses_missing_foreign_and_old_clients() {
 #[test]
 fn bad_requests_get_stable_errors_and_nothing_is_signed() {
     let s = Service::start("");
-    let records = || ok(run(&mut with_config(&s.dir, &["audit", "verify"])))["records"].as_i64().unwrap();
+    // Signatures recorded (transitions, such as a block, sign nothing).
+    let records = || {
+        let export = run(&mut with_config(&s.dir, &["audit", "export"]));
+        String::from_utf8(export.stdout).unwrap().lines().filter(|l| !l.contains("\"sha256\":\"\"")).count()
+    };
     let before = records();
     // Oversized body.
     let big = format!("{{\"device_id\":\"{}\",\"pad\":\"{}\"}}", device(1), "x".repeat(17 * 1024));
@@ -511,9 +516,10 @@ fn sign_with_token_signing_key() {
     let config = sitesign::config::Config::load(Path::new(&std::env::var("FORGE_CONFIG").unwrap())).unwrap();
     let dir = PathBuf::from(std::env::var("FORGE_DIR").unwrap());
     let store = sitesign::store::Store::open(&config.state_dir).unwrap();
-    let backends = sitesign::ops::Backends::open(&config).unwrap();
-    let (record, _) = sitesign::ops::active_key(&store, sitesign::store::KeyRole::TokenSigning).unwrap();
-    let key = backends.key(&record).unwrap();
+    let backends = sitesign::backends::Backends::open(&config).unwrap();
+    let state = sitesign::state::State::load(&store, &config, sitesign::time::now_unix()).unwrap();
+    let record = state.active(sitesign::keys::KeyRole::TokenSigning).unwrap();
+    let key = backends.key(record).unwrap();
     let sig =
         key.sign(hsm_adapters::SignatureScheme::RsaPkcs1Sha256, &std::fs::read(dir.join("input")).unwrap()).unwrap();
     std::fs::write(dir.join("sig"), sig).unwrap();
@@ -587,7 +593,8 @@ fn audit_tampering_is_detected() {
     let (intact, v) = verify();
     assert!(intact, "{v}");
     // On SIGTERM the service signed a checkpoint of the head with the token-signing key.
-    assert_eq!(v["last_checkpoint"], 8, "{v}");
+    assert_eq!(v["last_checkpoint"], v["records"], "{v}");
+    let total = v["records"].clone();
     let backup = std::fs::read(&db).unwrap();
     for (what, sql) in [
         ("edit", "UPDATE audit SET subject = 'GUID:FORGED' WHERE seq = 6"),
@@ -603,7 +610,7 @@ fn audit_tampering_is_detected() {
     ] {
         std::fs::write(&db, &backup).unwrap();
         let _ = std::fs::remove_file(s.dir.join("state/audit.db-wal"));
-        assert_eq!(verify().1["records"], 8, "restored");
+        assert_eq!(verify().1["records"], total, "restored");
         sqlite(sql);
         let (intact, v) = verify();
         assert!(!intact, "{what} not detected: {v}");
@@ -660,9 +667,9 @@ fn rate_limits_and_systemd_notification() {
     )
     .unwrap();
     s.spawn(&[("NOTIFY_SOCKET", notify.to_str().unwrap())]);
-    let mut buf = [0u8; 64];
+    let mut buf = [0u8; 256];
     let n = listener.recv(&mut buf).unwrap();
-    assert_eq!(&buf[..n], b"READY=1");
+    assert!(buf[..n].starts_with(b"READY=1\n"), "{}", String::from_utf8_lossy(&buf[..n]));
     // Readiness polling used none of the MP's budget (ops listener): the burst of 3 passes, then
     // (one token a second coming back) a request is told to wait.
     let statuses: Vec<u16> = (0..6).map(|_| s.call("/v1/certificates", None).0).collect();
@@ -764,15 +771,12 @@ fn verify_chain(s: &Service) -> bool {
     ok(run(&mut with_config(&s.dir, &["audit", "verify"])))["intact"] == true
 }
 
-#[test]
-fn a_long_batch_streams_in_bounded_memory() {
-    // ES256 signs fast enough on SoftHSM to push a long stream through in seconds.
-    let s = Service::start_with("", &["--token-algorithm", "ec-p256"]);
-    let n = 60_000u32;
-    let body_path = s.dir.join("long.ndjson");
+/// Sends a batch of `n` internal registrations (from `first`); returns (response bytes, tokens).
+fn internal_batch(s: &Service, name: &str, first: u32, n: u32) -> (u64, u32) {
+    let body_path = s.dir.join(format!("{name}.ndjson"));
     {
         let mut f = std::io::BufWriter::new(std::fs::File::create(&body_path).unwrap());
-        for i in 0..n {
+        for i in first..first + n {
             writeln!(
                 f,
                 "{{\"device_id\":\"GUID:{i:08X}-0000-4000-8000-000000000000\",\"client_cert_thumbprint\":\"{}\",\"proof\":{{\"kind\":\"internal\"}}}}",
@@ -781,11 +785,9 @@ fn a_long_batch_streams_in_bounded_memory() {
             .unwrap();
         }
     }
-    let before = s.peak_rss_kib();
     let out_path = body_path.with_extension("out");
     let out = s.batch_command(&body_path).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let response_bytes = std::fs::metadata(&out_path).unwrap().len();
     let text = std::fs::read_to_string(&out_path).unwrap();
     let mut count = 0u32;
     for (i, line) in text.lines().enumerate() {
@@ -793,16 +795,32 @@ fn a_long_batch_streams_in_bounded_memory() {
         assert!(v["token"].is_string(), "item {i}: {v}");
         count += 1;
     }
-    assert_eq!(count, n);
-    let growth = s.peak_rss_kib().saturating_sub(before);
-    let request_bytes = std::fs::metadata(&body_path).unwrap().len();
-    // Neither the request nor the response was held: the service grew by far less than either.
+    (text.len() as u64, count)
+}
+
+#[test]
+fn a_long_batch_streams_in_bounded_memory() {
+    // ES256 signs fast enough on SoftHSM to push a long stream through in seconds.
+    let s = Service::start_with("", &["--token-algorithm", "ec-p256"]);
+    // A first batch brings the service to its working set (allocator arenas, the in-flight
+    // window); a batch four times as long then needs at most a bounded amount more — what its
+    // in-flight window holds (4,096 results, a few MiB) plus allocator noise — never anything
+    // that grows with the batch's length (its response alone is 48 MB).
+    let (_, short) = internal_batch(&s, "short", 0, 15_000);
+    assert_eq!(short, 15_000);
+    let after_short = s.peak_rss_kib();
+    let (response_bytes, long) = internal_batch(&s, "long", 100_000, 60_000);
+    assert_eq!(long, 60_000);
+    let growth = s.peak_rss_kib().saturating_sub(after_short);
+    eprintln!(
+        "peak RSS {after_short} KiB after 15,000 lines; grew {growth} KiB more over 60,000 lines ({response_bytes}-byte response)"
+    );
     assert!(
-        growth * 1024 < response_bytes / 2 && growth < 48 * 1024,
-        "peak RSS grew {growth} KiB for a {request_bytes}-byte request and a {response_bytes}-byte response"
+        growth < 16 * 1024 && growth * 1024 < response_bytes / 3,
+        "peak RSS grew {growth} KiB over a 60,000-line batch after a 15,000-line one ({response_bytes}-byte response)"
     );
     let audited = s.audit_records().iter().filter(|r| r["kind"] == "client-token").count();
-    assert_eq!(audited, n as usize);
+    assert_eq!(audited, 75_000);
 }
 
 #[test]

@@ -38,7 +38,7 @@ fn with_stdin(mut cmd: Command, input: &str) -> Output {
 /// PyJWT and jwcrypto verify `token` with the certificate's key; returns their claims (equal).
 fn jose_verify(cert: &Path, alg: &str, hierarchy: &str, token: &str) -> Value {
     let tool = Path::new(env!("CARGO_MANIFEST_DIR")).join("../softhsm-tests/tools/jose-verify.py");
-    let mut cmd = Command::new(softhsm_tests::pytools::bin_dir().join("python"));
+    let mut cmd = Command::new(device_tests::pytools::bin_dir().join("python"));
     cmd.arg(tool).arg(cert).args([alg, "urn:sccm:service", &format!("urn:sccm:oauth2:{}", hierarchy.to_lowercase())]);
     let out = with_stdin(cmd, token);
     assert!(out.status.success(), "third-party verification failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -226,7 +226,7 @@ fn es256_token_signing_keys_issue_tokens_third_parties_verify() {
 #[test]
 fn bulk_tokens_from_a_tpm_verify_with_third_party_libraries() {
     let tmp = tempfile::tempdir().unwrap();
-    let tpm = softhsm_tests::swtpm::Swtpm::start(tmp.path());
+    let tpm = device_tests::swtpm::Swtpm::start(tmp.path());
     let dir = tmp.path().join("appliance");
     quickstart(&dir, &["--backend", "tpm", "--tcti", &tpm.tcti()]);
     let made = bulk_new(&dir, &["/new"]);

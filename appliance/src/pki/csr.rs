@@ -9,19 +9,14 @@ use der::{Decode, DecodePem, Encode};
 use hsm_adapters::PublicKey;
 use hsm_adapters::key::{OID_ECDSA_WITH_SHA256, OID_SHA256_WITH_RSA};
 use ring::signature::{ECDSA_P256_SHA256_ASN1, RSA_PKCS1_2048_8192_SHA256, UnparsedPublicKey, VerificationAlgorithm};
-use spki::ObjectIdentifier;
 use x509_cert::ext::pkix::SubjectAltName;
 use x509_cert::ext::pkix::name::GeneralName;
 use x509_cert::request::{CertReq, ExtensionReq};
 
-use super::{PkiError, ProfileKind, Request};
+use super::{PkiError, ProfileKind, Request, RoleProfile};
 
-/// pkcs-9 extensionRequest (RFC 2985 §5.4.2).
-const ID_EXTENSION_REQ: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.14");
-/// id-ce-subjectAltName.
-const ID_CE_SUBJECT_ALT_NAME: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.17");
-/// id-at-commonName.
-const ID_AT_COMMON_NAME: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.3");
+use const_oid::db::rfc4519::COMMON_NAME as ID_AT_COMMON_NAME;
+use const_oid::db::rfc5912::{ID_CE_SUBJECT_ALT_NAME, ID_EXTENSION_REQ};
 
 /// A parsed request whose signature verified.
 #[derive(Debug, Clone)]
@@ -123,11 +118,9 @@ impl VerifiedCsr {
     ///   only.
     ///
     /// Other kinds of name (e-mail, URI, directory names) are refused, not silently dropped.
-    pub fn to_request(&self, profile: ProfileKind, validity: Duration) -> Result<Request, PkiError> {
+    pub fn to_request(&self, role: RoleProfile, validity: Duration) -> Result<Request, PkiError> {
+        let profile = ProfileKind::from(role);
         let refuse = |reason: String| PkiError::Policy { profile: profile.as_str(), reason };
-        if !matches!(profile, ProfileKind::MpClient | ProfileKind::RoleSsl) {
-            return Err(refuse("only mp-client and role-ssl certificates are issued from requests".into()));
-        }
         let subject = self.request.info.subject.clone();
         let has_cn = subject.iter().any(|atv| atv.oid == ID_AT_COMMON_NAME);
         if !has_cn {

@@ -3,11 +3,12 @@
 //! is verified against its issuer's public key, with an implementation independent of the device
 //! (`ring`), right after it is signed.
 
+pub mod crl;
 pub mod csr;
 mod profile;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use der::{Decode, Encode};
 use hsm_adapters::{SigningKey, X509Signature, X509Signer};
@@ -22,7 +23,7 @@ use x509_cert::name::Name;
 use x509_cert::serial_number::SerialNumber;
 use x509_cert::time::{Time, Validity};
 
-pub use profile::ProfileKind;
+pub use profile::{ProfileKind, RoleProfile};
 
 /// A day, the unit of every configured validity.
 pub const DAY: Duration = Duration::from_secs(86_400);
@@ -195,21 +196,31 @@ pub fn issue(request: &Request, issuer: &Issuer<'_>) -> Result<Issued, PkiError>
 
 /// Whether `certificate`'s signature verifies with `issuer` (checked with `ring`).
 pub fn verify_signed_by(certificate: &Certificate, issuer: &hsm_adapters::PublicKey) -> bool {
+    let Ok(tbs) = certificate.tbs_certificate().to_der() else { return false };
+    let Some(sig) = certificate.signature().as_bytes() else { return false };
+    verify_signature(&certificate.signature_algorithm().oid, &tbs, sig, issuer)
+}
+
+/// Whether an X.509 signature (`sha256WithRSAEncryption` or `ecdsa-with-SHA256`, DER) over
+/// `signed` verifies with `key` (checked with `ring`). Other algorithms never verify.
+pub fn verify_signature(
+    algorithm: &spki::ObjectIdentifier,
+    signed: &[u8],
+    signature: &[u8],
+    key: &hsm_adapters::PublicKey,
+) -> bool {
     use ring::signature::{
         ECDSA_P256_SHA256_ASN1, RSA_PKCS1_2048_8192_SHA256, UnparsedPublicKey, VerificationAlgorithm,
     };
-    let Ok(tbs) = certificate.tbs_certificate().to_der() else { return false };
-    let Some(sig) = certificate.signature().as_bytes() else { return false };
-    let oid = certificate.signature_algorithm().oid;
-    let alg: &dyn VerificationAlgorithm = if oid == hsm_adapters::key::OID_SHA256_WITH_RSA {
+    let alg: &dyn VerificationAlgorithm = if *algorithm == hsm_adapters::key::OID_SHA256_WITH_RSA {
         &RSA_PKCS1_2048_8192_SHA256
-    } else if oid == hsm_adapters::key::OID_ECDSA_WITH_SHA256 {
+    } else if *algorithm == hsm_adapters::key::OID_ECDSA_WITH_SHA256 {
         &ECDSA_P256_SHA256_ASN1
     } else {
         return false;
     };
-    match issuer.subject_public_key_bytes() {
-        Ok(key) => UnparsedPublicKey::new(alg, key).verify(&tbs, sig).is_ok(),
+    match key.subject_public_key_bytes() {
+        Ok(bytes) => UnparsedPublicKey::new(alg, bytes).verify(signed, signature).is_ok(),
         Err(_) => false,
     }
 }
@@ -222,11 +233,6 @@ pub fn parse_certificate(der: &[u8]) -> Result<Certificate, PkiError> {
 /// A PEM block of `der` with `label` (`CERTIFICATE`, …).
 pub fn pem(label: &str, der: &[u8]) -> Result<String, PkiError> {
     der::pem::encode_string(label, der::pem::LineEnding::LF, der).map_err(enc)
-}
-
-/// Seconds since the Unix epoch now.
-pub fn now_unix() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
 /// `x5t`: base64url(SHA-1(DER)) without padding (SPEC §2).
@@ -246,10 +252,13 @@ mod tests {
 
     #[test]
     fn serials_are_positive_and_16_bytes() {
-        for _ in 0..64 {
+        for _ in 0..256 {
             let s = random_serial().unwrap();
             let b = s.as_bytes();
-            assert!(b.len() <= 17 && b[0] & 0x80 == 0, "{b:?}");
+            // Top bit clear and the first byte never zero: exactly 16 content bytes, positive,
+            // with no leading zero octet.
+            assert_eq!(b.len(), 16, "{b:?}");
+            assert!(b[0] & 0x80 == 0 && b[0] != 0, "{b:?}");
         }
     }
 }

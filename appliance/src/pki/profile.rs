@@ -1,7 +1,7 @@
 //! The certificate profiles (SPEC §2) as x509-cert builder profiles: which extensions each kind of
 //! certificate carries, and how critical they are.
 
-use spki::{ObjectIdentifier, SubjectPublicKeyInfoRef};
+use spki::SubjectPublicKeyInfoRef;
 use x509_cert::TbsCertificate;
 use x509_cert::builder::profile::BuilderProfile;
 use x509_cert::ext::pkix::name::GeneralName;
@@ -12,13 +12,10 @@ use x509_cert::ext::pkix::{
 use x509_cert::ext::{Extension, ToExtension};
 use x509_cert::name::Name;
 
-/// id-kp-serverAuth (RFC 5280 §4.2.1.12).
-const ID_KP_SERVER_AUTH: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.1");
-/// id-kp-clientAuth (RFC 5280 §4.2.1.12).
-const ID_KP_CLIENT_AUTH: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.2");
+use const_oid::db::rfc5912::{ID_KP_CLIENT_AUTH, ID_KP_SERVER_AUTH};
 
 /// The kinds of certificate sitesign issues.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ProfileKind {
     /// The SMS Issuing root: self-signed, CA, keyCertSign + cRLSign.
@@ -31,6 +28,30 @@ pub enum ProfileKind {
     RoleSsl,
     /// The appliance's own TLS server certificate: serverAuth.
     ApplianceTls,
+    /// A cross-certificate between two SMS Issuing roots (`rotate issuing`): CA, keyCertSign +
+    /// cRLSign, certifying one root's key under the other's name.
+    CrossCertificate,
+}
+
+/// The profiles a certificate request (PKCS#10) may ask for: the role certificates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+pub enum RoleProfile {
+    /// A management point's mTLS client identity (clientAuth).
+    MpClient,
+    /// A site system's TLS server certificate (serverAuth), like ConfigMgr's "SMS Role SSL
+    /// Certificate".
+    RoleSsl,
+}
+
+impl From<RoleProfile> for ProfileKind {
+    fn from(p: RoleProfile) -> Self {
+        match p {
+            RoleProfile::MpClient => ProfileKind::MpClient,
+            RoleProfile::RoleSsl => ProfileKind::RoleSsl,
+        }
+    }
 }
 
 impl ProfileKind {
@@ -42,6 +63,7 @@ impl ProfileKind {
             ProfileKind::MpClient => "mp-client",
             ProfileKind::RoleSsl => "role-ssl",
             ProfileKind::ApplianceTls => "appliance-tls",
+            ProfileKind::CrossCertificate => "cross-certificate",
         }
     }
 }
@@ -77,14 +99,14 @@ impl BuilderProfile for Profile {
         // RFC 5280 §4.2.1.2 method 1: the key identifier is the SHA-1 of the subjectPublicKey bits.
         let ski = SubjectKeyIdentifier::try_from(spk)?;
         let aki = SubjectKeyIdentifier::try_from(issuer_spk)?;
-        let ca = self.kind == ProfileKind::SmsIssuing;
+        let ca = matches!(self.kind, ProfileKind::SmsIssuing | ProfileKind::CrossCertificate);
         if ca {
             // Critical (the builder marks it so); no path length: `rotate issuing` cross-signs
             // the next root with this one.
             ext.push(BasicConstraints { ca: true, path_len_constraint: None }.to_extension(subject, &ext)?);
         }
         let usage = match self.kind {
-            ProfileKind::SmsIssuing => KeyUsages::KeyCertSign | KeyUsages::CRLSign,
+            ProfileKind::SmsIssuing | ProfileKind::CrossCertificate => KeyUsages::KeyCertSign | KeyUsages::CRLSign,
             ProfileKind::RoleSsl | ProfileKind::ApplianceTls if self.rsa_subject => {
                 KeyUsages::DigitalSignature | KeyUsages::KeyEncipherment
             }
@@ -94,7 +116,7 @@ impl BuilderProfile for Profile {
         let eku = match self.kind {
             ProfileKind::MpClient => Some(ID_KP_CLIENT_AUTH),
             ProfileKind::RoleSsl | ProfileKind::ApplianceTls => Some(ID_KP_SERVER_AUTH),
-            ProfileKind::SmsIssuing | ProfileKind::TokenSigning => None,
+            ProfileKind::SmsIssuing | ProfileKind::TokenSigning | ProfileKind::CrossCertificate => None,
         };
         if let Some(purpose) = eku {
             ext.push(ExtendedKeyUsage(vec![purpose]).to_extension(subject, &ext)?);

@@ -1,7 +1,10 @@
 //! The admin socket: a Unix socket (never TCP) for the CLI's admin commands — bulk tokens,
-//! block/unblock, role-certificate issuance. Each connection's peer is checked with SO_PEERCRED:
-//! only the configured admin uids (default: the service's own) or the admin group may use it.
-//! One JSON request per line, one JSON answer per line (see the CLI's `admin_client`).
+//! block/unblock, role certificates and their revocation, key rotation, retirement and
+//! revocation. Each connection's peer is checked with SO_PEERCRED: only the configured admin uids
+//! (default: the service's own) or the admin group may use it. One JSON request per line
+//! ([`AdminRequest`]), one JSON answer per line: `{"ok":<AdminResponse>}` or
+//! `{"error":{"code","message"}}`. After a change the service takes the new state up before it
+//! answers, so the CLI's next command already sees it honoured.
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::sync::Arc;
@@ -10,8 +13,8 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-use super::App;
-use crate::admin::{self, AdminContext, AdminRequest};
+use super::app::App;
+use crate::admin::{self, AdminContext, AdminRequest, AdminResponse};
 use crate::config::ServiceConfig;
 
 /// Creates the socket (mode 0660, group `admin_gid` if set). A stale socket file is replaced; a
@@ -43,32 +46,26 @@ pub fn allowed(service: &ServiceConfig, uid: u32, gid: u32) -> bool {
 }
 
 /// Serves admin connections until `stop`.
-pub async fn serve(
-    listener: UnixListener,
-    app: Arc<App>,
-    service: ServiceConfig,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
+pub async fn serve(listener: UnixListener, app: Arc<App>, mut stop: tokio::sync::watch::Receiver<bool>) {
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted { Ok((s, _)) => s, Err(_) => continue },
             _ = stop.changed() => return,
         };
-        let (app, service) = (Arc::clone(&app), service.clone());
-        tokio::spawn(async move { connection(stream, app, &service).await });
+        let app = Arc::clone(&app);
+        tokio::spawn(async move { connection(stream, app).await });
     }
 }
 
-async fn connection(stream: UnixStream, app: Arc<App>, service: &ServiceConfig) {
+fn error(code: &str, message: impl Into<String>) -> Value {
+    json!({"error": {"code": code, "message": message.into()}})
+}
+
+async fn connection(stream: UnixStream, app: Arc<App>) {
     let creds = rustix::net::sockopt::socket_peercred(&stream);
     let (mut reader, mut writer) = {
         let (r, w) = stream.into_split();
         (BufReader::new(r), w)
-    };
-    let answer = |v: Value| {
-        let mut line = v.to_string();
-        line.push('\n');
-        line
     };
     let mut line = String::new();
     // One request line, at most 64 KiB, within 30 s — read before any answer, so a refused client
@@ -78,48 +75,60 @@ async fn connection(stream: UnixStream, app: Arc<App>, service: &ServiceConfig) 
         limited.read_line(&mut line).await
     })
     .await;
-    let (uid, gid) = match creds {
-        Ok(c) => (c.uid.as_raw(), c.gid.as_raw()),
-        Err(e) => {
-            let _ = writer
-                .write_all(
-                    answer(
-                        json!({"error": {"code": "admin_forbidden", "message": format!("no peer credentials: {e}")}}),
-                    )
-                    .as_bytes(),
-                )
-                .await;
-            return;
+    let reply = match creds {
+        Err(e) => error("admin_forbidden", format!("no peer credentials: {e}")),
+        Ok(c) if !allowed(&app.config.service, c.uid.as_raw(), c.gid.as_raw()) => {
+            let (uid, gid) = (c.uid.as_raw(), c.gid.as_raw());
+            tracing::warn!(uid, gid, "admin socket: refused a peer that is not an admin");
+            error(
+                "admin_forbidden",
+                format!("uid {uid} (gid {gid}) may not administer this appliance; ask for the admin group"),
+            )
         }
-    };
-    if !allowed(service, uid, gid) {
-        tracing::warn!(uid, gid, "admin socket: refused a peer that is not an admin");
-        let msg = format!("uid {uid} (gid {gid}) may not administer this appliance; ask for the admin group");
-        let _ =
-            writer.write_all(answer(json!({"error": {"code": "admin_forbidden", "message": msg}})).as_bytes()).await;
-        return;
-    }
-    if !matches!(read, Ok(Ok(n)) if n > 0) {
-        return;
-    }
-    let reply = match serde_json::from_str::<AdminRequest>(&line) {
-        Err(e) => json!({"error": {"code": "bad_request", "message": format!("not an admin request: {e}")}}),
-        Ok(request) => {
-            let actor = format!("admin:uid={uid}");
-            let app = Arc::clone(&app);
-            let done = tokio::task::spawn_blocking(move || {
-                let mut store = app.store();
-                let mut ctx =
-                    AdminContext { config: &app.config, store: &mut store, backends: &app.backends, audit: &app.audit };
-                admin::execute(&mut ctx, &request, &actor, crate::pki::now_unix())
-            })
-            .await;
-            match done {
-                Ok(Ok(v)) => json!({"ok": v}),
-                Ok(Err(e)) => json!({"error": {"code": e.code(), "message": e.to_string()}}),
-                Err(e) => json!({"error": {"code": "internal", "message": e.to_string()}}),
+        Ok(_) if !matches!(read, Ok(Ok(n)) if n > 0) => return,
+        Ok(c) => match serde_json::from_str::<AdminRequest>(&line) {
+            Err(e) => error("bad_request", format!("not an admin request: {e}")),
+            Ok(request) => {
+                let actor = format!("admin:uid={}", c.uid.as_raw());
+                let app = Arc::clone(&app);
+                match tokio::task::spawn_blocking(move || execute(&app, &request, &actor)).await {
+                    Ok(v) => v,
+                    Err(e) => error("internal", e.to_string()),
+                }
             }
-        }
+        },
     };
-    let _ = writer.write_all(answer(reply).as_bytes()).await;
+    let mut text = reply.to_string();
+    text.push('\n');
+    let _ = writer.write_all(text.as_bytes()).await;
+}
+
+/// Runs one admin request on the service's devices, store and audit log, then follows the store
+/// so that the change is in effect before the answer goes back.
+fn execute(app: &App, request: &AdminRequest, actor: &str) -> Value {
+    let result = {
+        let mut store = app.store();
+        let mut ctx = AdminContext {
+            config: &app.config,
+            store: &mut store,
+            backends: &app.backends,
+            audit: &app.audit,
+            actor,
+            now: crate::time::now_unix(),
+        };
+        admin::execute(&mut ctx, request)
+    };
+    if let Err(e) = app.follow_store() {
+        tracing::error!(error = %e, "the state changed but could not be taken up; the watcher retries");
+    }
+    match result {
+        Ok(response) => {
+            if let AdminResponse::BulkTokenCreated(_) = response {
+                app.metrics.token_issued(crate::token::TokenKind::Bulk);
+            }
+            tracing::info!(actor, op = ?std::mem::discriminant(request), "admin request done");
+            json!({"ok": response})
+        }
+        Err(e) => error(e.code(), e.to_string()),
+    }
 }

@@ -1,14 +1,50 @@
 //! TLS for the signing API: rustls, TLS 1.3 only (this build of rustls has no TLS 1.2 at all),
-//! the server key inside the device, and client certificates required and verified against SMS
-//! Issuing for the `mp-client` purpose (clientAuth).
+//! the server key inside the device, and client certificates required, verified against every
+//! SMS Issuing root that still verifies, for the `mp-client` purpose (clientAuth), and refused
+//! when revoked.
+//!
+//! A server configuration is a value built from one [`State`]: the active TLS key and its chain,
+//! the trusted roots, the revoked serials. When the state changes, the service builds a new one
+//! and swaps it in; the next handshake reads the new value, open connections keep theirs
+//! (`rotate tls` and `cert revoke` never restart anything). Its session cache goes with it, so a
+//! session made before a revocation cannot be resumed after it.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use hsm_adapters::{KeyAlgorithm, SignatureScheme};
-use rustls::pki_types::CertificateDer;
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::pki_types::{CertificateDer, SubjectPublicKeyInfoDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::{CertifiedKey, Signer, SigningKey};
-use rustls::{RootCertStore, ServerConfig, SignatureAlgorithm};
+use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureAlgorithm};
+
+use crate::keys::KeyRole;
+use crate::state::State;
+
+/// Who called: the verified client certificate's subject and serial (SPEC §4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// RFC 4514 subject.
+    pub subject: String,
+    /// Serial number, lower-case hex.
+    pub serial: String,
+}
+
+impl Caller {
+    /// The caller of a connection whose (verified) client certificate is `der`.
+    pub fn of(der: &[u8]) -> Option<Caller> {
+        let cert = crate::pki::parse_certificate(der).ok()?;
+        let tbs = cert.tbs_certificate();
+        Some(Caller { subject: tbs.subject().to_string(), serial: hex::encode(tbs.serial_number().as_bytes()) })
+    }
+
+    /// How audit records and rate limits name it: `<subject> (serial <hex>)`.
+    pub fn identity(&self) -> String {
+        format!("{} (serial {})", self.subject, self.serial)
+    }
+}
 
 /// A device key as rustls' server signing key.
 #[derive(Debug)]
@@ -32,6 +68,11 @@ impl SigningKey for DeviceKey {
         offered
             .contains(&wanted)
             .then(|| Box::new(DeviceSigner { key: Arc::clone(&self.key), scheme: wanted }) as Box<dyn Signer>)
+    }
+
+    fn public_key(&self) -> Option<SubjectPublicKeyInfoDer<'_>> {
+        // Lets rustls check that the certificate is this key's (`CertifiedKey::keys_match`).
+        Some(SubjectPublicKeyInfoDer::from(self.key.public_key().spki_der()))
     }
 
     fn algorithm(&self) -> SignatureAlgorithm {
@@ -76,25 +117,127 @@ impl ResolvesServerCert for FixedCert {
     }
 }
 
-/// The server configuration: `chain` (leaf first) with `key` in the device; clients must present
-/// a certificate that chains to `root` and allows clientAuth.
-pub fn server_config(
-    key: Arc<dyn hsm_adapters::SigningKey>,
-    chain: Vec<Vec<u8>>,
-    root: &[u8],
-) -> Result<ServerConfig, rustls::Error> {
+/// WebPKI client verification (chain to a trusted root, validity, clientAuth), then the
+/// certificate's serial checked against the revoked ones.
+#[derive(Debug)]
+struct RevocationChecking {
+    inner: Arc<dyn ClientCertVerifier>,
+    revoked: HashSet<String>,
+    hints: Vec<DistinguishedName>,
+}
+
+impl ClientCertVerifier for RevocationChecking {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &self.hints
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        let caller =
+            Caller::of(end_entity).ok_or(rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding))?;
+        if self.revoked.contains(&caller.serial) {
+            tracing::warn!(subject = %caller.subject, serial = %caller.serial, "refused a revoked client certificate");
+            return Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked));
+        }
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// Why a TLS configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// The state has no active TLS key or no trusted root.
+    #[error("{0}")]
+    State(String),
+    /// rustls refused the configuration (the certificate is not the key's, a root is invalid).
+    #[error("TLS: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// What a TLS configuration is built from, to tell whether a new state needs a new one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsInputs {
+    /// The active TLS key and the DER of its chain.
+    pub chain: Vec<Vec<u8>>,
+    /// The TLS key's id.
+    pub key_id: String,
+    /// Trusted roots.
+    pub roots: Vec<Vec<u8>>,
+    /// Revoked serials, sorted.
+    pub revoked: Vec<String>,
+    /// Protocols offered by ALPN.
+    pub alpn: Vec<Vec<u8>>,
+}
+
+impl TlsInputs {
+    /// The inputs in `state`: the TLS key's certificate, followed — when it was issued by a root
+    /// that replaced another — by the cross-certificate the old root made for the new one, so
+    /// that a management point that trusts only the old root still builds a path.
+    pub fn of(state: &State, cross_certificates: &[Vec<u8>], alpn: Vec<Vec<u8>>) -> Result<TlsInputs, TlsError> {
+        let tls = state.active(KeyRole::Tls).ok_or_else(|| TlsError::State("no TLS key is active".into()))?;
+        let leaf =
+            tls.certificate().ok_or_else(|| TlsError::State(format!("TLS key {} has no certificate", tls.id)))?;
+        let mut chain = vec![leaf.to_vec()];
+        chain.extend(cross_certificates.iter().cloned());
+        let roots: Vec<Vec<u8>> = state.trusted_roots().into_iter().map(<[u8]>::to_vec).collect();
+        if roots.is_empty() {
+            return Err(TlsError::State("no SMS Issuing root is trusted".into()));
+        }
+        let mut revoked: Vec<String> = state.revoked.iter().cloned().collect();
+        revoked.sort();
+        Ok(TlsInputs { chain, key_id: tls.id.clone(), roots, revoked, alpn })
+    }
+}
+
+/// The server configuration for `inputs`, with `key` (the TLS key in its device).
+pub fn server_config(inputs: &TlsInputs, key: Arc<dyn hsm_adapters::SigningKey>) -> Result<ServerConfig, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = RootCertStore::empty();
-    roots.add(CertificateDer::from(root.to_vec()))?;
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
+    for root in &inputs.roots {
+        roots.add(CertificateDer::from(root.clone()))?;
+    }
+    let hints = roots.subjects();
+    let inner = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
         .build()
         .map_err(|e| rustls::Error::General(e.to_string()))?;
-    let certified =
-        CertifiedKey::new(chain.into_iter().map(CertificateDer::from).collect(), Arc::new(DeviceKey { key }));
+    let verifier = RevocationChecking { inner, revoked: inputs.revoked.iter().cloned().collect(), hints };
+    let certified = CertifiedKey::new(
+        inputs.chain.iter().cloned().map(CertificateDer::from).collect(),
+        Arc::new(DeviceKey { key }),
+    );
+    certified.keys_match()?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(Arc::new(verifier))
         .with_cert_resolver(Arc::new(FixedCert(Arc::new(certified))));
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = inputs.alpn.clone();
     Ok(config)
 }

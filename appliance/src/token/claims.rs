@@ -19,8 +19,9 @@ pub fn issuer_for(hierarchy: Guid) -> String {
 }
 
 /// The three kinds of token sitesign issues.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum TokenKind {
     /// Bulk registration token (`SCCMPreAuthToken` / `BulkRegistration`).
     Bulk,
@@ -114,12 +115,16 @@ pub struct Confirmation {
 /// A bulk registration token's claims, byte-compatible with ConfigMgr's tool.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct BulkClaims {
+    /// `SCCMTokenCategory`: the kind of token.
     #[serde(rename = "SCCMTokenCategory")]
     pub category: String,
+    /// `Authority`: always `SCCM`.
     #[serde(rename = "Authority")]
     pub authority: String,
+    /// `License`: always `SCCM`.
     #[serde(rename = "License")]
     pub license: String,
+    /// `Type`: `BulkRegistration` or `Device`.
     #[serde(rename = "Type")]
     pub type_name: String,
     /// The hierarchy GUID, upper case.
@@ -128,23 +133,32 @@ pub struct BulkClaims {
     /// This token's GUID, lower case: what the registry tracks and blocks.
     #[serde(rename = "UniqueId")]
     pub unique_id: String,
+    /// `iss`: `urn:sccm:oauth2:<hierarchy GUID, lower case>`.
     pub iss: String,
+    /// `aud`: `urn:sccm:service`.
     pub aud: String,
+    /// `exp`: expiry, Unix seconds.
     pub exp: i64,
+    /// `nbf`: start of validity, Unix seconds.
     pub nbf: i64,
 }
 
 /// A client token's claims.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ClientClaims {
+    /// `SCCMTokenCategory`: the kind of token.
     #[serde(rename = "SCCMTokenCategory")]
     pub category: String,
+    /// `Authority`: always `SCCM`.
     #[serde(rename = "Authority")]
     pub authority: String,
+    /// `License`: always `SCCM`.
     #[serde(rename = "License")]
     pub license: String,
+    /// `Type`: `BulkRegistration` or `Device`.
     #[serde(rename = "Type")]
     pub type_name: String,
+    /// `TenantId`: the hierarchy GUID, upper case.
     #[serde(rename = "TenantId")]
     pub tenant_id: String,
     /// A fresh GUID per token.
@@ -153,30 +167,46 @@ pub struct ClientClaims {
     /// `GUID:<SMS client GUID>`.
     #[serde(rename = "DeviceId")]
     pub device_id: String,
+    /// `cnf`: the client certificate the token is bound to (RFC 7800).
     pub cnf: Confirmation,
+    /// `iss`: `urn:sccm:oauth2:<hierarchy GUID, lower case>`.
     pub iss: String,
+    /// `aud`: `urn:sccm:service`.
     pub aud: String,
+    /// `iat`: issue time, Unix seconds.
     pub iat: i64,
+    /// `nbf`: start of validity, Unix seconds.
     pub nbf: i64,
+    /// `exp`: expiry, Unix seconds.
     pub exp: i64,
 }
 
 /// A CCM access token's claims.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AccessClaims {
+    /// `SCCMTokenCategory`: the kind of token.
     #[serde(rename = "SCCMTokenCategory")]
     pub category: String,
+    /// `Type`: `BulkRegistration` or `Device`.
     #[serde(rename = "Type")]
     pub type_name: String,
+    /// `DeviceId`: `GUID:<SMS client GUID>`.
     #[serde(rename = "DeviceId")]
     pub device_id: String,
+    /// `cnf`: the client certificate the token is bound to (RFC 7800).
     pub cnf: Confirmation,
+    /// `UniqueId`: this token's own GUID, lower case.
     #[serde(rename = "UniqueId")]
     pub unique_id: String,
+    /// `iss`: `urn:sccm:oauth2:<hierarchy GUID, lower case>`.
     pub iss: String,
+    /// `aud`: `urn:sccm:service`.
     pub aud: String,
+    /// `iat`: issue time, Unix seconds.
     pub iat: i64,
+    /// `nbf`: start of validity, Unix seconds.
     pub nbf: i64,
+    /// `exp`: expiry, Unix seconds.
     pub exp: i64,
 }
 
@@ -208,6 +238,15 @@ impl Claims {
             Claims::Bulk(c) => (c.nbf, c.exp),
             Claims::Client(c) => (c.nbf, c.exp),
             Claims::Access(c) => (c.nbf, c.exp),
+        }
+    }
+
+    /// Sets `exp` (a token re-prepared under another key keeps its claims but not its expiry).
+    pub(crate) fn set_expiry(&mut self, exp: i64) {
+        match self {
+            Claims::Bulk(c) => c.exp = exp,
+            Claims::Client(c) => c.exp = exp,
+            Claims::Access(c) => c.exp = exp,
         }
     }
 

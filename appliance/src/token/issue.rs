@@ -20,7 +20,7 @@ use super::{ACCESS_LIFETIME, BULK_DEFAULT_LIFETIME_MINUTES, BULK_MAX_LIFETIME_MI
 pub enum IssueError {
     /// A bulk-token lifetime outside 1..=10080 minutes.
     #[error(
-        "lifetime {0} minutes is out of range: give 1 to {BULK_MAX_LIFETIME_MINUTES} minutes (default {BULK_DEFAULT_LIFETIME_MINUTES}, 3 days)"
+        "lifetime {0} minutes is out of range: give 1 to {BULK_MAX_LIFETIME_MINUTES} minutes (default {BULK_DEFAULT_LIFETIME_MINUTES}, 3 days); no token was created"
     )]
     Lifetime(i64),
     /// A device id that is not `GUID:<guid>`.
@@ -92,6 +92,8 @@ pub struct IssuedToken {
 pub struct PreparedToken {
     signing_input: String,
     claims: Claims,
+    /// The lifetime asked for, seconds (`exp` may be shorter: capped by the key's certificate).
+    lifetime: i64,
     key_id: String,
     scheme: SignatureScheme,
 }
@@ -110,6 +112,11 @@ impl PreparedToken {
     /// The claims.
     pub fn claims(&self) -> &Claims {
         &self.claims
+    }
+
+    /// The key it was prepared for (its header names that key's certificate).
+    pub fn key_id(&self) -> &str {
+        &self.key_id
     }
 
     /// Appends the device's signature.
@@ -147,18 +154,18 @@ pub struct TokenSigner {
     key_id: String,
     scheme: SignatureScheme,
     header_b64: String,
-    retire_after: i64,
+    not_after: i64,
     hierarchy: Guid,
 }
 
 impl TokenSigner {
-    /// A signer for `key` (id `key_id`, certificate `cert_der`, no token may outlive
-    /// `retire_after`) in `hierarchy`. RSA keys sign RS256, P-256 keys ES256.
+    /// A signer for `key` (id `key_id`, current certificate `cert_der`; no token may outlive
+    /// `not_after`, the certificate's end) in `hierarchy`. RSA keys sign RS256, P-256 keys ES256.
     pub fn new(
         key: Arc<dyn SigningKey>,
         key_id: &str,
         cert_der: &[u8],
-        retire_after: i64,
+        not_after: i64,
         hierarchy: Guid,
     ) -> Result<TokenSigner, IssueError> {
         let scheme = match key.public_key().algorithm() {
@@ -167,7 +174,20 @@ impl TokenSigner {
         };
         let header_b64 = encode_header(scheme.jws_alg(), &crate::pki::x5t(cert_der))
             .map_err(|e| IssueError::Key { key: key_id.to_owned(), reason: e.to_string() })?;
-        Ok(TokenSigner { key, key_id: key_id.to_owned(), scheme, header_b64, retire_after, hierarchy })
+        Ok(TokenSigner { key, key_id: key_id.to_owned(), scheme, header_b64, not_after, hierarchy })
+    }
+
+    /// A signer for the inventory key `record` (its current certificate) with `key`, its handle
+    /// in the device.
+    pub fn for_record(
+        record: &crate::keys::KeyRecord,
+        key: Arc<dyn SigningKey>,
+        hierarchy: Guid,
+    ) -> Result<TokenSigner, IssueError> {
+        let cert = record
+            .certificate()
+            .ok_or_else(|| IssueError::Key { key: record.id.clone(), reason: "it has no certificate".into() })?;
+        TokenSigner::new(key, &record.id, cert, record.not_after, hierarchy)
     }
 
     /// The key's id.
@@ -180,24 +200,44 @@ impl TokenSigner {
         self.scheme
     }
 
-    /// `exp` for a token starting `now` that would last `lifetime` seconds: never past the key's
-    /// retirement; a key retiring within a minute issues nothing.
+    /// The hierarchy this signer issues for.
+    pub fn hierarchy(&self) -> Guid {
+        self.hierarchy
+    }
+
+    /// `exp` for a token starting `now` that would last `lifetime` seconds: never past the end of
+    /// the key's certificate; a key whose certificate ends within a minute issues nothing.
     fn expiry(&self, now: i64, lifetime: i64) -> Result<i64, IssueError> {
-        let exp = (now + lifetime).min(self.retire_after);
+        let exp = (now + lifetime).min(self.not_after);
         if exp - now < 60 {
-            return Err(IssueError::KeyRetiring { key: self.key_id.clone(), retire_after: self.retire_after });
+            return Err(IssueError::KeyRetiring { key: self.key_id.clone(), retire_after: self.not_after });
         }
         Ok(exp)
     }
 
-    fn prepare(&self, claims: Claims) -> Result<PreparedToken, IssueError> {
+    fn prepare(&self, claims: Claims, lifetime: i64) -> Result<PreparedToken, IssueError> {
         let payload =
             encode_claims(&claims).map_err(|e| IssueError::Key { key: self.key_id.clone(), reason: e.to_string() })?;
         let mut signing_input = String::with_capacity(self.header_b64.len() + 1 + payload.len());
         signing_input.push_str(&self.header_b64);
         signing_input.push('.');
         signing_input.push_str(&payload);
-        Ok(PreparedToken { signing_input, claims, key_id: self.key_id.clone(), scheme: self.scheme })
+        Ok(PreparedToken { signing_input, claims, lifetime, key_id: self.key_id.clone(), scheme: self.scheme })
+    }
+
+    /// `prepared` as this signer would have prepared it: the same claims (a fresh `exp` within
+    /// this key's certificate) under this key's header. A token prepared under a key that stopped
+    /// being active before it was signed (a rotation, a revocation) is signed by the active key
+    /// instead — never by the key it was prepared for.
+    pub fn reprepare(&self, prepared: PreparedToken) -> Result<PreparedToken, IssueError> {
+        if prepared.key_id == self.key_id {
+            return Ok(prepared);
+        }
+        let (nbf, _) = prepared.claims.window();
+        let exp = self.expiry(nbf, prepared.lifetime)?;
+        let mut claims = prepared.claims;
+        claims.set_expiry(exp);
+        self.prepare(claims, prepared.lifetime)
     }
 
     /// Signs an audit checkpoint statement (built by [`crate::audit::Checkpoint::statement`],
@@ -221,7 +261,7 @@ impl TokenSigner {
             return Err(IssueError::Lifetime(lifetime_minutes));
         }
         let exp = self.expiry(now, lifetime_minutes * 60)?;
-        self.prepare(Claims::Bulk(BulkClaims {
+        let claims = Claims::Bulk(BulkClaims {
             category: TokenKind::Bulk.category().into(),
             authority: claims::SCCM.into(),
             license: claims::SCCM.into(),
@@ -232,14 +272,15 @@ impl TokenSigner {
             aud: claims::AUDIENCE.into(),
             exp,
             nbf: now,
-        }))
+        });
+        self.prepare(claims, lifetime_minutes * 60)
     }
 
     /// Claims of a 90-day client token for `device_id`, bound to the certificate `thumbprint`.
     pub fn prepare_client(&self, device_id: &str, thumbprint: &str, now: i64) -> Result<PreparedToken, IssueError> {
         let (device_id, cnf) = device_binding(device_id, thumbprint)?;
         let exp = self.expiry(now, CLIENT_LIFETIME)?;
-        self.prepare(Claims::Client(ClientClaims {
+        let claims = Claims::Client(ClientClaims {
             category: TokenKind::Client.category().into(),
             authority: claims::SCCM.into(),
             license: claims::SCCM.into(),
@@ -253,14 +294,15 @@ impl TokenSigner {
             iat: now,
             nbf: now,
             exp,
-        }))
+        });
+        self.prepare(claims, CLIENT_LIFETIME)
     }
 
     /// Claims of an 8-hour access token for `device_id`, bound to the certificate `thumbprint`.
     pub fn prepare_access(&self, device_id: &str, thumbprint: &str, now: i64) -> Result<PreparedToken, IssueError> {
         let (device_id, cnf) = device_binding(device_id, thumbprint)?;
         let exp = self.expiry(now, ACCESS_LIFETIME)?;
-        self.prepare(Claims::Access(AccessClaims {
+        let claims = Claims::Access(AccessClaims {
             category: TokenKind::Access.category().into(),
             type_name: TokenKind::Access.type_name().into(),
             device_id,
@@ -271,7 +313,8 @@ impl TokenSigner {
             iat: now,
             nbf: now,
             exp,
-        }))
+        });
+        self.prepare(claims, ACCESS_LIFETIME)
     }
 
     /// A bulk registration token, signed.

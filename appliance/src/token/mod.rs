@@ -24,7 +24,7 @@ use serde::Serialize;
 pub use claims::{Claims, TokenKind};
 pub use guid::Guid;
 pub use issue::{IssuedToken, TokenSigner};
-pub use verify::{BulkRegistry, KeyRing, Verified, VerifyError, VerifyPolicy};
+pub use verify::{BulkRegistry, KeyRing, Presented, Purpose, Verified, Verifier, VerifyError, VerifyPolicy};
 
 /// Default bulk-token lifetime, minutes (3 days), as ConfigMgr's tool.
 pub const BULK_DEFAULT_LIFETIME_MINUTES: i64 = 4320;
@@ -32,8 +32,11 @@ pub const BULK_DEFAULT_LIFETIME_MINUTES: i64 = 4320;
 pub const BULK_MAX_LIFETIME_MINUTES: i64 = 10080;
 /// Client-token lifetime, seconds (90 days).
 pub const CLIENT_LIFETIME: i64 = 90 * 86_400;
-/// A client token may be renewed once it is this old, seconds (30 days).
-pub const CLIENT_RENEW_AFTER: i64 = 30 * 86_400;
+/// A client token may be renewed once it is this old, days (default of `[tokens] renew_after_days`).
+pub const DEFAULT_RENEW_AFTER_DAYS: i64 = 30;
+/// The longest lifetime of any token sitesign signs, seconds: a key that stops signing can
+/// retire this long (plus the skew) after its last signature.
+pub const LONGEST_LIFETIME: i64 = CLIENT_LIFETIME;
 /// Access-token lifetime, seconds (8 hours).
 pub const ACCESS_LIFETIME: i64 = 8 * 3600;
 /// Largest token accepted for verification, bytes.
@@ -66,6 +69,8 @@ pub enum Reason {
     UnknownKey,
     /// `x5t` names a key that is pending or retired.
     KeyNotUsable,
+    /// `x5t` names a key that was revoked: its tokens are refused at once.
+    KeyRevoked,
     /// The signature does not verify.
     BadSignature,
     /// `exp` has passed (beyond the skew).
@@ -112,6 +117,7 @@ impl Reason {
             Reason::AlgorithmMismatch => "algorithm_mismatch",
             Reason::UnknownKey => "unknown_key",
             Reason::KeyNotUsable => "key_not_usable",
+            Reason::KeyRevoked => "key_revoked",
             Reason::BadSignature => "bad_signature",
             Reason::Expired => "expired",
             Reason::NotYetValid => "not_yet_valid",

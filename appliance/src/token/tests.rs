@@ -14,8 +14,8 @@ use super::claims::{BulkClaims, Claims};
 use super::issue::{encode_claims, encode_header};
 use super::verify::{BulkRegistry, KeyRing, verify};
 use super::*;
+use crate::keys::{KeyRecord, KeyRole, KeyStatus};
 use crate::pki::{self, DAY, Issuer, ProfileKind, Request};
-use crate::store::{KeyRecord, KeyRole, KeyStatus};
 
 const RFC7520_KEY: &str = include_str!("../../../softhsm-tests/data/rfc7520-rsa-key.pem");
 const NOW: i64 = 1_795_600_000;
@@ -108,26 +108,39 @@ struct Fixture {
     policy: VerifyPolicy,
 }
 
+/// A token-signing key record whose schedule puts it in `status` at [`NOW`].
 fn record(id: &str, status: KeyStatus, cert: &[u8]) -> KeyRecord {
-    KeyRecord {
+    let (activates, deactivates, retires, revoked) = match status {
+        KeyStatus::Pending => (None, None, None, None),
+        KeyStatus::Active => (Some(0), None, None, None),
+        KeyStatus::VerifyOnly => (Some(0), Some(1), None, None),
+        KeyStatus::Retired => (Some(0), Some(1), Some(2), None),
+        KeyStatus::Revoked => (Some(0), None, None, Some(1)),
+    };
+    let r = KeyRecord {
         id: id.into(),
         backend: "test".into(),
         uri: format!("pkcs11:object={id}"),
         algorithm: "rsa-2048".into(),
         role: KeyRole::TokenSigning,
-        status,
         created: 0,
-        activated: None,
-        retire_after: None,
-        certificate: Some(cert.to_vec()),
-    }
+        activates,
+        deactivates,
+        retires,
+        revoked,
+        revoke_reason: revoked.map(|_| "test".into()),
+        not_after: i64::MAX,
+        certificates: vec![cert.to_vec()],
+    };
+    assert_eq!(r.status_at(NOW), status);
+    r
 }
 
 fn fixture_with(key: Arc<dyn SigningKey>, status: KeyStatus) -> Fixture {
     let cert = certificate(&key, "SMS Token Signing");
     let hierarchy = Guid::parse(HIERARCHY).unwrap();
     let signer = TokenSigner::new(Arc::clone(&key), "ts-1", &cert, i64::MAX, hierarchy).unwrap();
-    let ring = KeyRing::from_records(&[record("ts-1", status, &cert)]).unwrap();
+    let ring = KeyRing::from_records(&[record("ts-1", status, &cert)], NOW).unwrap();
     Fixture {
         key,
         signer,
@@ -153,11 +166,20 @@ impl Fixture {
         self.signer.client("GUID:8d2b7c6e-1f3a-4b5c-9d8e-7f6a5b4c3d2e", CLIENT_CERT, NOW).unwrap().token
     }
 
-    fn check(&self, token: &str, thumbprint: Option<&str>, now: i64) -> Result<Verified, Reason> {
-        verify(&self.policy, &self.ring, &self.registry, token, thumbprint, None, now).map_err(|e| match e {
+    fn verifier(&self) -> Verifier<'_> {
+        Verifier { policy: &self.policy, keys: &self.ring, registry: &self.registry }
+    }
+
+    fn check_for(&self, token: &str, thumbprint: Option<&str>, now: i64, purpose: Purpose) -> Result<Verified, Reason> {
+        let presented = Presented { token, thumbprint, expect: None, purpose };
+        verify(self.verifier(), presented, now).map_err(|e| match e {
             VerifyError::Rejected(r) => r.reason,
             VerifyError::Registry(e) => panic!("{e}"),
         })
+    }
+
+    fn check(&self, token: &str, thumbprint: Option<&str>, now: i64) -> Result<Verified, Reason> {
+        self.check_for(token, thumbprint, now, Purpose::Use)
     }
 
     fn refuse(&self, token: &str, reason: Reason) {
@@ -546,7 +568,7 @@ fn unknown_signing_certificates_are_refused() {
     let mut f = fixture();
     let (_, token) = f.bulk();
     let other = certificate(&rsa_key(), "Another Token Signing");
-    f.ring = KeyRing::from_records(&[record("ts-other", KeyStatus::Active, &other)]).unwrap();
+    f.ring = KeyRing::from_records(&[record("ts-other", KeyStatus::Active, &other)], NOW).unwrap();
     f.refuse(&token, Reason::UnknownKey);
     // A malformed x5t is a header problem.
     let header = r#"{"typ":"JWT","alg":"RS256","x5t":"not-a-thumbprint"}"#;
@@ -561,12 +583,39 @@ fn retired_and_pending_keys_do_not_verify_but_verify_only_keys_do() {
     for (status, expected) in [
         (KeyStatus::Retired, Err(Reason::KeyNotUsable)),
         (KeyStatus::Pending, Err(Reason::KeyNotUsable)),
+        (KeyStatus::Revoked, Err(Reason::KeyRevoked)),
         (KeyStatus::VerifyOnly, Ok(TokenKind::Bulk)),
         (KeyStatus::Active, Ok(TokenKind::Bulk)),
     ] {
-        f.ring = KeyRing::from_records(&[record("ts-1", status, &f.cert)]).unwrap();
+        f.ring = KeyRing::from_records(&[record("ts-1", status, &f.cert)], NOW).unwrap();
         assert_eq!(f.check(&token, None, NOW).map(|v| v.kind), expected, "{status:?}");
     }
+}
+
+#[test]
+fn a_renewal_accepts_tokens_of_retired_and_revoked_keys_but_still_checks_their_signature() {
+    let mut f = fixture();
+    let token = f.client();
+    for (status, expected) in [
+        (KeyStatus::Retired, Ok(KeyStatus::Retired)),
+        (KeyStatus::Revoked, Ok(KeyStatus::Revoked)),
+        (KeyStatus::VerifyOnly, Ok(KeyStatus::VerifyOnly)),
+        (KeyStatus::Pending, Err(Reason::KeyNotUsable)),
+    ] {
+        f.ring = KeyRing::from_records(&[record("ts-1", status, &f.cert)], NOW).unwrap();
+        let got = f.check_for(&token, Some(CLIENT_CERT), NOW, Purpose::Renewal).map(|v| v.key_status);
+        assert_eq!(got, expected, "{status:?}");
+    }
+    // A revoked key's token with a broken signature is refused even for renewal.
+    f.ring = KeyRing::from_records(&[record("ts-1", KeyStatus::Revoked, &f.cert)], NOW).unwrap();
+    let (input, sig) = token.rsplit_once('.').unwrap();
+    let mut bytes = b64::decode(sig).unwrap();
+    bytes[7] ^= 1;
+    let forged = format!("{input}.{}", b64::encode(&bytes));
+    assert_eq!(
+        f.check_for(&forged, Some(CLIENT_CERT), NOW, Purpose::Renewal).map(|v| v.kind),
+        Err(Reason::BadSignature)
+    );
 }
 
 #[test]
@@ -627,6 +676,8 @@ fn wrong_category_or_type_is_refused() {
     let payload = bulk_payload(guid, NOW + 600).replace("BulkRegistration", "Device");
     f.refuse(&f.forge(&f.header(), &payload), Reason::WrongCategory);
     // A bulk token offered where a client token is needed.
-    let r = verify(&f.policy, &f.ring, &f.registry, &token, None, Some(TokenKind::Client), NOW);
+    let presented =
+        Presented { token: &token, thumbprint: None, expect: Some(TokenKind::Client), purpose: Purpose::Use };
+    let r = verify(f.verifier(), presented, NOW);
     assert!(matches!(r, Err(VerifyError::Rejected(Rejection { reason: Reason::WrongCategory, .. }))), "{r:?}");
 }

@@ -3,7 +3,9 @@
 //! 1. size, shape (three parts), canonical base64url of every part;
 //! 2. the header: a JSON object without duplicate members, no `crit`/`jwk`/`jku`/`x5u`/`x5c`/`kid`,
 //!    nothing but `typ` = `JWT`, `alg` and `x5t`;
-//! 3. `x5t` names a token-signing certificate that is `active` or `verify-only`;
+//! 3. `x5t` names a token-signing certificate whose key is `active` or `verify-only` (for a
+//!    renewal, [`Purpose::Renewal`], also `retired` or `revoked`: that is how a fleet moves off
+//!    a withdrawn key — the caller decides what more such a token needs);
 //! 4. `alg` equals the algorithm of *that key's record* — the header never chooses the algorithm,
 //!    so `none`, `HS256` with the public key as secret, or RS/ES swaps fail here;
 //! 5. the signature, with `ring` over the certificate's public key;
@@ -15,7 +17,7 @@
 
 use std::collections::HashMap;
 
-use hsm_adapters::{KeyAlgorithm, PublicKey, SignatureScheme};
+use hsm_adapters::{PublicKey, SignatureScheme};
 use ring::signature::{self, UnparsedPublicKey, VerificationAlgorithm};
 use serde::Serialize;
 
@@ -23,14 +25,14 @@ use super::claims::{self, Claims, TokenKind};
 use super::guid::Guid;
 use super::json::{self, JsonProblem};
 use super::{MAX_TOKEN_BYTES, Reason, Rejection, b64};
-use crate::store::{KeyRecord, KeyRole, KeyStatus};
+use crate::keys::{KeyRecord, KeyRole, KeyStatus};
 
 /// A key tokens may be verified with.
 #[derive(Debug, Clone)]
 pub struct VerifyKey {
     /// The key's id.
     pub key_id: String,
-    /// Its status; only `active` and `verify-only` verify.
+    /// Its state when the ring was built.
     pub status: KeyStatus,
     /// The one scheme its tokens are signed with.
     pub scheme: SignatureScheme,
@@ -38,7 +40,9 @@ pub struct VerifyKey {
     public: Vec<u8>,
 }
 
-/// The token-signing keys by certificate thumbprint (`x5t`).
+/// The token-signing keys by certificate thumbprint (`x5t`): every certificate of every key, so
+/// that a key certified again under a new root still verifies the tokens that name its first
+/// certificate.
 #[derive(Debug, Clone, Default)]
 pub struct KeyRing {
     by_x5t: HashMap<String, VerifyKey>,
@@ -55,23 +59,22 @@ pub struct KeyRingError {
 }
 
 impl KeyRing {
-    /// The token-signing keys among `records` that have a certificate (every status is kept, so
-    /// a retired key's tokens are refused as `key_not_usable`, not as unknown).
-    pub fn from_records(records: &[KeyRecord]) -> Result<KeyRing, KeyRingError> {
+    /// The token-signing keys among `records`, in their state at time `now` (every state is
+    /// kept, so a retired key's tokens are refused as `key_not_usable`, not as unknown).
+    pub fn from_records(records: &[KeyRecord], now: i64) -> Result<KeyRing, KeyRingError> {
         let mut by_x5t = HashMap::new();
         for r in records.iter().filter(|r| r.role == KeyRole::TokenSigning) {
-            let Some(der) = &r.certificate else { continue };
-            let bad = |reason: String| KeyRingError { key: r.id.clone(), reason };
-            let cert = crate::pki::parse_certificate(der).map_err(|e| bad(e.to_string()))?;
-            let spki = der::Encode::to_der(cert.tbs_certificate().subject_public_key_info())
-                .map_err(|e| bad(e.to_string()))?;
-            let public = PublicKey::from_spki_der(&spki).map_err(|e| bad(e.to_string()))?;
-            let scheme = match public.algorithm() {
-                KeyAlgorithm::EcP256 => SignatureScheme::EcdsaP256Sha256,
-                _ => SignatureScheme::RsaPkcs1Sha256,
-            };
-            let public = public.subject_public_key_bytes().map_err(|e| bad(e.to_string()))?;
-            by_x5t.insert(crate::pki::x5t(der), VerifyKey { key_id: r.id.clone(), status: r.status, scheme, public });
+            for der in &r.certificates {
+                let bad = |reason: String| KeyRingError { key: r.id.clone(), reason };
+                let cert = crate::pki::parse_certificate(der).map_err(|e| bad(e.to_string()))?;
+                let spki = der::Encode::to_der(cert.tbs_certificate().subject_public_key_info())
+                    .map_err(|e| bad(e.to_string()))?;
+                let public = PublicKey::from_spki_der(&spki).map_err(|e| bad(e.to_string()))?;
+                let scheme = public.algorithm().default_scheme();
+                let public = public.subject_public_key_bytes().map_err(|e| bad(e.to_string()))?;
+                let key = VerifyKey { key_id: r.id.clone(), status: r.status_at(now), scheme, public };
+                by_x5t.insert(crate::pki::x5t(der), key);
+            }
         }
         Ok(KeyRing { by_x5t })
     }
@@ -82,13 +85,25 @@ impl KeyRing {
     }
 
     /// Whether `signature` over `message` verifies with the token-signing key `key_id` (any
-    /// status: a checkpoint stays verifiable after its key is retired), in that key's scheme.
+    /// state: a checkpoint stays verifiable after its key is retired), in that key's scheme.
     pub fn verifies(&self, key_id: &str, message: &[u8], signature: &[u8]) -> bool {
         self.by_x5t
             .values()
             .filter(|k| k.key_id == key_id)
             .any(|k| UnparsedPublicKey::new(verifier_for(k.scheme), &k.public).verify(message, signature).is_ok())
     }
+}
+
+/// What a token is being verified for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// To be used as it is (verification, an access token, a bulk registration): its key must
+    /// be `active` or `verify-only`.
+    Use,
+    /// To be renewed under the active key (SPEC §7): a token of a `retired` or `revoked` key is
+    /// accepted too, its signature still checked; only a `pending` key (which signed nothing)
+    /// is refused.
+    Renewal,
 }
 
 /// Where bulk-token GUIDs are registered.
@@ -116,6 +131,9 @@ pub struct Verified {
     /// The key that signed it.
     #[serde(skip)]
     pub key_id: String,
+    /// That key's state.
+    #[serde(skip)]
+    pub key_status: KeyStatus,
 }
 
 /// Verification did not reach a verdict, or refused the token.
@@ -155,17 +173,40 @@ fn verifier_for(scheme: SignatureScheme) -> &'static dyn VerificationAlgorithm {
     }
 }
 
-/// Verifies `token` at time `now`. `thumbprint` is the `x5t#S256` of the client certificate
-/// presented with a device token; `expect` restricts the kind accepted.
-pub fn verify(
-    policy: &VerifyPolicy,
-    keys: &KeyRing,
-    registry: &dyn BulkRegistry,
-    token: &str,
-    thumbprint: Option<&str>,
-    expect: Option<TokenKind>,
-    now: i64,
-) -> Result<Verified, VerifyError> {
+/// What to verify a token against: the hierarchy's rules, the keys, the bulk registry.
+#[derive(Clone, Copy)]
+pub struct Verifier<'a> {
+    /// The hierarchy and skew.
+    pub policy: &'a VerifyPolicy,
+    /// The token-signing keys.
+    pub keys: &'a KeyRing,
+    /// The bulk-token registry.
+    pub registry: &'a dyn BulkRegistry,
+}
+
+impl std::fmt::Debug for Verifier<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier").field("policy", self.policy).finish_non_exhaustive()
+    }
+}
+
+/// What is presented for verification.
+#[derive(Debug, Clone, Copy)]
+pub struct Presented<'a> {
+    /// The token.
+    pub token: &'a str,
+    /// The `x5t#S256` of the client certificate presented with a device token.
+    pub thumbprint: Option<&'a str>,
+    /// The only kind accepted, if any.
+    pub expect: Option<TokenKind>,
+    /// What it is for.
+    pub purpose: Purpose,
+}
+
+/// Verifies a presented token at time `now`.
+pub fn verify(with: Verifier<'_>, presented: Presented<'_>, now: i64) -> Result<Verified, VerifyError> {
+    let Verifier { policy, keys, registry } = with;
+    let Presented { token, thumbprint, expect, purpose } = presented;
     // 1. Size and shape.
     if token.len() > MAX_TOKEN_BYTES {
         return Err(reject(Reason::TooLarge, format!("{} bytes; at most {MAX_TOKEN_BYTES}", token.len())));
@@ -199,8 +240,15 @@ pub fn verify(
     let key = keys
         .get(x5t)
         .ok_or_else(|| reject(Reason::UnknownKey, format!("no token-signing certificate has x5t {x5t}")))?;
-    if !matches!(key.status, KeyStatus::Active | KeyStatus::VerifyOnly) {
-        return Err(reject(Reason::KeyNotUsable, format!("key {} is {}", key.key_id, key.status.as_str())));
+    match (key.status, purpose) {
+        (KeyStatus::Active | KeyStatus::VerifyOnly, _) => {}
+        (KeyStatus::Retired | KeyStatus::Revoked, Purpose::Renewal) => {}
+        (KeyStatus::Revoked, Purpose::Use) => {
+            return Err(reject(Reason::KeyRevoked, format!("key {} was revoked", key.key_id)));
+        }
+        (status, _) => {
+            return Err(reject(Reason::KeyNotUsable, format!("key {} is {}", key.key_id, status.as_str())));
+        }
     }
     if alg != key.scheme.jws_alg() {
         return Err(reject(
@@ -285,7 +333,7 @@ pub fn verify(
             }
         }
     }
-    Ok(Verified { kind, claims, key_id: key.key_id.clone() })
+    Ok(Verified { kind, claims, key_id: key.key_id.clone(), key_status: key.status })
 }
 
 fn check_category(claims: &Claims) -> Result<(), VerifyError> {

@@ -5,7 +5,9 @@
 
 mod device;
 mod key;
+#[cfg(feature = "softhsm-setup")]
 pub mod softhsm;
+#[cfg(feature = "softhsm-setup")]
 pub mod token;
 
 use std::sync::Arc;

@@ -60,23 +60,4 @@ impl SoftHsmDir {
     pub fn token_dir(&self) -> PathBuf {
         self.root.join("tokens")
     }
-
-    /// Runs this program again, with the same arguments, with `SOFTHSM2_CONF` pointing at this
-    /// instance, and returns its exit code. Setting the variable in a running (possibly
-    /// multi-threaded) process is not sound, and SoftHSM reads it only when it is loaded.
-    pub fn rerun_self(&self) -> Result<i32> {
-        let exe =
-            std::env::current_exe().map_err(|e| Error::Io { path: "/proc/self/exe".into(), reason: e.to_string() })?;
-        let status = std::process::Command::new(&exe)
-            .args(std::env::args_os().skip(1))
-            .env(CONF_ENV, self.conf_path())
-            .status()
-            .map_err(|e| Error::Io { path: exe, reason: format!("cannot run: {e}") })?;
-        Ok(status.code().unwrap_or(1))
-    }
-
-    /// Whether this process's `SOFTHSM2_CONF` points at this instance.
-    pub fn is_active(&self) -> bool {
-        std::env::var_os(CONF_ENV).is_some_and(|v| Path::new(&v) == self.conf_path())
-    }
 }

@@ -301,7 +301,8 @@ impl Worker {
             self.recoveries.fetch_add(1, Ordering::Relaxed);
             match class {
                 ErrorClass::Session => {
-                    self.needs_startup = matches!(err, Error::Tpm { rc: 0x100, .. });
+                    self.needs_startup =
+                        matches!(err, Error::Tpm { rc, .. } if rc == tss_esapi::constants::tss::TPM2_RC_INITIALIZE);
                     self.disconnect();
                     std::thread::sleep(Duration::from_millis(50 << attempt));
                 }

@@ -1,6 +1,86 @@
-//! `sitesignd --config FILE`: the signing service. Its code is `sitesign::service` in the
-//! appliance crate; the binary is built here, beside the CLI, so that one package ships both.
+//! `sitesignd --config FILE`: the signing service. This binary sets the process up — arguments,
+//! the PKCS#11 modules' environment, logging, the refusal to run as root, hardening — and runs
+//! `sitesign::service`, which knows nothing of argv or log formats.
 
-fn main() -> std::process::ExitCode {
-    sitesign::service::main()
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use sitesign::config::Config;
+
+/// sitesignd: the sitesign signing service for ConfigMgr management points (mTLS API, admin
+/// socket, ops endpoints). See README.md and docs/api.md.
+#[derive(Debug, Parser)]
+#[command(name = "sitesignd", version, about)]
+struct Args {
+    /// Configuration file.
+    #[arg(long, default_value = "/etc/sitesign/sitesign.toml")]
+    config: PathBuf,
+    /// Run as root anyway (only on a throw-away development machine).
+    #[arg(long)]
+    allow_root: bool,
+}
+
+/// SPEC §9: no core dumps, not dumpable (no ptrace by the same user, no /proc/PID/mem), memory
+/// locked so PINs and session state never reach swap. Each step the environment refuses (no
+/// RLIMIT_MEMLOCK headroom, a seccomp filter) is logged, not fatal: the unit sets the limits.
+fn harden() {
+    use rustix::process::{DumpableBehavior, Resource, Rlimit, set_dumpable_behavior, setrlimit};
+    if let Err(e) = setrlimit(Resource::Core, Rlimit { current: Some(0), maximum: Some(0) }) {
+        tracing::warn!(error = %e, "cannot disable core dumps");
+    }
+    if let Err(e) = set_dumpable_behavior(DumpableBehavior::NotDumpable) {
+        tracing::warn!(error = %e, "cannot set PR_SET_DUMPABLE=0");
+    }
+    // With MCL_FUTURE every later allocation must fit under RLIMIT_MEMLOCK, or it fails: lock
+    // only with room to run (the unit sets LimitMEMLOCK=1G).
+    let limit = rustix::process::getrlimit(Resource::Memlock).current;
+    if limit.is_some_and(|l| l < 512 * 1024 * 1024) {
+        tracing::warn!(limit, "RLIMIT_MEMLOCK below 512 MiB: memory not locked (set LimitMEMLOCK=1G)");
+    } else if let Err(e) = rustix::mm::mlockall(rustix::mm::MlockAllFlags::CURRENT | rustix::mm::MlockAllFlags::FUTURE)
+    {
+        tracing::warn!(error = %e, "cannot lock memory; secrets could be swapped out");
+    }
+}
+
+fn fail(code: &str, message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("sitesignd: error [{code}]: {message}");
+    ExitCode::FAILURE
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = match Config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => return fail("config", e),
+    };
+    // The PKCS#11 modules read their environment when loaded: if it is not set, this replaces
+    // the process with itself, environment set (same PID, so systemd keeps tracking it).
+    if let Err(e) = sitesign::environment::ensure(&config.module_environment()) {
+        return fail("exec", format!("cannot re-run with the module environment: {e}"));
+    }
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,cryptoki=off".into());
+    if config.service.json_logs {
+        tracing_subscriber::fmt().json().with_env_filter(filter).with_writer(std::io::stderr).init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    }
+    if rustix::process::geteuid().is_root() && !args.allow_root {
+        return fail(
+            "root",
+            "refusing to run as root: run sitesignd as its own unprivileged user (see systemd/), or pass --allow-root on a throw-away development machine",
+        );
+    }
+    harden();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => return fail("runtime", e),
+    };
+    match runtime.block_on(sitesign::service::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "sitesignd cannot run");
+            fail("start", e)
+        }
+    }
 }

@@ -5,9 +5,9 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use der::{Decode, EncodePem};
+use device_tests::Fixture;
+use device_tests::verify::{openssl_verify, ring_verify};
 use hsm_adapters::{ErrorClass, KeyAlgorithm, KeyUri, SignatureScheme, SigningKey, X509Signer};
-use softhsm_tests::Fixture;
-use softhsm_tests::verify::{openssl_verify, ring_verify};
 
 use super::MESSAGE;
 

@@ -6,8 +6,8 @@ use base64::Engine as _;
 use cryptoki::object::{Attribute, KeyType, ObjectClass};
 use der::Decode;
 use der::asn1::UintRef;
+use device_tests::{SoftHsm, TOKEN_LABEL};
 use hsm_adapters::{KeyBackend, SignatureScheme};
-use softhsm_tests::{SoftHsm, TOKEN_LABEL};
 
 /// RFC 7520 §4.1.1: base64url(protected header) "." base64url(payload).
 const SIGNING_INPUT: &str = "eyJhbGciOiJSUzI1NiIsImtpZCI6ImJpbGJvLmJhZ2dpbnNAaG9iYml0b24uZXhhbXBsZSJ9.SXTigJlzIGEgZGFuZ2Vyb3VzIGJ1c2luZXNzLCBGcm9kbywgZ29pbmcgb3V0IHlvdXIgZG9vci4gWW91IHN0ZXAgb250byB0aGUgcm9hZCwgYW5kIGlmIHlvdSBkb24ndCBrZWVwIHlvdXIgZmVldCwgdGhlcmXigJlzIG5vIGtub3dpbmcgd2hlcmUgeW91IG1pZ2h0IGJlIHN3ZXB0IG9mZiB0by4";

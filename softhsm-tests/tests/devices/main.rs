@@ -1,5 +1,5 @@
 //! Integration tests against real devices: a fresh SoftHSM2 token or a fresh swtpm per test, each
-//! test in its own process (see the `softhsm_tests` harness). Signatures are checked with `ring`
+//! test in its own process (see the `device_tests` harness). Signatures are checked with `ring`
 //! and `openssl`; keys also with raw cryptoki and with tpm2-tools, outside sitesign's code.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests: a panic is a failure")]
@@ -11,7 +11,7 @@ mod tpm;
 
 use std::process::ExitCode;
 
-use softhsm_tests::{Body, Helper, Test};
+use device_tests::{Body, Helper, Test};
 
 /// A JWS signing input, the kind of bytes sitesign signs.
 pub const MESSAGE: &[u8] = b"eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ0ZXN0In0";
@@ -54,5 +54,5 @@ const TESTS: &[Test] = tests![
 const HELPERS: &[Helper] = &[Helper { name: "recreate-token-with-new-key", run: pkcs11::recreate_token_with_new_key }];
 
 fn main() -> ExitCode {
-    softhsm_tests::main(TESTS, HELPERS)
+    device_tests::main(TESTS, HELPERS)
 }

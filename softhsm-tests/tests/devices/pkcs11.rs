@@ -3,10 +3,10 @@
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::object::{Attribute, AttributeInfo, AttributeType, ObjectClass};
+use device_tests::{HelperEnv, SoftHsm, TOKEN_LABEL, write_secret_file};
 use hsm_adapters::pkcs11::Pkcs11Backend;
 use hsm_adapters::pkcs11::token::initialize_token;
 use hsm_adapters::{Error, ErrorClass, KeyAlgorithm, KeyBackend, PinSource, SignatureScheme, SigningKey};
-use softhsm_tests::{HelperEnv, SoftHsm, TOKEN_LABEL, write_secret_file};
 
 use super::MESSAGE;
 use super::conformance::assert_verifies as verify_in;
@@ -224,7 +224,7 @@ pub fn survives_being_logged_out_behind_its_back(hsm: &SoftHsm) {
 
     // Log the application out through a second handle on the same (process-wide) module: every
     // session of the backend is now unauthenticated and C_Sign answers CKR_USER_NOT_LOGGED_IN.
-    let raw = Pkcs11::new(softhsm_tests::module_path()).unwrap();
+    let raw = Pkcs11::new(device_tests::module_path()).unwrap();
     let _ = raw.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK));
     let slot = raw.get_slots_with_initialized_token().unwrap()[0];
     let session = raw.open_ro_session(slot).unwrap();

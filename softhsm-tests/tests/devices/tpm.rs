@@ -6,10 +6,10 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use device_tests::TpmEnv;
+use device_tests::verify::ring_verify;
 use hsm_adapters::tpm::TpmBackend;
 use hsm_adapters::{KeyAlgorithm, KeyBackend, KeyUri, SignatureScheme, SigningKey};
-use softhsm_tests::TpmEnv;
-use softhsm_tests::verify::ring_verify;
 
 use super::MESSAGE;
 

@@ -1,0 +1,81 @@
+//! The configured key backends, opened: each named `[backends.NAME]` table as a
+//! [`KeyBackend`], and the way from an inventory record to its key in its device.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use hsm_adapters::{KeyBackend, KeyUri, SigningKey};
+
+use crate::config::Config;
+use crate::keys::KeyRecord;
+
+/// A backend failed, or is not configured.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackendError {
+    /// The device failed.
+    #[error("backend {backend:?}: {source}")]
+    Device {
+        /// The configured backend.
+        backend: String,
+        /// Its error.
+        source: hsm_adapters::Error,
+    },
+    /// The inventory names a backend the configuration lacks.
+    #[error("no backend named {0:?} is configured (see [backends] in the configuration)")]
+    NotConfigured(String),
+}
+
+impl BackendError {
+    /// A stable code: the device error's, or `config`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            BackendError::Device { source, .. } => source.code(),
+            BackendError::NotConfigured(_) => "config",
+        }
+    }
+
+    /// The device error, if it is one.
+    pub fn device_error(&self) -> Option<&hsm_adapters::Error> {
+        match self {
+            BackendError::Device { source, .. } => Some(source),
+            BackendError::NotConfigured(_) => None,
+        }
+    }
+}
+
+/// The configured backends, opened.
+#[derive(Debug, Default)]
+pub struct Backends {
+    open: BTreeMap<String, Arc<dyn KeyBackend>>,
+}
+
+impl Backends {
+    /// Opens every backend the configuration names (each logs in / connects once).
+    pub fn open(config: &Config) -> Result<Backends, BackendError> {
+        let mut open = BTreeMap::new();
+        for (name, backend) in &config.backends {
+            let b =
+                hsm_adapters::open(backend).map_err(|source| BackendError::Device { backend: name.clone(), source })?;
+            open.insert(name.clone(), b);
+        }
+        Ok(Backends { open })
+    }
+
+    /// The backend named `name`.
+    pub fn get(&self, name: &str) -> Result<&Arc<dyn KeyBackend>, BackendError> {
+        self.open.get(name).ok_or_else(|| BackendError::NotConfigured(name.to_owned()))
+    }
+
+    /// Finds the key of an inventory record in its device.
+    pub fn key(&self, record: &KeyRecord) -> Result<Arc<dyn SigningKey>, BackendError> {
+        let wrap = |source| BackendError::Device { backend: record.backend.clone(), source };
+        let uri: KeyUri = record.uri.parse().map_err(wrap)?;
+        self.get(&record.backend)?.find_key(&uri).map_err(wrap)
+    }
+
+    /// Every opened backend, by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Arc<dyn KeyBackend>)> {
+        self.open.iter()
+    }
+}

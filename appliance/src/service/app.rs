@@ -1,0 +1,261 @@
+//! The running service's shared state, [`App`], and how it follows the store: the current
+//! [`State`], the token signer and the TLS configuration live behind atomic pointers; a watcher
+//! rebuilds them when the store's change counter moves or a scheduled transition comes due, and
+//! swaps them in. Nobody holds a lock across a device call or an `.await`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use arc_swap::ArcSwap;
+use hsm_adapters::SigningKey;
+
+use super::limits::RateLimiter;
+use super::tls::{self, TlsInputs};
+use crate::audit::{AuditLog, AuditStats, Lookup};
+use crate::backends::{BackendError, Backends};
+use crate::config::Config;
+use crate::keys::{KeyRecord, KeyRole};
+use crate::metrics::Metrics;
+use crate::pipeline::{BackendHealth, Pipeline, Signing, WorkerContext};
+use crate::selftest::check_key;
+use crate::state::{State, StateError};
+use crate::store::{Store, StoreError};
+use crate::time::now_unix;
+use crate::token::TokenSigner;
+
+/// Why the service could not start (or a new state could not be taken up).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The state store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The state could not be read.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// A device failed.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// A key failed its self-test.
+    #[error(transparent)]
+    SelfTest(#[from] crate::selftest::SelfTestError),
+    /// The token signer could not be built.
+    #[error(transparent)]
+    Issue(#[from] crate::token::issue::IssueError),
+    /// The audit log could not be opened.
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
+    /// TLS could not be configured.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// A listener could not be set up.
+    #[error("{what}: {source}")]
+    Io {
+        /// Which listener.
+        what: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// Device handles of inventory keys, looked up once (a lookup is a device call).
+#[derive(Debug, Default)]
+struct KeyCache {
+    keys: Mutex<HashMap<String, Arc<dyn SigningKey>>>,
+}
+
+impl KeyCache {
+    fn get(&self, backends: &Backends, record: &KeyRecord) -> Result<Arc<dyn SigningKey>, BackendError> {
+        if let Some(k) = self.keys.lock().unwrap_or_else(PoisonError::into_inner).get(&record.id) {
+            return Ok(Arc::clone(k));
+        }
+        let key = backends.key(record)?;
+        self.keys.lock().unwrap_or_else(PoisonError::into_inner).insert(record.id.clone(), Arc::clone(&key));
+        Ok(key)
+    }
+}
+
+/// The TLS configuration in use and what it was built from.
+#[derive(Debug)]
+pub struct TlsState {
+    /// What it was built from.
+    pub inputs: TlsInputs,
+    /// The configuration new handshakes use.
+    pub config: Arc<rustls::ServerConfig>,
+}
+
+/// ALPN protocols the API listener offers.
+pub const ALPN: &[&[u8]] = &[b"http/1.1"];
+
+/// The running service's state, shared by every request.
+#[derive(Debug)]
+pub struct App {
+    /// The configuration.
+    pub config: Config,
+    store: Mutex<Store>,
+    /// The opened key backends.
+    pub backends: Backends,
+    keys: KeyCache,
+    /// The current state and token signer (what the pipeline's workers sign with).
+    pub signing: Arc<ArcSwap<Signing>>,
+    /// The current TLS configuration.
+    pub tls: ArcSwap<TlsState>,
+    /// The audit log.
+    pub audit: AuditLog,
+    /// Looks tokens up in the audit log (renewal of a revoked key's tokens).
+    pub issued: Lookup,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// The signing pipeline every token goes through.
+    pub pipeline: Pipeline,
+    /// Whether the devices answer.
+    pub health: Arc<BackendHealth>,
+    /// Per-MP rate limits.
+    pub limiter: RateLimiter,
+    /// Whether the last attempt to follow the store succeeded.
+    state_fresh: AtomicBool,
+    /// Stopping: refuse new work.
+    pub stopping: AtomicBool,
+    /// Serialises reloads (the watcher's and an admin operation's).
+    reloading: Mutex<()>,
+}
+
+impl App {
+    /// Opens the state, the devices and the audit log, self-tests every active key (sign,
+    /// verify independently, protection attributes) and builds the signer and the TLS
+    /// configuration; a failure refuses to start.
+    pub fn open(config: Config) -> Result<App, StartError> {
+        let store = Store::open(&config.state_dir)?;
+        let backends = Backends::open(&config)?;
+        let metrics = Arc::new(Metrics::default());
+        let audit = AuditLog::open_with(&config.audit.dir, config.audit.max_bytes, AuditStats::for_metrics(&metrics))?;
+        let state = State::load(&store, &config, now_unix())?;
+        let keys = KeyCache::default();
+        for record in KeyRole::ALL.iter().filter_map(|r| state.active(*r)) {
+            let key = keys.get(&backends, record)?;
+            let report = check_key(key.as_ref(), key.algorithm().default_scheme(), 2)?;
+            tracing::info!(key = %report.key, scheme = report.scheme, "self-test passed: protection as required, signature verified");
+        }
+        let signer = signer_for(&state, &keys, &backends)?;
+        let tls = build_tls(&state, &keys, &backends)?;
+        let limiter = RateLimiter::new(config.service.rate_limit_per_second, config.service.rate_limit_burst);
+        // One signing worker per device session of the token-signing backend: every session
+        // busy, none contended.
+        let workers = match state.active(KeyRole::TokenSigning) {
+            Some(k) => backends.get(&k.backend)?.capabilities().max_concurrency.max(1),
+            None => 1,
+        };
+        let signing = Arc::new(ArcSwap::from_pointee(Signing { state: Arc::new(state), signer }));
+        let health = Arc::new(BackendHealth::default());
+        let context = WorkerContext {
+            signing: Arc::clone(&signing),
+            audit: audit.clone(),
+            metrics: Arc::clone(&metrics),
+            health: Arc::clone(&health),
+        };
+        let pipeline = Pipeline::start(context, workers, config.service.queue_depth);
+        tracing::info!(workers, queue = config.service.queue_depth, "signing pipeline started");
+        Ok(App {
+            issued: Lookup::new(&config.audit.dir),
+            store: Mutex::new(store),
+            backends,
+            keys,
+            signing,
+            tls: ArcSwap::from_pointee(tls),
+            audit,
+            metrics,
+            pipeline,
+            health,
+            limiter,
+            state_fresh: AtomicBool::new(true),
+            stopping: AtomicBool::new(false),
+            reloading: Mutex::new(()),
+            config,
+        })
+    }
+
+    /// The state store (blocking threads only).
+    pub fn store(&self) -> MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The current state.
+    pub fn state(&self) -> Arc<State> {
+        Arc::clone(&self.signing.load().state)
+    }
+
+    /// Ready to sign: devices answering, audit log writable, the store followed, not stopping.
+    pub fn ready(&self) -> bool {
+        !self.health.is_down()
+            && self.audit.healthy()
+            && self.state_fresh.load(Ordering::Relaxed)
+            && !self.stopping.load(Ordering::Relaxed)
+    }
+
+    /// Whether the last attempt to read the store succeeded.
+    pub fn state_fresh(&self) -> bool {
+        self.state_fresh.load(Ordering::Relaxed)
+    }
+
+    /// Follows the store (blocking): if its change counter moved, or a scheduled transition came
+    /// due, rebuilds the state, the token signer and (when what it depends on changed) the TLS
+    /// configuration, and swaps them in. Returns whether anything changed. A failure keeps the
+    /// current state in use, marks the service not ready, and is retried on the next call.
+    pub fn follow_store(&self) -> Result<bool, StartError> {
+        let _one = self.reloading.lock().unwrap_or_else(PoisonError::into_inner);
+        let result = self.reload();
+        self.state_fresh.store(result.is_ok(), Ordering::Relaxed);
+        result
+    }
+
+    fn reload(&self) -> Result<bool, StartError> {
+        let now = now_unix();
+        let current = self.signing.load_full();
+        let generation = self.store().generation()?;
+        if generation == current.state.generation && current.state.current_at(now) {
+            return Ok(false);
+        }
+        let state = State::load(&self.store(), &self.config, now)?;
+        let signer = signer_for(&state, &self.keys, &self.backends)?;
+        let before = current.signer.as_ref().map(TokenSigner::key_id);
+        let after = signer.as_ref().map(TokenSigner::key_id);
+        if before != after {
+            tracing::info!(from = ?before, to = ?after, "token-signing key changed");
+        }
+        let inputs = TlsInputs::of(&state, &state.cross_certificates_for_active_root(), alpn())?;
+        if inputs != self.tls.load().inputs {
+            let tls = build_tls(&state, &self.keys, &self.backends)?;
+            tracing::info!(key = %tls.inputs.key_id, roots = tls.inputs.roots.len(), revoked = tls.inputs.revoked.len(), "TLS configuration changed");
+            self.tls.store(Arc::new(tls));
+        }
+        tracing::info!(generation = state.generation, "state changed");
+        self.signing.store(Arc::new(Signing { state: Arc::new(state), signer }));
+        self.metrics.state_reloads.inc();
+        Ok(true)
+    }
+}
+
+/// The ALPN protocols offered.
+fn alpn() -> Vec<Vec<u8>> {
+    ALPN.iter().map(|p| p.to_vec()).collect()
+}
+
+/// The signer of the active token-signing key, if one is active.
+fn signer_for(state: &State, keys: &KeyCache, backends: &Backends) -> Result<Option<TokenSigner>, StartError> {
+    match state.active(KeyRole::TokenSigning) {
+        Some(record) => {
+            let key = keys.get(backends, record)?;
+            Ok(Some(TokenSigner::for_record(record, key, state.policy.hierarchy)?))
+        }
+        None => Ok(None),
+    }
+}
+
+fn build_tls(state: &State, keys: &KeyCache, backends: &Backends) -> Result<TlsState, StartError> {
+    let inputs = TlsInputs::of(state, &state.cross_certificates_for_active_root(), alpn())?;
+    let record = state.active(KeyRole::Tls).ok_or_else(|| tls::TlsError::State("no TLS key is active".into()))?;
+    let key = keys.get(backends, record)?;
+    let config = Arc::new(tls::server_config(&inputs, key)?);
+    Ok(TlsState { inputs, config })
+}

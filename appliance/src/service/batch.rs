@@ -1,0 +1,276 @@
+//! `POST /v1/client-tokens:batch`: NDJSON in, NDJSON out, in request order, a per-line
+//! `{"error":…}` for a failing line (the batch goes on).
+//!
+//! Three stages run at once, joined by bounded channels, so a batch's memory is bounded whatever
+//! its length:
+//!
+//! ```text
+//!  request body ─▶ reader: lines ─▶ validation on the blocking pool (proofs verified, tokens prepared)
+//!                                        │ in order, up to `validating()` chunks at once
+//!                                        ▼
+//!                  submitter: groups of up to GROUP tokens ─▶ signing pipeline (waits for room)
+//!                                        │ one slot per group or failed line, in order
+//!                                        ▼
+//!                  writer: awaits each slot ─▶ NDJSON response stream
+//! ```
+
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::Response;
+use futures_util::StreamExt as _;
+use serde_json::{Value, json};
+
+use super::app::App;
+use super::error::ApiError;
+use super::tls::Caller;
+use super::tokens::{parse, prepare_client};
+use crate::pipeline::{GROUP, Item, PipelineError, Ticket};
+use crate::policy::ClientTokenRequest;
+
+/// Largest line of a batch (and largest JSON body of the single-token endpoints).
+pub const LINE_LIMIT: usize = 16 * 1024;
+/// Most results a batch keeps in flight (signing or waiting for the audit commit) before it stops
+/// reading its request: this and the line limit bound a batch's memory whatever its length.
+pub const BATCH_IN_FLIGHT: usize = 4096;
+
+/// Request chunks of one batch validated at the same time (more would only contend for the
+/// same cores).
+fn validating() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 8)
+}
+
+/// Batch lines' results, in request order: a ticket for a group of consecutive lines queued for
+/// signing, or an error found before signing.
+enum Slot {
+    Group(Ticket, usize),
+    Failed(ApiError),
+}
+
+/// One line of the request: its bytes, or `None` for a line over [`LINE_LIMIT`].
+type Line = Option<Vec<u8>>;
+
+/// Splits a byte stream into lines in linear time: each byte is scanned once and copied once.
+/// A line longer than [`LINE_LIMIT`] becomes `None` (an error for that line) and the rest of it is
+/// skipped without being buffered. Blank lines are not items.
+#[derive(Debug, Default)]
+pub struct LineSplitter {
+    partial: Vec<u8>,
+    skipping: bool,
+}
+
+impl LineSplitter {
+    /// Feeds `chunk`; returns the lines it completed.
+    pub fn push(&mut self, chunk: &[u8]) -> Vec<Line> {
+        let mut out = Vec::new();
+        let mut rest = chunk;
+        while let Some(at) = rest.iter().position(|b| *b == b'\n') {
+            let (head, tail) = (&rest[..at], &rest[at + 1..]);
+            rest = tail;
+            if std::mem::take(&mut self.skipping) || self.partial.len() + head.len() > LINE_LIMIT {
+                self.partial.clear();
+                out.push(None);
+                continue;
+            }
+            let line = if self.partial.is_empty() {
+                head.to_vec()
+            } else {
+                let mut line = std::mem::take(&mut self.partial);
+                line.extend_from_slice(head);
+                line
+            };
+            if !line.iter().all(u8::is_ascii_whitespace) {
+                out.push(Some(line));
+            }
+        }
+        if !self.skipping {
+            if self.partial.len() + rest.len() > LINE_LIMIT {
+                self.skipping = true;
+                self.partial = Vec::new();
+            } else {
+                self.partial.extend_from_slice(rest);
+            }
+        }
+        out
+    }
+
+    /// The last line, if the body did not end with a newline.
+    pub fn finish(&mut self) -> Option<Line> {
+        if std::mem::take(&mut self.skipping) {
+            return Some(None);
+        }
+        let line = std::mem::take(&mut self.partial);
+        (!line.iter().all(u8::is_ascii_whitespace)).then_some(Some(line))
+    }
+}
+
+type Checked = Vec<Result<Item, ApiError>>;
+
+/// `POST /v1/client-tokens:batch`.
+pub(super) async fn post_batch(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    body: Body,
+) -> Response {
+    let (out_tx, out_rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(64);
+    let (slot_tx, slot_rx) = tokio::sync::mpsc::channel::<Slot>(BATCH_IN_FLIGHT / GROUP);
+    let (checked_tx, checked_rx) = tokio::sync::mpsc::channel::<tokio::task::JoinHandle<Checked>>(validating());
+    tokio::spawn(write(Arc::clone(&app), slot_rx, out_tx));
+    tokio::spawn(submit(Arc::clone(&app), caller, checked_rx, slot_tx));
+    tokio::spawn(read(app, body, checked_tx));
+    let stream = futures_util::stream::unfold(out_rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    let mut response = Response::new(Body::from_stream(stream));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+    response
+}
+
+/// The reader: request chunks → lines → validation on the blocking pool, in order.
+async fn read(app: Arc<App>, body: Body, checked_tx: tokio::sync::mpsc::Sender<tokio::task::JoinHandle<Checked>>) {
+    let mut stream = body.into_data_stream();
+    let mut splitter = LineSplitter::default();
+    loop {
+        let chunk = stream.next().await;
+        let (mut lines, end) = match chunk {
+            Some(Ok(bytes)) => (splitter.push(&bytes), false),
+            Some(Err(e)) => {
+                let message = format!("request stream: {e}");
+                let failed = tokio::spawn(async move { vec![Err(ApiError::BadRequest(message))] });
+                let _ = checked_tx.send(failed).await;
+                return;
+            }
+            None => (splitter.finish().into_iter().collect(), true),
+        };
+        if !lines.is_empty() {
+            let a = Arc::clone(&app);
+            let lines = std::mem::take(&mut lines);
+            let handle = tokio::task::spawn_blocking(move || {
+                lines
+                    .into_iter()
+                    .map(|line| match line {
+                        None => Err(ApiError::BadRequest(format!("a line is longer than {LINE_LIMIT} bytes"))),
+                        Some(l) => prepare_client(&a, &parse::<ClientTokenRequest>(&l)?),
+                    })
+                    .collect::<Checked>()
+            });
+            if checked_tx.send(handle).await.is_err() {
+                return;
+            }
+        }
+        if end {
+            return;
+        }
+    }
+}
+
+/// The submitter: validated lines → pipeline in groups (waiting for room: backpressure), in order.
+async fn submit(
+    app: Arc<App>,
+    caller: Caller,
+    mut checked_rx: tokio::sync::mpsc::Receiver<tokio::task::JoinHandle<Checked>>,
+    slot_tx: tokio::sync::mpsc::Sender<Slot>,
+) {
+    let caller_id: Arc<str> = Arc::from(caller.identity().as_str());
+    while let Some(handle) = checked_rx.recv().await {
+        let checked = handle.await.unwrap_or_else(|e| vec![Err(ApiError::Internal(e.to_string()))]);
+        // Consecutive good lines go to the workers in groups; a bad line keeps its place.
+        let mut group: Vec<Item> = Vec::with_capacity(GROUP);
+        let mut checked = checked.into_iter().peekable();
+        while let Some(item) = checked.next() {
+            let mut slots = Vec::with_capacity(2);
+            match item {
+                Ok(ok) => group.push(ok),
+                Err(e) => slots.push(Slot::Failed(e)),
+            }
+            let flush = group.len() == GROUP || !slots.is_empty() || checked.peek().is_none_or(Result::is_err);
+            if flush && !group.is_empty() {
+                let items = std::mem::replace(&mut group, Vec::with_capacity(GROUP));
+                let n = items.len();
+                match app.pipeline.submit(items, Arc::clone(&caller_id)).await {
+                    Ok(ticket) => slots.insert(0, Slot::Group(ticket, n)),
+                    // Every line of the group gets its answer.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "batch group not queued");
+                        let failed = (0..n).map(|_| Slot::Failed(ApiError::from(PipelineError::Stopped)));
+                        slots.splice(0..0, failed);
+                    }
+                }
+            }
+            for slot in slots {
+                if slot_tx.send(slot).await.is_err() {
+                    return; // the client went away
+                }
+            }
+        }
+    }
+}
+
+/// The writer: awaits each slot in order and streams its lines.
+async fn write(
+    app: Arc<App>,
+    mut slot_rx: tokio::sync::mpsc::Receiver<Slot>,
+    out_tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+) {
+    let mut items = 0u64;
+    let mut buf = Vec::with_capacity(64 * 1024);
+    while let Some(slot) = slot_rx.recv().await {
+        let lines: Vec<Value> = match slot {
+            Slot::Group(t, n) => match t.await {
+                Ok(results) => results
+                    .into_iter()
+                    .map(|r| match r {
+                        Ok(token) => json!({"token": token.token, "expires": token.expires}),
+                        Err(e) => ApiError::from(e).to_json(),
+                    })
+                    .collect(),
+                Err(_) => vec![ApiError::Unavailable("the service is stopping".into()).to_json(); n],
+            },
+            Slot::Failed(e) => vec![e.to_json()],
+        };
+        for line in lines {
+            items += 1;
+            // Serialising a Value into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut buf, &line);
+            buf.push(b'\n');
+        }
+        // Flush when nothing more is ready, or the buffer is large.
+        if slot_rx.is_empty() || buf.len() > 48 * 1024 {
+            if out_tx.send(Ok(Bytes::from(std::mem::take(&mut buf)))).await.is_err() {
+                break;
+            }
+            buf = Vec::with_capacity(64 * 1024);
+        }
+    }
+    if !buf.is_empty() {
+        let _ = out_tx.send(Ok(Bytes::from(buf))).await;
+    }
+    app.metrics.batch_size.observe(items as f64);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(chunks: &[&[u8]]) -> Vec<Option<String>> {
+        let mut s = LineSplitter::default();
+        let mut out: Vec<Line> = chunks.iter().flat_map(|c| s.push(c)).collect();
+        out.extend(s.finish());
+        out.into_iter().map(|l| l.map(|b| String::from_utf8(b).unwrap())).collect()
+    }
+
+    #[test]
+    fn splits_across_chunks_skips_blank_lines_and_marks_long_ones() {
+        assert_eq!(lines(&[b"a\nb", b"c\n\n  \nd"]), [Some("a".into()), Some("bc".into()), Some("d".into())]);
+        let long = vec![b'x'; LINE_LIMIT + 1];
+        assert_eq!(lines(&[b"a\n", &long, b"\nb\n"]), [Some("a".into()), None, Some("b".into())]);
+        // A long line arriving in pieces is skipped, not buffered.
+        let half = vec![b'x'; LINE_LIMIT / 2 + 1];
+        assert_eq!(lines(&[&half, &half, &half, b"\nok"]), [None, Some("ok".into())]);
+        assert_eq!(lines(&[&long]), [None], "a long last line without a newline");
+        let exact = vec![b'y'; LINE_LIMIT];
+        assert_eq!(lines(&[&exact[..10], &exact[10..], b"\n"]).len(), 1);
+        assert!(lines(&[&exact[..10], &exact[10..], b"\n"])[0].is_some(), "exactly the limit is allowed");
+    }
+}

@@ -1,0 +1,98 @@
+//! The listeners: the mTLS API (each handshake reads the current TLS configuration) and the
+//! plain-HTTP ops listener. Both stop accepting on the stop signal; the API finishes the requests
+//! in flight (for at most 30 s).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt as _;
+
+use super::app::App;
+use super::routes;
+use super::tls::Caller;
+
+/// How long a TLS handshake, and then a request's headers, may take.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long the service waits for requests in flight when it stops.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serves the mTLS API on `listener` until `stop`.
+pub async fn serve_api(listener: TcpListener, app: Arc<App>, stop: tokio::sync::watch::Receiver<bool>) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let router = routes::router(Arc::clone(&app));
+    let mut stop_accepting = stop.clone();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    continue;
+                }
+            },
+            _ = stop_accepting.changed() => break,
+        };
+        // The configuration of this handshake: a rotation or revocation swapped in since takes
+        // effect here, connections already open keep theirs.
+        let acceptor = TlsAcceptor::from(Arc::clone(&app.tls.load().config));
+        let router = router.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            // The handshake must finish in time (a slow client cannot hold a slot).
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::info!(%peer, error = %e, "TLS handshake refused");
+                    return;
+                }
+                Err(_) => {
+                    tracing::info!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let Some(caller) = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| Caller::of(c))
+            else {
+                return;
+            };
+            let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(caller.clone());
+                router.clone().oneshot(req)
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HANDSHAKE_TIMEOUT)
+                .max_buf_size(64 * 1024)
+                .serve_connection(TokioIo::new(tls), service);
+            if let Err(e) = watcher.watch(conn).await {
+                tracing::debug!(%peer, error = %e, "connection ended");
+            }
+        });
+    }
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await;
+}
+
+/// Serves the ops endpoints, plain HTTP, on `listener` until `stop`.
+pub async fn serve_ops(listener: TcpListener, app: Arc<App>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let router = routes::ops_router(app);
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => continue },
+            _ = stop.changed() => return,
+        };
+        let router = router.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                router.clone().oneshot(req)
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HANDSHAKE_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}

@@ -1,0 +1,64 @@
+//! The routers: the mTLS API (SPEC §4) and the plain-HTTP ops listener. Every route goes through
+//! the per-MP rate limit and is counted by status.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+
+use super::app::App;
+use super::batch::{self, LINE_LIMIT};
+use super::error::ApiError;
+use super::tls::Caller;
+use super::{ops, publish, tokens};
+
+/// Per-MP rate limit and response counting.
+async fn limit(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    if let Some(caller) = request.extensions().get::<Caller>()
+        && let Err(wait) = app.limiter.take(&caller.identity(), 1)
+    {
+        app.metrics.response(429);
+        return ApiError::RateLimited(wait).into_response();
+    }
+    let response = next.run(request).await;
+    app.metrics.response(response.status().as_u16());
+    response
+}
+
+async fn not_found() -> ApiError {
+    ApiError::BadRequest("no such endpoint; the API is described in the README (docs/api.md)".into())
+}
+
+fn ops_routes() -> Router<Arc<App>> {
+    Router::new()
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+}
+
+/// The mTLS API.
+pub fn router(app: Arc<App>) -> Router {
+    let single = Router::new()
+        .route("/v1/client-tokens", post(tokens::post_client_token))
+        .route("/v1/access-tokens", post(tokens::post_access_token))
+        .route("/v1/tokens:verify", post(tokens::post_verify))
+        .layer(DefaultBodyLimit::max(LINE_LIMIT));
+    Router::new()
+        .merge(single)
+        .route("/v1/client-tokens:batch", post(batch::post_batch).layer(DefaultBodyLimit::disable()))
+        .route("/v1/certificates", get(publish::get_certificates))
+        .route("/.well-known/jwks.json", get(publish::get_jwks))
+        .route("/v1/crl", get(publish::get_crl))
+        .merge(ops_routes())
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(Arc::clone(&app), limit))
+        .with_state(app)
+}
+
+/// The plain-HTTP ops listener: health, readiness, metrics — nothing else.
+pub fn ops_router(app: Arc<App>) -> Router {
+    ops_routes().fallback(not_found).with_state(app)
+}

@@ -1,0 +1,769 @@
+//! The state store: the single source of truth every program follows — the key inventory and its
+//! schedule, every certificate issued and its revocation, CRLs, the bulk-token registry, and a
+//! change counter ([`Store::generation`]) that moves with every change, which the running
+//! service watches to pick changes up within a second.
+//!
+//! The engine is an embedded SQLite database (WAL, `synchronous=FULL`, foreign keys on) with the
+//! migrations of [`migrations`]. Writes that belong together go through [`Store::apply`], one
+//! transaction for a whole [`ChangeSet`], optionally conditional on the generation the caller
+//! read (optimistic concurrency: two admins rotating at once cannot both win).
+
+pub mod migrations;
+
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+
+use crate::keys::{KeyRecord, KeyRole};
+use migrations::MIGRATIONS;
+
+/// A state store error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database could not be opened, read or written.
+    #[error("state database {path}: {source}")]
+    Sqlite {
+        /// The database file.
+        path: PathBuf,
+        /// SQLite's error.
+        source: rusqlite::Error,
+    },
+    /// The state folder could not be created or used.
+    #[error("state folder {path}: {source}")]
+    Io {
+        /// The folder.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The database was written by a newer sitesign.
+    #[error("state database {path} has schema version {found}, newer than this sitesign ({known}); upgrade sitesign")]
+    TooNew {
+        /// The database file.
+        path: PathBuf,
+        /// Its version.
+        found: i64,
+        /// The newest this build knows.
+        known: i64,
+    },
+    /// A conditional change found the state changed since it was read.
+    #[error(
+        "the state changed while this operation was prepared (another admin or appliance changed it); run it again"
+    )]
+    Conflict,
+    /// A stored value is not one this build understands.
+    #[error("state database {path}: {what}")]
+    Corrupt {
+        /// The database file.
+        path: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
+}
+
+/// One issued certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CertRecord {
+    /// Serial number, lower-case hex.
+    pub serial: String,
+    /// The profile it was issued under (`mp-client`, `token-signing`, `cross-certificate`, …).
+    pub profile: String,
+    /// Its subject, RFC 4514.
+    pub subject: String,
+    /// The key that signed it.
+    pub issuer_key: String,
+    /// The inventory key it certifies, for sitesign's own keys (`None` for role certificates,
+    /// whose keys belong to their holders).
+    pub subject_key: Option<String>,
+    /// Validity start, Unix time.
+    pub not_before: i64,
+    /// Validity end, Unix time.
+    pub not_after: i64,
+    /// SHA-256 of the DER, hex.
+    pub sha256: String,
+    /// The DER.
+    #[serde(skip)]
+    pub der: Vec<u8>,
+    /// When it was issued, Unix time.
+    pub issued: i64,
+    /// Who asked for it.
+    pub requested_by: String,
+    /// When it was revoked, Unix time.
+    pub revoked: Option<i64>,
+    /// Why (an RFC 5280 reason name).
+    pub revoke_reason: Option<String>,
+    /// Who revoked it.
+    pub revoked_by: Option<String>,
+}
+
+/// One registered bulk registration token (SPEC §3: its GUID, lifetime, creator and blocked
+/// flag are kept; the token is not).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct BulkRecord {
+    /// The token's GUID (`UniqueId`), lower case.
+    pub guid: String,
+    /// Lifetime asked for, minutes.
+    pub lifetime: i64,
+    /// Unix time it was created (`nbf`).
+    pub created: i64,
+    /// Unix time it expires (`exp`).
+    pub expires: i64,
+    /// Who created it.
+    pub creator: String,
+    /// The key that signed it.
+    pub key_id: String,
+    /// Whether it is blocked.
+    pub blocked: bool,
+    /// Unix time of the last block/unblock.
+    pub changed: Option<i64>,
+    /// Who last blocked/unblocked it.
+    pub changed_by: Option<String>,
+}
+
+/// A CRL signed by an issuing key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrlRecord {
+    /// The issuing key that signed it.
+    pub issuer_key: String,
+    /// Its `cRLNumber`.
+    pub number: i64,
+    /// `thisUpdate`, Unix time.
+    pub this_update: i64,
+    /// `nextUpdate`, Unix time.
+    pub next_update: i64,
+    /// The DER.
+    pub der: Vec<u8>,
+}
+
+/// A key generated in a device by an operation that then failed: nothing records it but this
+/// list, shown by `sitesign keys list` so that it can be deleted from the device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Orphan {
+    /// Its URI.
+    pub uri: String,
+    /// Its backend.
+    pub backend: String,
+    /// When it was generated.
+    pub created: i64,
+    /// What failed.
+    pub cause: String,
+}
+
+/// The schedule of an existing key, replaced as a whole by a change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeySchedule {
+    /// The key.
+    pub id: String,
+    /// See [`KeyRecord::activates`].
+    pub activates: Option<i64>,
+    /// See [`KeyRecord::deactivates`].
+    pub deactivates: Option<i64>,
+    /// See [`KeyRecord::retires`].
+    pub retires: Option<i64>,
+    /// See [`KeyRecord::revoked`].
+    pub revoked: Option<i64>,
+    /// See [`KeyRecord::revoke_reason`].
+    pub revoke_reason: Option<String>,
+    /// See [`KeyRecord::not_after`].
+    pub not_after: i64,
+}
+
+impl From<&KeyRecord> for KeySchedule {
+    fn from(k: &KeyRecord) -> Self {
+        KeySchedule {
+            id: k.id.clone(),
+            activates: k.activates,
+            deactivates: k.deactivates,
+            retires: k.retires,
+            revoked: k.revoked,
+            revoke_reason: k.revoke_reason.clone(),
+            not_after: k.not_after,
+        }
+    }
+}
+
+/// A certificate revocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    /// The certificate's serial, lower-case hex.
+    pub serial: String,
+    /// When.
+    pub at: i64,
+    /// Why (an RFC 5280 reason name).
+    pub reason: String,
+    /// Who.
+    pub by: String,
+}
+
+/// Changes that land together or not at all.
+#[derive(Debug, Clone, Default)]
+pub struct ChangeSet {
+    /// Apply only if the store's generation is still this one (see [`Store::generation`]).
+    pub expect_generation: Option<i64>,
+    /// Metadata to set.
+    pub meta: Vec<(String, String)>,
+    /// New keys (their `certificates` are ignored: certificates go in `certificates`).
+    pub new_keys: Vec<KeyRecord>,
+    /// New certificates (of new or existing keys, and role certificates).
+    pub certificates: Vec<CertRecord>,
+    /// New schedules of existing keys.
+    pub schedules: Vec<KeySchedule>,
+    /// Certificates to mark revoked.
+    pub revocations: Vec<Revocation>,
+    /// A CRL to store.
+    pub crl: Option<CrlRecord>,
+    /// Orphaned keys that were deleted from their device (or acknowledged): forget them.
+    pub forget_orphans: Vec<String>,
+}
+
+/// The state database.
+#[derive(Debug)]
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+const KEY_COLUMNS: &str =
+    "id, backend, uri, algorithm, role, created, activates, deactivates, retires, revoked, revoke_reason, not_after";
+const CERT_COLUMNS: &str = "serial, profile, subject, issuer_key, subject_key, not_before, not_after, sha256, der, issued, \
+     requested_by, revoked, revoke_reason, revoked_by";
+const BULK_COLUMNS: &str = "guid, lifetime, created, expires, creator, key_id, blocked, changed, changed_by";
+
+impl Store {
+    /// The database file inside `state_dir`.
+    pub fn path_in(state_dir: &Path) -> PathBuf {
+        state_dir.join("state.db")
+    }
+
+    /// Opens (creating if needed) the database in `state_dir` and applies pending migrations.
+    pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(state_dir)
+            .map_err(|source| StoreError::Io { path: state_dir.to_owned(), source })?;
+        let path = Self::path_in(state_dir);
+        let err = |source| StoreError::Sqlite { path: path.clone(), source };
+        let conn = Connection::open(&path).map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(err)?;
+        let mut store = Store { conn, path };
+        store.migrate()?;
+        store.conn.pragma_update(None, "foreign_keys", "ON").map_err(store.err())?;
+        Ok(store)
+    }
+
+    /// Sets the database in `state_dir` aside (renamed with `suffix`, with its WAL files, never
+    /// deleted) so that a new hierarchy can start; returns the new name, or `None` if there was
+    /// no database.
+    pub fn set_aside(state_dir: &Path, suffix: &str) -> Result<Option<PathBuf>, StoreError> {
+        let db = Self::path_in(state_dir);
+        if !db.exists() {
+            return Ok(None);
+        }
+        let aside = state_dir.join(format!("state.db.set-aside-{suffix}"));
+        for ext in ["", "-wal", "-shm"] {
+            let from = PathBuf::from(format!("{}{ext}", db.display()));
+            if from.exists() {
+                let to = PathBuf::from(format!("{}{ext}", aside.display()));
+                std::fs::rename(&from, &to).map_err(|source| StoreError::Io { path: from.clone(), source })?;
+            }
+        }
+        Ok(Some(aside))
+    }
+
+    fn err(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+        |source| StoreError::Sqlite { path: self.path.clone(), source }
+    }
+
+    fn migrate(&mut self) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let err = |source| StoreError::Sqlite { path: path.clone(), source };
+        let version: i64 = self.conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(err)?;
+        let known = MIGRATIONS.len() as i64;
+        if version > known {
+            return Err(StoreError::TooNew { path: path.clone(), found: version, known });
+        }
+        // Tables are rebuilt by some migrations: enforce foreign keys after each, not during.
+        self.conn.pragma_update(None, "foreign_keys", "OFF").map_err(err)?;
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let tx = self.conn.transaction().map_err(err)?;
+            tx.execute_batch(sql).map_err(err)?;
+            let violations: i64 =
+                tx.query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| r.get(0)).map_err(err)?;
+            if violations > 0 {
+                return Err(StoreError::Corrupt {
+                    path: path.clone(),
+                    what: format!("migration {} left {violations} broken references; nothing was changed", i + 1),
+                });
+            }
+            tx.pragma_update(None, "user_version", i as i64 + 1).map_err(err)?;
+            tx.commit().map_err(err)?;
+        }
+        Ok(())
+    }
+
+    /// The schema version.
+    pub fn schema_version(&self) -> Result<i64, StoreError> {
+        self.conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(self.err())
+    }
+
+    /// The change counter: it moves with every change of keys, certificates, CRLs, bulk tokens
+    /// and metadata (SQLite triggers, so no writer can forget it).
+    pub fn generation(&self) -> Result<i64, StoreError> {
+        self.conn.query_row("SELECT value FROM generation WHERE id = 1", [], |r| r.get(0)).map_err(self.err())
+    }
+
+    /// A metadata value.
+    pub fn meta(&self, name: &str) -> Result<Option<String>, StoreError> {
+        self.conn
+            .query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| r.get(0))
+            .optional()
+            .map_err(self.err())
+    }
+
+    /// Applies `changes` in one transaction: all of it lands, or none.
+    pub fn apply(&mut self, changes: &ChangeSet) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let err = |source| StoreError::Sqlite { path: path.clone(), source };
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(err)?;
+        if let Some(expected) = changes.expect_generation {
+            let now: i64 = tx.query_row("SELECT value FROM generation WHERE id = 1", [], |r| r.get(0)).map_err(err)?;
+            if now != expected {
+                return Err(StoreError::Conflict);
+            }
+        }
+        for (name, value) in &changes.meta {
+            tx.execute(
+                "INSERT INTO meta (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                params![name, value],
+            )
+            .map_err(err)?;
+        }
+        for k in &changes.new_keys {
+            tx.execute(
+                &format!("INSERT INTO keys ({KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"),
+                params![
+                    k.id,
+                    k.backend,
+                    k.uri,
+                    k.algorithm,
+                    k.role.as_str(),
+                    k.created,
+                    k.activates,
+                    k.deactivates,
+                    k.retires,
+                    k.revoked,
+                    k.revoke_reason,
+                    k.not_after
+                ],
+            )
+            .map_err(err)?;
+        }
+        for c in &changes.certificates {
+            tx.execute(
+                &format!(
+                    "INSERT INTO certificates ({CERT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+                ),
+                params![
+                    c.serial,
+                    c.profile,
+                    c.subject,
+                    c.issuer_key,
+                    c.subject_key,
+                    c.not_before,
+                    c.not_after,
+                    c.sha256,
+                    c.der,
+                    c.issued,
+                    c.requested_by,
+                    c.revoked,
+                    c.revoke_reason,
+                    c.revoked_by
+                ],
+            )
+            .map_err(err)?;
+        }
+        for s in &changes.schedules {
+            let n = tx
+                .execute(
+                    "UPDATE keys SET activates = ?2, deactivates = ?3, retires = ?4, revoked = ?5, revoke_reason = ?6,
+                     not_after = ?7 WHERE id = ?1",
+                    params![s.id, s.activates, s.deactivates, s.retires, s.revoked, s.revoke_reason, s.not_after],
+                )
+                .map_err(err)?;
+            if n != 1 {
+                return Err(StoreError::Conflict);
+            }
+        }
+        for r in &changes.revocations {
+            let n = tx
+                .execute(
+                    "UPDATE certificates SET revoked = ?2, revoke_reason = ?3, revoked_by = ?4
+                     WHERE serial = ?1 AND revoked IS NULL",
+                    params![r.serial, r.at, r.reason, r.by],
+                )
+                .map_err(err)?;
+            if n != 1 {
+                return Err(StoreError::Conflict);
+            }
+        }
+        if let Some(crl) = &changes.crl {
+            tx.execute(
+                "INSERT INTO crls (issuer_key, number, this_update, next_update, der) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![crl.issuer_key, crl.number, crl.this_update, crl.next_update, crl.der],
+            )
+            .map_err(err)?;
+        }
+        for uri in &changes.forget_orphans {
+            tx.execute("DELETE FROM orphans WHERE uri = ?1", [uri]).map_err(err)?;
+        }
+        tx.commit().map_err(err)
+    }
+
+    /// Notes keys a failed operation left in a device (best effort: called after a failure).
+    pub fn record_orphans(&mut self, orphans: &[Orphan]) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let err = |source| StoreError::Sqlite { path: path.clone(), source };
+        let tx = self.conn.transaction().map_err(err)?;
+        for o in orphans {
+            tx.execute(
+                "INSERT OR REPLACE INTO orphans (uri, backend, created, cause) VALUES (?1, ?2, ?3, ?4)",
+                params![o.uri, o.backend, o.created, o.cause],
+            )
+            .map_err(err)?;
+        }
+        tx.commit().map_err(err)
+    }
+
+    /// Keys left in devices by failed operations.
+    pub fn orphans(&self) -> Result<Vec<Orphan>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT uri, backend, created, cause FROM orphans ORDER BY created")
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map([], |r| Ok(Orphan { uri: r.get(0)?, backend: r.get(1)?, created: r.get(2)?, cause: r.get(3)? }))
+            .map_err(self.err())?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(self.err())
+    }
+
+    /// Every key with its certificates, oldest first.
+    pub fn keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
+        let mut stmt =
+            self.conn.prepare(&format!("SELECT {KEY_COLUMNS} FROM keys ORDER BY created, id")).map_err(self.err())?;
+        let rows = stmt
+            .query_map([], |r| {
+                let role: String = r.get(4)?;
+                Ok((
+                    role,
+                    KeyRecord {
+                        id: r.get(0)?,
+                        backend: r.get(1)?,
+                        uri: r.get(2)?,
+                        algorithm: r.get(3)?,
+                        role: KeyRole::Issuing,
+                        created: r.get(5)?,
+                        activates: r.get(6)?,
+                        deactivates: r.get(7)?,
+                        retires: r.get(8)?,
+                        revoked: r.get(9)?,
+                        revoke_reason: r.get(10)?,
+                        not_after: r.get(11)?,
+                        certificates: Vec::new(),
+                    },
+                ))
+            })
+            .map_err(self.err())?;
+        let mut keys = Vec::new();
+        for row in rows {
+            let (role, mut key) = row.map_err(self.err())?;
+            key.role = KeyRole::parse(&role).ok_or_else(|| StoreError::Corrupt {
+                path: self.path.clone(),
+                what: format!("key {} has unknown role {role:?}", key.id),
+            })?;
+            keys.push(key);
+        }
+        let mut stmt = self
+            .conn
+            .prepare("SELECT subject_key, der FROM certificates WHERE subject_key IS NOT NULL ORDER BY issued, rowid")
+            .map_err(self.err())?;
+        let certs =
+            stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))).map_err(self.err())?;
+        for cert in certs {
+            let (owner, der) = cert.map_err(self.err())?;
+            if let Some(k) = keys.iter_mut().find(|k| k.id == owner) {
+                k.certificates.push(der);
+            }
+        }
+        Ok(keys)
+    }
+
+    /// Registers a bulk token (before the token is released).
+    pub fn record_bulk(&mut self, b: &BulkRecord) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                &format!("INSERT INTO bulk_tokens ({BULK_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
+                params![
+                    b.guid,
+                    b.lifetime,
+                    b.created,
+                    b.expires,
+                    b.creator,
+                    b.key_id,
+                    b.blocked,
+                    b.changed,
+                    b.changed_by
+                ],
+            )
+            .map(|_| ())
+            .map_err(self.err())
+    }
+
+    /// Every registered bulk token, newest first.
+    pub fn bulk_tokens(&self) -> Result<Vec<BulkRecord>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(&format!("SELECT {BULK_COLUMNS} FROM bulk_tokens ORDER BY created DESC, guid"))
+            .map_err(self.err())?;
+        let rows = stmt.query_map([], bulk_row).map_err(self.err())?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(self.err())
+    }
+
+    /// The bulk token `guid` (lower case), if registered.
+    pub fn bulk_token(&self, guid: &str) -> Result<Option<BulkRecord>, StoreError> {
+        self.conn
+            .query_row(&format!("SELECT {BULK_COLUMNS} FROM bulk_tokens WHERE guid = ?1"), [guid], bulk_row)
+            .optional()
+            .map_err(self.err())
+    }
+
+    /// Blocks or unblocks the bulk token `guid`; `false` if no such token is registered.
+    pub fn set_bulk_blocked(&mut self, guid: &str, blocked: bool, by: &str, at: i64) -> Result<bool, StoreError> {
+        self.conn
+            .execute(
+                "UPDATE bulk_tokens SET blocked = ?2, changed = ?3, changed_by = ?4 WHERE guid = ?1",
+                params![guid, blocked, at, by],
+            )
+            .map(|n| n == 1)
+            .map_err(self.err())
+    }
+
+    /// Every issued certificate, oldest first.
+    pub fn certificates(&self) -> Result<Vec<CertRecord>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(&format!("SELECT {CERT_COLUMNS} FROM certificates ORDER BY issued, rowid"))
+            .map_err(self.err())?;
+        let rows = stmt.query_map([], cert_row).map_err(self.err())?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(self.err())
+    }
+
+    /// The certificate with `serial` (lower-case hex), if issued here.
+    pub fn certificate(&self, serial: &str) -> Result<Option<CertRecord>, StoreError> {
+        self.conn
+            .query_row(&format!("SELECT {CERT_COLUMNS} FROM certificates WHERE serial = ?1"), [serial], cert_row)
+            .optional()
+            .map_err(self.err())
+    }
+
+    /// The newest CRL signed by `issuer_key`.
+    pub fn latest_crl(&self, issuer_key: &str) -> Result<Option<CrlRecord>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT issuer_key, number, this_update, next_update, der FROM crls WHERE issuer_key = ?1
+                 ORDER BY number DESC LIMIT 1",
+                [issuer_key],
+                |r| {
+                    Ok(CrlRecord {
+                        issuer_key: r.get(0)?,
+                        number: r.get(1)?,
+                        this_update: r.get(2)?,
+                        next_update: r.get(3)?,
+                        der: r.get(4)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(self.err())
+    }
+}
+
+fn bulk_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<BulkRecord> {
+    Ok(BulkRecord {
+        guid: r.get(0)?,
+        lifetime: r.get(1)?,
+        created: r.get(2)?,
+        expires: r.get(3)?,
+        creator: r.get(4)?,
+        key_id: r.get(5)?,
+        blocked: r.get(6)?,
+        changed: r.get(7)?,
+        changed_by: r.get(8)?,
+    })
+}
+
+fn cert_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CertRecord> {
+    Ok(CertRecord {
+        serial: r.get(0)?,
+        profile: r.get(1)?,
+        subject: r.get(2)?,
+        issuer_key: r.get(3)?,
+        subject_key: r.get(4)?,
+        not_before: r.get(5)?,
+        not_after: r.get(6)?,
+        sha256: r.get(7)?,
+        der: r.get(8)?,
+        issued: r.get(9)?,
+        requested_by: r.get(10)?,
+        revoked: r.get(11)?,
+        revoke_reason: r.get(12)?,
+        revoked_by: r.get(13)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(id: &str, role: KeyRole) -> KeyRecord {
+        KeyRecord {
+            id: id.into(),
+            backend: "hsm".into(),
+            uri: format!("pkcs11:object={id}"),
+            algorithm: "rsa-2048".into(),
+            role,
+            created: 1,
+            activates: Some(1),
+            deactivates: None,
+            retires: None,
+            revoked: None,
+            revoke_reason: None,
+            not_after: 100,
+            certificates: Vec::new(),
+        }
+    }
+
+    fn cert(serial: &str, subject_key: &str, issued: i64) -> CertRecord {
+        CertRecord {
+            serial: serial.into(),
+            profile: "token-signing".into(),
+            subject: "CN=x".into(),
+            issuer_key: "root".into(),
+            subject_key: Some(subject_key.into()),
+            not_before: 0,
+            not_after: 100,
+            sha256: String::new(),
+            der: serial.as_bytes().to_vec(),
+            issued,
+            requested_by: "test".into(),
+            revoked: None,
+            revoke_reason: None,
+            revoked_by: None,
+        }
+    }
+
+    #[test]
+    fn migrates_in_wal_mode_and_round_trips_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        let mode: String = store.conn.pragma_query_value(None, "journal_mode", |r| r.get(0)).unwrap();
+        assert_eq!(mode, "wal");
+        let sync: i64 = store.conn.pragma_query_value(None, "synchronous", |r| r.get(0)).unwrap();
+        assert_eq!(sync, 2, "synchronous=FULL");
+        let fk: i64 = store.conn.pragma_query_value(None, "foreign_keys", |r| r.get(0)).unwrap();
+        assert_eq!(fk, 1, "foreign keys enforced");
+        store
+            .apply(&ChangeSet {
+                meta: vec![("hierarchy".into(), "x".into())],
+                new_keys: vec![key("root", KeyRole::Issuing), key("ts", KeyRole::TokenSigning)],
+                certificates: vec![cert("01", "root", 1), cert("02", "ts", 1), cert("03", "ts", 2)],
+                ..ChangeSet::default()
+            })
+            .unwrap();
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        let keys = store.keys().unwrap();
+        assert_eq!(keys.len(), 2);
+        assert_eq!(keys[1].role, KeyRole::TokenSigning);
+        assert_eq!(keys[1].certificates, [b"02".to_vec(), b"03".to_vec()], "oldest first");
+        assert_eq!(store.meta("hierarchy").unwrap().as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn a_change_set_is_all_or_nothing_and_moves_the_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        let g0 = store.generation().unwrap();
+        // The second key reuses the first one's URI: the whole transaction must roll back.
+        let mut dup = key("b", KeyRole::TokenSigning);
+        dup.uri = "pkcs11:object=a".into();
+        let bad = ChangeSet {
+            meta: vec![("m".into(), "v".into())],
+            new_keys: vec![key("a", KeyRole::Issuing), dup],
+            ..ChangeSet::default()
+        };
+        assert!(store.apply(&bad).is_err());
+        assert!(store.keys().unwrap().is_empty());
+        assert_eq!(store.meta("m").unwrap(), None);
+        assert_eq!(store.generation().unwrap(), g0, "nothing changed");
+        store.apply(&ChangeSet { new_keys: vec![key("a", KeyRole::Issuing)], ..ChangeSet::default() }).unwrap();
+        let g1 = store.generation().unwrap();
+        assert!(g1 > g0);
+        // A change prepared against an older generation is refused.
+        let stale =
+            ChangeSet { expect_generation: Some(g0), meta: vec![("m".into(), "v".into())], ..Default::default() };
+        assert!(matches!(store.apply(&stale), Err(StoreError::Conflict)));
+        let fresh =
+            ChangeSet { expect_generation: Some(g1), meta: vec![("m".into(), "v".into())], ..Default::default() };
+        store.apply(&fresh).unwrap();
+        assert!(store.generation().unwrap() > g1);
+        // A direct edit of a watched table moves it too (a trigger, not the writer's goodwill).
+        let g2 = store.generation().unwrap();
+        store.conn.execute("UPDATE keys SET retires = 5", []).unwrap();
+        assert!(store.generation().unwrap() > g2);
+    }
+
+    #[test]
+    fn refuses_a_newer_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        let conn = Connection::open(Store::path_in(dir.path())).unwrap();
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(conn);
+        assert!(matches!(Store::open(dir.path()), Err(StoreError::TooNew { found: 99, .. })));
+    }
+
+    #[test]
+    fn a_schema_2_database_migrates_with_its_keys_and_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(Store::path_in(dir.path())).unwrap();
+        for (i, sql) in MIGRATIONS[..2].iter().enumerate() {
+            conn.execute_batch(sql).unwrap();
+            conn.pragma_update(None, "user_version", i as i64 + 1).unwrap();
+        }
+        conn.execute_batch(
+            "INSERT INTO keys VALUES ('root', 'hsm', 'pkcs11:object=root', 'rsa-3072', 'issuing', 'active', 10, 10, 900, x'01');
+             INSERT INTO keys VALUES ('ts', 'hsm', 'pkcs11:object=ts', 'rsa-2048', 'token-signing', 'active', 11, 11, 800, x'02');
+             INSERT INTO certificates VALUES ('aa', 'sms-issuing', 'CN=SMS Issuing', 'root', 0, 900, 'h', x'01', 10, 'cli');
+             INSERT INTO certificates VALUES ('bb', 'token-signing', 'CN=SMS Token Signing', 'root', 0, 800, 'h', x'02', 11, 'cli');
+             INSERT INTO bulk_tokens (guid, lifetime, created, expires, creator, key_id)
+                VALUES ('0d2b7c6e-1f3a-4b5c-9d8e-7f6a5b4c3d2e', 60, 12, 3612, 'cli', 'ts');",
+        )
+        .unwrap();
+        drop(conn);
+        let store = Store::open(dir.path()).unwrap();
+        let keys = store.keys().unwrap();
+        assert_eq!(keys.len(), 2);
+        assert_eq!((keys[0].activates, keys[0].not_after), (Some(10), 900));
+        assert_eq!(keys[1].certificates, [vec![2u8]]);
+        assert_eq!(keys[1].status_at(100), crate::keys::KeyStatus::Active);
+        assert_eq!(store.bulk_tokens().unwrap().len(), 1);
+        assert_eq!(store.certificates().unwrap()[1].subject_key.as_deref(), Some("ts"));
+    }
+}
