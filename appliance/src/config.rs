@@ -49,6 +49,10 @@ pub struct ServiceConfigFile {
     /// Tokens that may wait for a signing worker; a single request finding the queue full gets
     /// 503 + Retry-After. Default 1024.
     pub queue_depth: Option<usize>,
+    /// Seconds a client has to complete its TLS handshake; default 10.
+    pub handshake_timeout_seconds: Option<u64>,
+    /// Seconds a client has to send a request's headers; default 10.
+    pub header_timeout_seconds: Option<u64>,
 }
 
 /// The `[audit]` table as written.
@@ -83,6 +87,10 @@ pub struct ServiceConfig {
     pub json_logs: bool,
     /// Signing queue depth.
     pub queue_depth: usize,
+    /// TLS handshake deadline.
+    pub handshake_timeout: std::time::Duration,
+    /// Request header deadline.
+    pub header_timeout: std::time::Duration,
 }
 
 /// The validated `[audit]` table.
@@ -326,6 +334,13 @@ fn validate_service(
             false
         }
     };
+    let mut seconds = |key: &str, value: Option<u64>| match value.unwrap_or(10) {
+        n @ 1..=300 => std::time::Duration::from_secs(n),
+        _ => {
+            problem(key, "must be 1 to 300 seconds".into());
+            std::time::Duration::from_secs(10)
+        }
+    };
     let admin_socket = match &s.admin_socket {
         Some(p) if p.is_absolute() => p.clone(),
         Some(p) => base.join(p),
@@ -341,6 +356,8 @@ fn validate_service(
         rate_limit_burst: burst,
         json_logs,
         queue_depth: s.queue_depth.unwrap_or(1024).clamp(1, 1 << 20),
+        handshake_timeout: seconds("handshake_timeout_seconds", s.handshake_timeout_seconds),
+        header_timeout: seconds("header_timeout_seconds", s.header_timeout_seconds),
     }
 }
 

@@ -64,6 +64,8 @@ pub struct Metrics {
     pub ready: Gauge<i64, AtomicI64>,
     /// Changes of the state picked up from the store.
     pub state_reloads: Counter,
+    /// Signatures the TLS key made for handshakes.
+    pub handshake_signatures: Counter,
 }
 
 impl Default for Metrics {
@@ -83,6 +85,7 @@ impl Default for Metrics {
         let audit_failures = Counter::default();
         let ready = Gauge::<i64, AtomicI64>::default();
         let state_reloads = Counter::default();
+        let handshake_signatures = Counter::default();
         registry.register("sitesign_tokens_issued", "Tokens issued, by kind", tokens_issued.clone());
         registry.register("sitesign_batch_size", "Lines per batch request", batch_size.clone());
         registry.register("sitesign_sign_seconds", "Time in the key device per signature", sign_seconds.clone());
@@ -101,6 +104,11 @@ impl Default for Metrics {
         );
         registry.register("sitesign_ready", "1 when the service is ready to sign", ready.clone());
         registry.register("sitesign_state_reloads", "Changes of the state store picked up", state_reloads.clone());
+        registry.register(
+            "sitesign_tls_handshake_signatures",
+            "Signatures the TLS key made for handshakes",
+            handshake_signatures.clone(),
+        );
         Metrics {
             registry,
             tokens_issued,
@@ -113,6 +121,7 @@ impl Default for Metrics {
             audit_failures,
             ready,
             state_reloads,
+            handshake_signatures,
         }
     }
 }

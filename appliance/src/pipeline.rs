@@ -71,13 +71,26 @@ pub struct Item {
     pub authorization: Authorization,
 }
 
-/// What the workers sign with: the current state and the signer of its active token-signing key.
+/// What the workers sign with: the current state and signers for its active token-signing key
+/// and for the one waiting to become active, so that a scheduled activation takes effect at its
+/// second, not at the next reload.
 #[derive(Debug, Clone)]
 pub struct Signing {
     /// The state.
     pub state: Arc<State>,
-    /// The active token-signing key, if any.
-    pub signer: Option<TokenSigner>,
+    /// Signers of the keys that are active or pending in `state` (whose device handles could be
+    /// had).
+    pub signers: Vec<TokenSigner>,
+}
+
+impl Signing {
+    /// The signer of the token-signing key active at `now` by the state's schedule; `None` when
+    /// no key is active or its device handle is not at hand (then nothing is signed: never by a
+    /// key that is not the active one).
+    pub fn signer_at(&self, now: i64) -> Option<&TokenSigner> {
+        let key = crate::keys::active(&self.state.keys, crate::keys::KeyRole::TokenSigning, now)?;
+        self.signers.iter().find(|s| s.key_id() == key.id)
+    }
 }
 
 /// A job: up to [`GROUP`] tokens of one caller, signed by one worker in order and recorded in one
@@ -258,7 +271,7 @@ fn sign_one(
     if !item.authorization.still_holds(&current.state) {
         return Err(PipelineError::NoLongerAuthorised(item.authorization.audit_detail()));
     }
-    let signer = current.signer.as_ref().ok_or(PipelineError::NoActiveKey)?;
+    let signer = current.signer_at(crate::time::now_unix()).ok_or(PipelineError::NoActiveKey)?;
     let prepared = signer.reprepare(item.prepared)?;
     ctx.metrics.sessions_in_use.inc();
     let started = Instant::now();

@@ -202,28 +202,46 @@ fn renewal_rules(
     current: &Verified,
     now: i64,
 ) -> Result<(), PolicyError> {
-    match current.key_status {
-        KeyStatus::Active => {
-            let iat = current.claims.issued_at().unwrap_or(now);
-            let renewable_at = iat.saturating_add(state.renew_after);
-            if now < renewable_at {
-                return Err(PolicyError::RenewalTooEarly { renewable_at });
-            }
+    let iat = current.claims.issued_at().unwrap_or(now);
+    if current.key_status == KeyStatus::Active {
+        let renewable_at = iat.saturating_add(state.renew_after);
+        if now < renewable_at {
+            return Err(PolicyError::RenewalTooEarly { renewable_at });
         }
-        KeyStatus::Revoked => {
-            let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()));
-            if !issued.issued(&sha256).map_err(PolicyError::Unavailable)? {
-                return Err(Rejection::new(
-                    Reason::KeyRevoked,
-                    format!(
-                        "key {} was revoked and this site's audit log has no record of issuing this token",
-                        current.key_id
-                    ),
-                )
-                .into());
-            }
+        return Ok(());
+    }
+    // A key that stopped signing: a token that claims to be issued after it stopped is forged.
+    let stopped = state.key(&current.key_id).and_then(|k| match (k.deactivates, k.revoked) {
+        (Some(d), Some(r)) => Some(d.min(r)),
+        (d, r) => d.or(r),
+    });
+    if let Some(stopped) = stopped
+        && iat > stopped.saturating_add(state.policy.skew)
+    {
+        return Err(Rejection::new(
+            Reason::BadClaim,
+            format!("the token claims to be issued after key {} stopped signing", current.key_id),
+        )
+        .into());
+    }
+    // A key that was revoked (stolen, perhaps) or retired (every token it signed should have
+    // expired): the token must be one this site issued — whoever holds the key can sign tokens,
+    // but cannot make sitesign have issued them.
+    if matches!(current.key_status, KeyStatus::Revoked | KeyStatus::Retired) {
+        let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()));
+        if !issued.issued(&sha256).map_err(PolicyError::Unavailable)? {
+            let reason =
+                if current.key_status == KeyStatus::Revoked { Reason::KeyRevoked } else { Reason::KeyNotUsable };
+            return Err(Rejection::new(
+                reason,
+                format!(
+                    "key {} is {} and this site's audit log has no record of issuing this token",
+                    current.key_id,
+                    current.key_status.as_str()
+                ),
+            )
+            .into());
         }
-        KeyStatus::VerifyOnly | KeyStatus::Retired | KeyStatus::Pending => {}
     }
     Ok(())
 }

@@ -52,6 +52,10 @@ pub struct State {
     pub bulk: HashMap<Guid, bool>,
     /// Serials (lower-case hex) of revoked certificates.
     pub revoked: HashSet<String>,
+    /// The management points' client certificates that may connect: serial (lower-case hex) →
+    /// `notAfter` of every `mp-client` certificate issued here and not revoked. An identity is a
+    /// certificate sitesign issued for that purpose, not merely one that chains to a root.
+    pub mp_clients: HashMap<String, i64>,
     /// Cross-certificates between SMS Issuing roots (`rotate issuing`): (issuing key, DER).
     pub cross_certificates: Vec<(String, Vec<u8>)>,
 }
@@ -59,8 +63,16 @@ pub struct State {
 impl State {
     /// Reads the state from `store` as of Unix time `now`.
     pub fn load(store: &Store, config: &Config, now: i64) -> Result<State, StateError> {
-        // Read the counter first: a change that lands while we read moves it past this value,
-        // so the watcher reads again rather than missing it.
+        // One read transaction: every query sees the same committed state.
+        let mut result = Err(StateError::NotInitialised);
+        store.read(|store| {
+            result = Self::load_consistent(store, config, now);
+            Ok(())
+        })?;
+        result
+    }
+
+    fn load_consistent(store: &Store, config: &Config, now: i64) -> Result<State, StateError> {
         let generation = store.generation()?;
         let text = store.meta("hierarchy_id")?.ok_or(StateError::NotInitialised)?;
         let hierarchy = Guid::parse(&text)
@@ -75,6 +87,11 @@ impl State {
         }
         let certificates = store.certificates()?;
         let revoked = certificates.iter().filter(|c| c.revoked.is_some()).map(|c| c.serial.clone()).collect();
+        let mp_clients = certificates
+            .iter()
+            .filter(|c| c.profile == crate::pki::ProfileKind::MpClient.as_str() && c.revoked.is_none())
+            .map(|c| (c.serial.clone(), c.not_after))
+            .collect();
         let cross_certificates = certificates
             .into_iter()
             .filter(|c| {
@@ -94,6 +111,7 @@ impl State {
             ring,
             bulk,
             revoked,
+            mp_clients,
             cross_certificates,
         })
     }
@@ -103,13 +121,29 @@ impl State {
     /// builds a path.
     pub fn cross_certificates_for_active_root(&self) -> Vec<Vec<u8>> {
         let Some(active) = self.active(KeyRole::Issuing) else { return Vec::new() };
-        let Some(active_spki) = active.certificate().and_then(spki_of) else { return Vec::new() };
-        self.cross_certificates
-            .iter()
-            .filter(|(issuer, _)| self.status(issuer).is_some_and(KeyStatus::verifies) && *issuer != active.id)
-            .filter(|(_, der)| spki_of(der).as_deref() == Some(&active_spki))
-            .map(|(_, der)| der.clone())
-            .collect()
+        // From the active root back through every older root that still verifies: a client that
+        // trusts a root two rotations old builds its path through both cross-certificates.
+        let mut chain = Vec::new();
+        let mut reached = vec![active.id.clone()];
+        let mut frontier = vec![active];
+        while let Some(root) = frontier.pop() {
+            let Some(spki) = root.certificate().and_then(spki_of) else { continue };
+            for (issuer, der) in &self.cross_certificates {
+                let usable = self.status(issuer).is_some_and(KeyStatus::verifies) && !reached.contains(issuer);
+                if usable && spki_of(der).as_deref() == Some(&spki) {
+                    chain.push(der.clone());
+                    reached.push(issuer.clone());
+                    frontier.extend(self.key(issuer));
+                }
+            }
+        }
+        chain
+    }
+
+    /// Whether the client certificate with `serial` may call the API at `now`: an `mp-client`
+    /// certificate issued here, not revoked, not expired.
+    pub fn admits(&self, serial: &str, now: i64) -> bool {
+        self.mp_clients.get(serial).is_some_and(|not_after| now < *not_after)
     }
 
     /// Whether this snapshot still describes Unix time `now` (no scheduled change in between).

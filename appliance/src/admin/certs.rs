@@ -52,14 +52,16 @@ impl RevocationReason {
         }
     }
 
-    fn crl_reason(name: &str) -> CrlReason {
+    /// The CRL reason code of a stored reason name; `None` for "unspecified" (left out).
+    fn crl_reason(name: &str) -> Option<CrlReason> {
         match name {
-            "key-compromise" => CrlReason::KeyCompromise,
-            "affiliation-changed" => CrlReason::AffiliationChanged,
-            "superseded" => CrlReason::Superseded,
-            "cessation-of-operation" => CrlReason::CessationOfOperation,
-            "privilege-withdrawn" => CrlReason::PrivilegeWithdrawn,
-            _ => CrlReason::Unspecified,
+            "key-compromise" => Some(CrlReason::KeyCompromise),
+            "ca-compromise" => Some(CrlReason::CaCompromise),
+            "affiliation-changed" => Some(CrlReason::AffiliationChanged),
+            "superseded" => Some(CrlReason::Superseded),
+            "cessation-of-operation" => Some(CrlReason::CessationOfOperation),
+            "privilege-withdrawn" => Some(CrlReason::PrivilegeWithdrawn),
+            _ => None,
         }
     }
 }
@@ -216,39 +218,39 @@ pub fn revoke(
     }
     let revocation =
         Revocation { serial: serial.clone(), at: ctx.now, reason: reason.as_str().into(), by: ctx.actor.to_owned() };
-    // The CRL is signed with the revocation included, before anything is recorded.
-    let issuer_ref = issuer_of(ctx, &issuer)?;
-    let crl = build_crl(ctx.store, &issuer_ref, ctx.now, Some(&revocation))?;
-    let events = vec![
-        AuditEvent::transition(
-            ctx.now,
-            ctx.actor,
-            "certificate-revoked",
-            &cert.subject,
-            &cert.issuer_key,
-            format!("serial {serial}; {}", reason.as_str()),
-        ),
-        crl_event(ctx, &crl),
-    ];
-    ctx.audit.append(events)?;
-    ctx.store.apply(&ChangeSet {
+    // The CRL is signed with the revocation included, before anything is recorded — by a root
+    // that still verifies (a revoked or retired root's certificates are not trusted at all).
+    let mut events = vec![AuditEvent::transition(
+        ctx.now,
+        ctx.actor,
+        "certificate-revoked",
+        &cert.subject,
+        &cert.issuer_key,
+        format!("serial {serial}; {}", reason.as_str()),
+    )];
+    let mut crls = Vec::new();
+    if issuer.status_at(ctx.now).verifies() {
+        let issuer_ref = issuer_of(ctx, &issuer)?;
+        let crl = build_crl(ctx.store, &issuer_ref, ctx.now, std::slice::from_ref(&revocation), 0)?;
+        events.push(crl_event(ctx.now, ctx.actor, &crl));
+        plan.steps.push(format!("CRL {} of {} lists it", crl.number, issuer.id));
+        crls.push(crl);
+    }
+    let changes = ChangeSet {
         expect_generation: Some(state.generation),
         revocations: vec![revocation],
-        crl: Some(crl),
+        crls,
         ..ChangeSet::default()
-    })?;
-    plan.steps.push(format!(
-        "revoked; CRL number of {} is now {}",
-        issuer.id,
-        ctx.store.latest_crl(&issuer.id)?.map_or(0, |c| c.number)
-    ));
+    };
+    super::keys::commit(ctx, &super::keys::Work::default(), events, &changes)?;
     Ok((plan, true))
 }
 
-fn crl_event(ctx: &AdminContext<'_>, crl: &CrlRecord) -> AuditEvent {
+/// The audit record of a signed CRL.
+pub(crate) fn crl_event(_now: i64, actor: &str, crl: &CrlRecord) -> AuditEvent {
     AuditEvent {
         time: crl.this_update,
-        caller: ctx.actor.to_owned(),
+        caller: actor.to_owned(),
         kind: "crl".into(),
         subject: format!("CRL {} of {}", crl.number, crl.issuer_key),
         key_id: crl.issuer_key.clone(),
@@ -258,25 +260,28 @@ fn crl_event(ctx: &AdminContext<'_>, crl: &CrlRecord) -> AuditEvent {
 }
 
 /// Signs the next CRL of `issuer` at `now`: every certificate it issued that is revoked (with
-/// `extra`, a revocation about to be recorded) and not yet expired.
+/// `extra`, revocations about to be recorded in the same change) and not yet expired. CRL numbers
+/// run in one sequence across all roots, which share one name; `number_after` is the highest
+/// number already used (in the store, or earlier in the same change).
 pub(crate) fn build_crl(
     store: &Store,
     issuer: &IssuerRef,
     now: i64,
-    extra: Option<&Revocation>,
+    extra: &[Revocation],
+    number_after: i64,
 ) -> Result<CrlRecord, AdminError> {
     let cert = issuer.cert.as_ref().ok_or(crate::state::StateError::NotInitialised)?;
     let mut entries = Vec::new();
     for c in store.certificates()?.iter().filter(|c| c.issuer_key == issuer.id && c.not_after > now) {
-        let (at, reason) = match (&c.revoked, extra) {
+        let (at, reason) = match (&c.revoked, extra.iter().find(|r| r.serial == c.serial)) {
             (Some(at), _) => (*at, c.revoke_reason.clone().unwrap_or_default()),
-            (None, Some(r)) if r.serial == c.serial => (r.at, r.reason.clone()),
-            _ => continue,
+            (None, Some(r)) => (r.at, r.reason.clone()),
+            (None, None) => continue,
         };
         let serial = hex::decode(&c.serial).map_err(|e| PkiError::Encoding(format!("serial {}: {e}", c.serial)))?;
         entries.push(RevokedEntry { serial, at, reason: RevocationReason::crl_reason(&reason) });
     }
-    let number = store.latest_crl(&issuer.id)?.map_or(1, |c| c.number + 1);
+    let number = number_after.max(store.last_crl_number()?) + 1;
     let der = crl::sign(cert, Arc::clone(&issuer.key), number, now, &entries)?;
     Ok(CrlRecord {
         issuer_key: issuer.id.clone(),
@@ -302,9 +307,9 @@ pub fn sign_crls(ctx: &mut AdminContext<'_>) -> Result<Vec<CrlView>, AdminError>
     let mut out = Vec::new();
     for root in crl_issuers(&state) {
         let issuer = issuer_of(ctx, root)?;
-        let crl = build_crl(ctx.store, &issuer, ctx.now, None)?;
-        ctx.audit.append(vec![crl_event(ctx, &crl)])?;
-        ctx.store.apply(&ChangeSet { crl: Some(crl.clone()), ..ChangeSet::default() })?;
+        let crl = build_crl(ctx.store, &issuer, ctx.now, &[], 0)?;
+        ctx.audit.append(vec![crl_event(ctx.now, ctx.actor, &crl)])?;
+        ctx.store.apply(&ChangeSet { crls: vec![crl.clone()], ..ChangeSet::default() })?;
         out.push(crl_view(&crl, active.as_deref() == Some(&root.id))?);
     }
     Ok(out)
@@ -323,9 +328,9 @@ pub fn refresh_crls(ctx: &mut AdminContext<'_>) -> Result<usize, AdminError> {
             continue;
         }
         let issuer = issuer_of(ctx, root)?;
-        let crl = build_crl(ctx.store, &issuer, ctx.now, None)?;
-        ctx.audit.append(vec![crl_event(ctx, &crl)])?;
-        ctx.store.apply(&ChangeSet { crl: Some(crl), ..ChangeSet::default() })?;
+        let crl = build_crl(ctx.store, &issuer, ctx.now, &[], 0)?;
+        ctx.audit.append(vec![crl_event(ctx.now, ctx.actor, &crl)])?;
+        ctx.store.apply(&ChangeSet { crls: vec![crl], ..ChangeSet::default() })?;
         signed += 1;
     }
     Ok(signed)

@@ -23,7 +23,7 @@ use crate::keys::{KeyRecord, KeyRole, KeyStatus};
 use crate::pki::{self, DAY, Issued, Issuer, PkiError, ProfileKind, Request};
 use crate::selftest::{SelfTestReport, check_key};
 use crate::state::State;
-use crate::store::{CertRecord, ChangeSet, KeySchedule, Orphan};
+use crate::store::{CertRecord, ChangeSet, CrlRecord, KeySchedule, Orphan, Revocation};
 use crate::time::rfc3339;
 use crate::token::LONGEST_LIFETIME;
 
@@ -333,23 +333,116 @@ fn key_plan(ctx: &AdminContext<'_>, role: KeyRole, algorithm: Option<KeyAlgorith
 /// When a token-signing key that stops signing at `deactivates` retires: once every token it
 /// signed has expired (never sooner than the longest lifetime it signs), plus the skew.
 fn retirement_after(key: &KeyRecord, deactivates: i64, skew: i64) -> i64 {
-    deactivates.saturating_add(LONGEST_LIFETIME).min(key.not_after).max(deactivates) + skew
+    deactivates.saturating_add(LONGEST_LIFETIME).min(key.not_after).max(deactivates).saturating_add(skew)
 }
 
-/// Records a finished operation: its audit records first (durable), then the change set. If
-/// either fails, the generated keys are reported as orphans.
+/// Records a finished operation: its audit records first (durable), then the change set. If the
+/// audit append fails nothing changes; if the change set then fails (another admin or appliance
+/// changed the state meanwhile, a full disk), a second record says the first did not take
+/// effect, so the log never shows a transition that did not happen. Generated keys are reported
+/// as orphans either way.
 pub(crate) fn commit(
     ctx: &mut AdminContext<'_>,
     work: &Work,
     events: Vec<AuditEvent>,
     changes: &ChangeSet,
 ) -> Result<(), AdminError> {
-    let result = ctx.audit.append(events).map_err(AdminError::from).and_then(|_| Ok(ctx.store.apply(changes)?));
-    result.map_err(|e| e.with_orphans(ctx.store, &work.orphans))
+    let what: Vec<String> = events.iter().map(|e| format!("{} {}", e.kind, e.subject)).collect();
+    if let Err(e) = ctx.audit.append(events) {
+        return Err(AdminError::from(e).with_orphans(ctx.store, &work.orphans));
+    }
+    if let Err(e) = ctx.store.apply(changes) {
+        let aborted = AuditEvent::transition(
+            ctx.now,
+            ctx.actor,
+            "aborted",
+            &what.join("; "),
+            "",
+            format!("the records just before did not take effect: {e}"),
+        );
+        if let Err(a) = ctx.audit.append(vec![aborted]) {
+            tracing::error!(error = %a, "could not record that a change was aborted");
+        }
+        return Err(AdminError::from(e).with_orphans(ctx.store, &work.orphans));
+    }
+    Ok(())
 }
 
 fn transition(ctx: &AdminContext<'_>, kind: &str, key: &KeyRecord, detail: String) -> AuditEvent {
     AuditEvent::transition(ctx.now, ctx.actor, kind, &key.id, &key.id, detail)
+}
+
+/// What revoking `key` does to certificates: every certificate that certifies it — its own, and
+/// for a root the cross-certificates other roots made for it — is revoked (keyCompromise) and
+/// listed on a fresh CRL of each issuer that still verifies, all in the caller's change.
+struct CertificateRevocations {
+    revocations: Vec<Revocation>,
+    crls: Vec<CrlRecord>,
+    events: Vec<AuditEvent>,
+}
+
+fn revoke_certificates_of(
+    ctx: &AdminContext<'_>,
+    state: &State,
+    key: &KeyRecord,
+) -> Result<CertificateRevocations, AdminError> {
+    let spki = key.certificate().and_then(|der| {
+        let cert = pki::parse_certificate(der).ok()?;
+        der::Encode::to_der(cert.tbs_certificate().subject_public_key_info()).ok()
+    });
+    let certifies_key = |c: &CertRecord| {
+        c.subject_key.as_deref() == Some(key.id.as_str())
+            || (c.profile == ProfileKind::CrossCertificate.as_str()
+                && spki.is_some()
+                && pki::parse_certificate(&c.der)
+                    .ok()
+                    .and_then(|cert| der::Encode::to_der(cert.tbs_certificate().subject_public_key_info()).ok())
+                    == spki)
+    };
+    let mut out = CertificateRevocations { revocations: Vec::new(), crls: Vec::new(), events: Vec::new() };
+    let certs = ctx.store.certificates()?;
+    for c in certs.iter().filter(|c| c.revoked.is_none() && c.not_after > ctx.now && certifies_key(c)) {
+        out.revocations.push(Revocation {
+            serial: c.serial.clone(),
+            at: ctx.now,
+            reason: "key-compromise".into(),
+            by: ctx.actor.to_owned(),
+        });
+        out.events.push(AuditEvent::transition(
+            ctx.now,
+            ctx.actor,
+            "certificate-revoked",
+            &c.subject,
+            &c.issuer_key,
+            format!("serial {}; key-compromise: key {} revoked", c.serial, key.id),
+        ));
+    }
+    let mut issuers: Vec<&str> = certs
+        .iter()
+        .filter(|c| out.revocations.iter().any(|r| r.serial == c.serial))
+        .map(|c| c.issuer_key.as_str())
+        .collect();
+    issuers.sort_unstable();
+    issuers.dedup();
+    let mut number = 0;
+    for issuer in issuers {
+        let Some(root) = state.key(issuer).filter(|r| r.id != key.id && r.status_at(ctx.now).verifies()) else {
+            continue;
+        };
+        let crl = super::certs::build_crl(ctx.store, &issuer_of(ctx, root)?, ctx.now, &out.revocations, number)?;
+        number = crl.number;
+        out.events.push(super::certs::crl_event(ctx.now, ctx.actor, &crl));
+        out.crls.push(crl);
+    }
+    Ok(out)
+}
+
+impl CertificateRevocations {
+    fn into_change(self, changes: &mut ChangeSet, events: &mut Vec<AuditEvent>) {
+        changes.revocations.extend(self.revocations);
+        changes.crls.extend(self.crls);
+        events.extend(self.events);
+    }
 }
 
 /// `sitesign rotate ROLE`.
@@ -412,6 +505,20 @@ fn rotate_token_signing(
         return Err(AdminError::refused(
             "activate_at_in_past",
             format!("--activate-at {} is in the past; give a later time, or `now`", rfc3339(activates)),
+        ));
+    }
+    // The old key must be able to sign until the new one takes over, and the new one must be
+    // able to sign once it does.
+    let horizon = old.not_after.min(now.saturating_add(365 * 86_400));
+    if activates >= horizon {
+        return Err(AdminError::refused(
+            "activate_at_too_late",
+            format!(
+                "the new key would activate at {}, but {} can sign only until {} (and a rotation is planned at most a year ahead); give an earlier time",
+                rfc3339(activates),
+                old.id,
+                rfc3339(horizon)
+            ),
         ));
     }
     let key_plan = key_plan(ctx, KeyRole::TokenSigning, req.algorithm)?;
@@ -504,13 +611,18 @@ fn rotate_token_signing(
             ));
         }
     }
-    let changes = ChangeSet {
+    let mut changes = ChangeSet {
         expect_generation: Some(state.generation),
         new_keys: vec![record.clone()],
         certificates: vec![cert],
         schedules: vec![old_schedule],
         ..ChangeSet::default()
     };
+    if revoke.is_some() {
+        revoke_certificates_of(ctx, state, &old)
+            .map_err(|e| e.with_orphans(ctx.store, &work.orphans))?
+            .into_change(&mut changes, &mut events);
+    }
     commit(ctx, &work, events, &changes)?;
     plan.new_keys.push(record.id);
     Ok((plan, true))
@@ -576,13 +688,18 @@ fn replace_tls(
         }
         None => events.push(transition(ctx, "key-scheduled", &old, format!("retired; replaced by {}", record.id))),
     }
-    let changes = ChangeSet {
+    let mut changes = ChangeSet {
         expect_generation: Some(state.generation),
         new_keys: vec![record.clone()],
         certificates: vec![cert],
         schedules: vec![old_schedule],
         ..ChangeSet::default()
     };
+    if revoke.is_some() {
+        revoke_certificates_of(ctx, state, &old)
+            .map_err(|e| e.with_orphans(ctx.store, &work.orphans))?
+            .into_change(&mut changes, &mut events);
+    }
     commit(ctx, &work, events, &changes)?;
     plan.new_keys.push(record.id);
     Ok((plan, true))
@@ -691,12 +808,14 @@ fn replace_issuing(
             certificates.push(certify(ctx, &old_issuer, &cross, None)?.1);
             // … and the new root for the old key (under the old root's name).
             let old_cert = old_issuer.cert.as_ref().ok_or(crate::state::StateError::NotInitialised)?;
+            // It vouches for the old key no longer than the old root's own certificate did.
+            let old_left = u64::try_from(old.not_after.saturating_sub(now)).unwrap_or(0);
             let back = Request {
                 profile: ProfileKind::CrossCertificate,
                 subject: old_cert.tbs_certificate().subject().clone(),
                 public_key: old_cert.tbs_certificate().subject_public_key_info().clone(),
                 alt_names: Vec::new(),
-                validity: request.validity,
+                validity: request.validity.min(std::time::Duration::from_secs(old_left)),
             };
             certificates.push(certify(ctx, &new_issuer, &back, None)?.1);
         }
@@ -711,9 +830,10 @@ fn replace_issuing(
             schedules.push(s);
             certificates.push(cert);
         }
-        Ok::<_, AdminError>((new, root_issued, certificates, schedules))
+        Ok::<_, AdminError>((new, new_issuer, root_issued, certificates, schedules))
     })();
-    let (new, root_issued, certificates, mut schedules) = made.map_err(|e| e.with_orphans(ctx.store, &work.orphans))?;
+    let (new, new_issuer, root_issued, certificates, mut schedules) =
+        made.map_err(|e| e.with_orphans(ctx.store, &work.orphans))?;
     let mut record = new.record;
     record.activates = Some(now);
     record.not_after = root_issued.not_after;
@@ -736,13 +856,25 @@ fn replace_issuing(
         )),
     }
     schedules.push(old_schedule);
-    let changes = ChangeSet {
+    let mut changes = ChangeSet {
         expect_generation: Some(state.generation),
         new_keys: vec![record.clone()],
         certificates,
         schedules,
         ..ChangeSet::default()
     };
+    let crls = (|| {
+        if revoke.is_some() {
+            revoke_certificates_of(ctx, state, &old)?.into_change(&mut changes, &mut events);
+        }
+        // The new root's first CRL, so that /v1/crl answers from the moment it is active.
+        let after = changes.crls.iter().map(|c| c.number).max().unwrap_or(0);
+        let crl = super::certs::build_crl(ctx.store, &new_issuer, now, &[], after)?;
+        events.push(super::certs::crl_event(now, ctx.actor, &crl));
+        changes.crls.push(crl);
+        Ok::<_, AdminError>(())
+    })();
+    crls.map_err(|e| e.with_orphans(ctx.store, &work.orphans))?;
     commit(ctx, &work, events, &changes)?;
     plan.new_keys.push(record.id);
     Ok((plan, true))
@@ -767,6 +899,7 @@ pub fn retire(
     let key = state.key(id).ok_or_else(|| AdminError::UnknownKey(id.to_owned()))?.clone();
     let mut plan = Plan::new(format!("keys retire {id}"), &state);
     let mut schedules = Vec::new();
+    let mut events = Vec::new();
     let mut s = KeySchedule::from(&key);
     match key.status_at(now) {
         KeyStatus::Active => {
@@ -792,7 +925,7 @@ pub fn retire(
                 rfc3339(now),
                 key.activates.map(rfc3339).unwrap_or_default()
             ));
-            schedules.extend(keep_predecessor(&state, &key, &mut plan));
+            schedules.extend(keep_predecessor(ctx, &state, &key, &mut plan, &mut events));
             s.activates = None;
             s.retires = Some(now);
         }
@@ -817,7 +950,7 @@ pub fn retire(
     if dry_run {
         return Ok((plan, false));
     }
-    let events = vec![transition(ctx, "key-retired", &key, plan.steps.join("; "))];
+    events.insert(0, transition(ctx, "key-retired", &key, plan.steps.join("; ")));
     schedules.push(s);
     let changes = ChangeSet { expect_generation: Some(state.generation), schedules, ..ChangeSet::default() };
     commit(ctx, &Work::default(), events, &changes)?;
@@ -826,7 +959,13 @@ pub fn retire(
 
 /// The schedules that keep the predecessor of a cancelled pending key active (its planned
 /// hand-over and retirement are dropped).
-fn keep_predecessor(state: &State, pending: &KeyRecord, plan: &mut Plan) -> Vec<KeySchedule> {
+fn keep_predecessor(
+    ctx: &AdminContext<'_>,
+    state: &State,
+    pending: &KeyRecord,
+    plan: &mut Plan,
+    events: &mut Vec<AuditEvent>,
+) -> Vec<KeySchedule> {
     let Some(at) = pending.activates else { return Vec::new() };
     state
         .keys
@@ -834,6 +973,7 @@ fn keep_predecessor(state: &State, pending: &KeyRecord, plan: &mut Plan) -> Vec<
         .filter(|k| k.role == pending.role && k.deactivates == Some(at) && k.id != pending.id)
         .map(|prev| {
             plan.step(format!("{} stays active (its scheduled hand-over and retirement are cancelled)", prev.id));
+            events.push(transition(ctx, "key-scheduled", prev, format!("stays active: {} cancelled", pending.id)));
             let mut p = KeySchedule::from(prev);
             p.deactivates = None;
             p.retires = None;
@@ -901,7 +1041,7 @@ pub fn revoke(
         }
     }
     if status == KeyStatus::Pending {
-        schedules.extend(keep_predecessor(&state, &key, &mut plan));
+        schedules.extend(keep_predecessor(ctx, &state, &key, &mut plan, &mut events));
     }
     plan.step(format!(
         "{}: {id} is revoked ({reason}): tokens it signed are refused at once (key_revoked); devices renew them under the active key through the batch endpoint",
@@ -915,7 +1055,8 @@ pub fn revoke(
     s.revoke_reason = Some(reason.to_owned());
     schedules.push(s);
     events.push(transition(ctx, "key-revoked", &key, reason.to_owned()));
-    let changes = ChangeSet { expect_generation: Some(state.generation), schedules, ..ChangeSet::default() };
+    let mut changes = ChangeSet { expect_generation: Some(state.generation), schedules, ..ChangeSet::default() };
+    revoke_certificates_of(ctx, &state, &key)?.into_change(&mut changes, &mut events);
     commit(ctx, &Work::default(), events, &changes)?;
     Ok((plan, true))
 }

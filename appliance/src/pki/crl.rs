@@ -27,8 +27,8 @@ pub struct RevokedEntry {
     pub serial: Vec<u8>,
     /// When it was revoked, Unix time.
     pub at: i64,
-    /// Why.
-    pub reason: CrlReason,
+    /// Why; `None` for "unspecified", whose reason code RFC 5280 §5.3.1 says SHOULD be absent.
+    pub reason: Option<CrlReason>,
 }
 
 fn time(unix: i64) -> Result<Time, PkiError> {
@@ -51,17 +51,23 @@ pub fn sign(
     let issuer_name = issuer_cert.tbs_certificate().subject().clone();
     let mut entries = Vec::with_capacity(revoked.len());
     for r in revoked {
-        let reason = r.reason.to_extension(&issuer_name, &[]).map_err(|e| enc(&e))?;
+        let extensions = match r.reason {
+            Some(reason) => Some(vec![reason.to_extension(&issuer_name, &[]).map_err(|e| enc(&e))?]),
+            None => None,
+        };
         entries.push(RevokedCert {
             serial_number: SerialNumber::new(&r.serial).map_err(|e| enc(&e))?,
             revocation_date: time(r.at)?,
-            crl_entry_extensions: Some(vec![reason]),
+            crl_entry_extensions: extensions,
         });
     }
-    let builder = CrlBuilder::new_with_this_update(issuer_cert, CrlNumber(number), time(this_update)?)
+    let mut builder = CrlBuilder::new_with_this_update(issuer_cert, CrlNumber(number), time(this_update)?)
         .map_err(|e| enc(&e))?
-        .with_next_update(Some(time(next_update)?))
-        .with_certificates(entries.into_iter());
+        .with_next_update(Some(time(next_update)?));
+    // An empty list is absent, not an empty SEQUENCE (RFC 5280 §5.1.2.6).
+    if !entries.is_empty() {
+        builder = builder.with_certificates(entries.into_iter());
+    }
     let signer = X509Signer::new(Arc::clone(&issuer_key));
     let crl: CertificateList = builder.build::<_, X509Signature>(&signer).map_err(|e| enc(&e))?;
     if !verify_signed_by(&crl, issuer_key.public_key()) {

@@ -38,11 +38,30 @@ pub fn bind(service: &ServiceConfig) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Whether a peer (uid, gid) may administer.
+/// Whether a peer (uid, primary gid) may administer: a configured admin uid (default: the
+/// service's own), or a member of the admin group — as its primary group, or listed as a member
+/// in `/etc/group` (SO_PEERCRED carries only the primary group).
 pub fn allowed(service: &ServiceConfig, uid: u32, gid: u32) -> bool {
     let own = rustix::process::geteuid().as_raw();
     let uids_ok = if service.admin_uids.is_empty() { uid == own } else { service.admin_uids.contains(&uid) };
-    uids_ok || service.admin_gid == Some(gid)
+    uids_ok || service.admin_gid.is_some_and(|admin| admin == gid || in_group_file(uid, admin))
+}
+
+/// Whether the user `uid` (by name, from `/etc/passwd`) is listed as a member of group `gid` in
+/// `/etc/group`.
+fn in_group_file(uid: u32, gid: u32) -> bool {
+    let field = |line: &str, n: usize| line.split(':').nth(n).map(str::to_owned);
+    let Ok(passwd) = std::fs::read_to_string("/etc/passwd") else { return false };
+    let Some(name) =
+        passwd.lines().find(|l| field(l, 2).as_deref() == Some(&uid.to_string())).and_then(|l| field(l, 0))
+    else {
+        return false;
+    };
+    let Ok(groups) = std::fs::read_to_string("/etc/group") else { return false };
+    groups
+        .lines()
+        .filter(|l| field(l, 2).as_deref() == Some(&gid.to_string()))
+        .any(|l| field(l, 3).is_some_and(|members| members.split(',').any(|m| m.trim() == name)))
 }
 
 /// Serves admin connections until `stop`.
@@ -126,7 +145,8 @@ fn execute(app: &App, request: &AdminRequest, actor: &str) -> Value {
             if let AdminResponse::BulkTokenCreated(_) = response {
                 app.metrics.token_issued(crate::token::TokenKind::Bulk);
             }
-            tracing::info!(actor, op = ?std::mem::discriminant(request), "admin request done");
+            let op = serde_json::to_value(request).ok().and_then(|v| v["op"].as_str().map(str::to_owned));
+            tracing::info!(actor, op = op.as_deref().unwrap_or("?"), "admin request done");
             json!({"ok": response})
         }
         Err(e) => error(e.code(), e.to_string()),

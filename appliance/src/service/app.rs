@@ -15,7 +15,7 @@ use super::tls::{self, TlsInputs};
 use crate::audit::{AuditLog, AuditStats, Lookup};
 use crate::backends::{BackendError, Backends};
 use crate::config::Config;
-use crate::keys::{KeyRecord, KeyRole};
+use crate::keys::{KeyRecord, KeyRole, KeyStatus};
 use crate::metrics::Metrics;
 use crate::pipeline::{BackendHealth, Pipeline, Signing, WorkerContext};
 use crate::selftest::check_key;
@@ -49,6 +49,9 @@ pub enum StartError {
     /// TLS could not be configured.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    /// A key does not match its certificate.
+    #[error(transparent)]
+    KeyCheck(#[from] KeyCheckError),
     /// A listener could not be set up.
     #[error("{what}: {source}")]
     Io {
@@ -59,18 +62,49 @@ pub enum StartError {
     },
 }
 
-/// Device handles of inventory keys, looked up once (a lookup is a device call).
+/// Why a key that is about to sign is not trusted to.
+#[derive(Debug, thiserror::Error)]
+#[error("key {key}: {reason}")]
+pub struct KeyCheckError {
+    /// The key's id.
+    pub key: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// Device handles of inventory keys, looked up once (a lookup is a device call) and checked once
+/// before first use: the device's public key is the one its certificate certifies, its protection
+/// attributes are as required, and it signs a probe that verifies independently (SPEC §9) — at
+/// start-up for the active keys, and for any key that becomes active or pending later.
 #[derive(Debug, Default)]
 struct KeyCache {
     keys: Mutex<HashMap<String, Arc<dyn SigningKey>>>,
 }
 
 impl KeyCache {
-    fn get(&self, backends: &Backends, record: &KeyRecord) -> Result<Arc<dyn SigningKey>, BackendError> {
+    fn get(&self, backends: &Backends, record: &KeyRecord) -> Result<Arc<dyn SigningKey>, StartError> {
         if let Some(k) = self.keys.lock().unwrap_or_else(PoisonError::into_inner).get(&record.id) {
             return Ok(Arc::clone(k));
         }
         let key = backends.key(record)?;
+        let cert = record
+            .certificate()
+            .ok_or_else(|| KeyCheckError { key: record.id.clone(), reason: "it has no certificate".into() })?;
+        let certified = crate::pki::parse_certificate(cert)
+            .ok()
+            .and_then(|c| der::Encode::to_der(c.tbs_certificate().subject_public_key_info()).ok());
+        if certified.as_deref() != Some(key.public_key().spki_der()) {
+            return Err(KeyCheckError {
+                key: record.id.clone(),
+                reason: format!(
+                    "the key at {} is not the one its certificate certifies (a key restored next to the wrong certificate?); refusing to use it",
+                    record.uri
+                ),
+            }
+            .into());
+        }
+        let report = check_key(key.as_ref(), key.algorithm().default_scheme(), 2)?;
+        tracing::info!(key = %report.key, scheme = report.scheme, "self-test passed: matches its certificate, protection as required, signature verified");
         self.keys.lock().unwrap_or_else(PoisonError::into_inner).insert(record.id.clone(), Arc::clone(&key));
         Ok(key)
     }
@@ -93,7 +127,11 @@ pub const ALPN: &[&[u8]] = &[b"http/1.1"];
 pub struct App {
     /// The configuration.
     pub config: Config,
+    /// The connection admin operations write through.
     store: Mutex<Store>,
+    /// A connection of its own for following the store, so that an admin operation (which may
+    /// hold the writer for seconds of device work) never delays taking up a change.
+    reader: Mutex<Store>,
     /// The opened key backends.
     pub backends: Backends,
     keys: KeyCache,
@@ -127,18 +165,19 @@ impl App {
     /// configuration; a failure refuses to start.
     pub fn open(config: Config) -> Result<App, StartError> {
         let store = Store::open(&config.state_dir)?;
+        let reader = Store::open(&config.state_dir)?;
         let backends = Backends::open(&config)?;
         let metrics = Arc::new(Metrics::default());
         let audit = AuditLog::open_with(&config.audit.dir, config.audit.max_bytes, AuditStats::for_metrics(&metrics))?;
         let state = State::load(&store, &config, now_unix())?;
         let keys = KeyCache::default();
         for record in KeyRole::ALL.iter().filter_map(|r| state.active(*r)) {
-            let key = keys.get(&backends, record)?;
-            let report = check_key(key.as_ref(), key.algorithm().default_scheme(), 2)?;
-            tracing::info!(key = %report.key, scheme = report.scheme, "self-test passed: protection as required, signature verified");
+            keys.get(&backends, record)?;
         }
-        let signer = signer_for(&state, &keys, &backends)?;
-        let tls = build_tls(&state, &keys, &backends)?;
+        let signers = signers_for(&state, &keys, &backends);
+        let health = Arc::new(BackendHealth::default());
+        let observer = tls::Observer { health: Arc::clone(&health), metrics: Arc::clone(&metrics) };
+        let tls = build_tls(&state, &keys, &backends, &observer)?;
         let limiter = RateLimiter::new(config.service.rate_limit_per_second, config.service.rate_limit_burst);
         // One signing worker per device session of the token-signing backend: every session
         // busy, none contended.
@@ -146,8 +185,7 @@ impl App {
             Some(k) => backends.get(&k.backend)?.capabilities().max_concurrency.max(1),
             None => 1,
         };
-        let signing = Arc::new(ArcSwap::from_pointee(Signing { state: Arc::new(state), signer }));
-        let health = Arc::new(BackendHealth::default());
+        let signing = Arc::new(ArcSwap::from_pointee(Signing { state: Arc::new(state), signers }));
         let context = WorkerContext {
             signing: Arc::clone(&signing),
             audit: audit.clone(),
@@ -159,6 +197,7 @@ impl App {
         Ok(App {
             issued: Lookup::new(&config.audit.dir),
             store: Mutex::new(store),
+            reader: Mutex::new(reader),
             backends,
             keys,
             signing,
@@ -212,26 +251,43 @@ impl App {
     fn reload(&self) -> Result<bool, StartError> {
         let now = now_unix();
         let current = self.signing.load_full();
-        let generation = self.store().generation()?;
-        if generation == current.state.generation && current.state.current_at(now) {
-            return Ok(false);
-        }
-        let state = State::load(&self.store(), &self.config, now)?;
-        let signer = signer_for(&state, &self.keys, &self.backends)?;
-        let before = current.signer.as_ref().map(TokenSigner::key_id);
-        let after = signer.as_ref().map(TokenSigner::key_id);
+        let state = {
+            let reader = self.reader.lock().unwrap_or_else(PoisonError::into_inner);
+            if reader.generation()? == current.state.generation && current.state.current_at(now) {
+                return Ok(false);
+            }
+            State::load(&reader, &self.config, now)?
+        };
+        // The new state is taken up whatever else fails below: revocations and blocks must never
+        // wait for a device. A key whose handle cannot be had signs nothing (fail closed).
+        let signers = signers_for(&state, &self.keys, &self.backends);
+        let before = current.signer_at(now).map(|s| s.key_id().to_owned());
+        let next = Signing { state: Arc::new(state), signers };
+        let after = next.signer_at(now).map(|s| s.key_id().to_owned());
         if before != after {
             tracing::info!(from = ?before, to = ?after, "token-signing key changed");
         }
-        let inputs = TlsInputs::of(&state, &state.cross_certificates_for_active_root(), alpn())?;
-        if inputs != self.tls.load().inputs {
-            let tls = build_tls(&state, &self.keys, &self.backends)?;
-            tracing::info!(key = %tls.inputs.key_id, roots = tls.inputs.roots.len(), revoked = tls.inputs.revoked.len(), "TLS configuration changed");
-            self.tls.store(Arc::new(tls));
-        }
-        tracing::info!(generation = state.generation, "state changed");
-        self.signing.store(Arc::new(Signing { state: Arc::new(state), signer }));
+        let generation = next.state.generation;
+        let tls = TlsInputs::of(&next.state, &next.state.cross_certificates_for_active_root(), alpn()).map(|inputs| {
+            (inputs != self.tls.load().inputs).then(|| {
+                let observer = tls::Observer { health: Arc::clone(&self.health), metrics: Arc::clone(&self.metrics) };
+                build_tls(&next.state, &self.keys, &self.backends, &observer)
+            })
+        });
+        self.signing.store(Arc::new(next));
         self.metrics.state_reloads.inc();
+        tracing::info!(generation, "state changed");
+        match tls {
+            Ok(None) => {}
+            Ok(Some(Ok(tls))) => {
+                tracing::info!(key = %tls.inputs.key_id, roots = tls.inputs.roots.len(), clients = tls.inputs.allowed.len(), revoked = tls.inputs.revoked.len(), "TLS configuration changed");
+                self.tls.store(Arc::new(tls));
+            }
+            // The previous configuration stays for new handshakes; every request is still checked
+            // against the new state (revocations), and the watcher tries again.
+            Ok(Some(Err(e))) => return Err(e),
+            Err(e) => return Err(e.into()),
+        }
         Ok(true)
     }
 }
@@ -241,21 +297,36 @@ fn alpn() -> Vec<Vec<u8>> {
     ALPN.iter().map(|p| p.to_vec()).collect()
 }
 
-/// The signer of the active token-signing key, if one is active.
-fn signer_for(state: &State, keys: &KeyCache, backends: &Backends) -> Result<Option<TokenSigner>, StartError> {
-    match state.active(KeyRole::TokenSigning) {
-        Some(record) => {
-            let key = keys.get(backends, record)?;
-            Ok(Some(TokenSigner::for_record(record, key, state.policy.hierarchy)?))
+/// Signers for the token-signing keys that are active or pending in `state`. A key whose device
+/// handle cannot be had (or that fails its check) gets none — and so signs nothing — and is
+/// logged; the next reload tries again.
+fn signers_for(state: &State, keys: &KeyCache, backends: &Backends) -> Vec<TokenSigner> {
+    let mut signers = Vec::new();
+    for record in state.keys.iter().filter(|k| {
+        k.role == KeyRole::TokenSigning && matches!(k.status_at(state.at), KeyStatus::Active | KeyStatus::Pending)
+    }) {
+        let signer = keys
+            .get(backends, record)
+            .and_then(|key| Ok(TokenSigner::for_record(record, key, state.policy.hierarchy)?));
+        match signer {
+            Ok(s) => signers.push(s),
+            Err(e) => {
+                tracing::error!(key = %record.id, error = %e, "this token-signing key cannot sign; tokens it should sign are refused")
+            }
         }
-        None => Ok(None),
     }
+    signers
 }
 
-fn build_tls(state: &State, keys: &KeyCache, backends: &Backends) -> Result<TlsState, StartError> {
+fn build_tls(
+    state: &State,
+    keys: &KeyCache,
+    backends: &Backends,
+    observer: &tls::Observer,
+) -> Result<TlsState, StartError> {
     let inputs = TlsInputs::of(state, &state.cross_certificates_for_active_root(), alpn())?;
     let record = state.active(KeyRole::Tls).ok_or_else(|| tls::TlsError::State("no TLS key is active".into()))?;
     let key = keys.get(backends, record)?;
-    let config = Arc::new(tls::server_config(&inputs, key)?);
+    let config = Arc::new(tls::server_config(&inputs, key, observer.clone())?);
     Ok(TlsState { inputs, config })
 }

@@ -43,6 +43,12 @@ pub enum ApiError {
     /// The audit record could not be made durable: no signature is released.
     #[error(transparent)]
     Audit(AuditError),
+    /// The caller's certificate was revoked (or expired) since its connection was made.
+    #[error("the client certificate is revoked or expired")]
+    CallerRefused,
+    /// No token-signing key is active now (an administrator must rotate or un-revoke).
+    #[error("{0}")]
+    NoActiveKey(String),
     /// Too many requests (or batch lines) from this management point.
     #[error("rate limit: retry in {0} s")]
     RateLimited(u64),
@@ -61,7 +67,7 @@ impl From<IssueError> for ApiError {
             IssueError::Lifetime(_) | IssueError::DeviceId(_) | IssueError::Thumbprint(_) => {
                 ApiError::Invalid { code: e.code(), message: e.to_string() }
             }
-            IssueError::KeyRetiring { .. } => ApiError::Unavailable(e.to_string()),
+            IssueError::KeyRetiring { .. } => ApiError::NoActiveKey(e.to_string()),
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -86,7 +92,7 @@ impl From<PipelineError> for ApiError {
             PipelineError::Audit(e) => ApiError::Audit(e),
             PipelineError::Busy => ApiError::Unavailable("the signing queue is full; retry shortly".into()),
             PipelineError::Stopped => ApiError::Unavailable("the service is stopping".into()),
-            PipelineError::NoActiveKey => ApiError::Unavailable(e.to_string()),
+            PipelineError::NoActiveKey => ApiError::NoActiveKey(e.to_string()),
             PipelineError::NoLongerAuthorised(what) => ApiError::ProofRejected(Rejection::new(
                 Reason::Blocked,
                 format!("{what} was blocked while the request waited to be signed"),
@@ -104,6 +110,12 @@ impl ApiError {
             ApiError::ProofRejected(r) => {
                 (StatusCode::FORBIDDEN, "proof_rejected", format!("{}: {}", r.reason.code(), r.detail))
             }
+            ApiError::CallerRefused => (
+                StatusCode::FORBIDDEN,
+                "client_certificate_refused",
+                "this management point's certificate was revoked or has expired; enrol it again".into(),
+            ),
+            ApiError::NoActiveKey(m) => (StatusCode::SERVICE_UNAVAILABLE, "no_active_key", m.clone()),
             ApiError::RenewalTooEarly(e) => (StatusCode::CONFLICT, "renewal_too_early", e.to_string()),
             ApiError::Backend(e) => {
                 let status = match e.code() {
@@ -129,10 +141,16 @@ impl ApiError {
         }
     }
 
-    /// The `{"error":{…}}` object (a response body, or one batch line).
+    /// The `{"error":{…}}` object (a response body, or one batch line): a stable `code`, a
+    /// `message`, and for a refused token its stable `reason` (`key_revoked`, `expired`, …).
     pub fn to_json(&self) -> Value {
         let (_, code, message) = self.parts();
-        json!({"error": {"code": code, "message": message}})
+        match self {
+            ApiError::ProofRejected(r) => {
+                json!({"error": {"code": code, "reason": r.reason.code(), "message": message}})
+            }
+            _ => json!({"error": {"code": code, "message": message}}),
+        }
     }
 }
 

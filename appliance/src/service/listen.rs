@@ -14,8 +14,8 @@ use super::app::App;
 use super::routes;
 use super::tls::Caller;
 
-/// How long a TLS handshake, and then a request's headers, may take.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a request's headers may take on the ops listener.
+const OPS_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long the service waits for requests in flight when it stops.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -25,6 +25,7 @@ pub async fn serve_api(listener: TcpListener, app: Arc<App>, stop: tokio::sync::
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let router = routes::router(Arc::clone(&app));
     let mut stop_accepting = stop.clone();
+    let (handshake_timeout, header_timeout) = (app.config.service.handshake_timeout, app.config.service.header_timeout);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -43,7 +44,7 @@ pub async fn serve_api(listener: TcpListener, app: Arc<App>, stop: tokio::sync::
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             // The handshake must finish in time (a slow client cannot hold a slot).
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+            let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
                     tracing::info!(%peer, error = %e, "TLS handshake refused");
@@ -64,7 +65,7 @@ pub async fn serve_api(listener: TcpListener, app: Arc<App>, stop: tokio::sync::
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(HANDSHAKE_TIMEOUT)
+                .header_read_timeout(header_timeout)
                 .max_buf_size(64 * 1024)
                 .serve_connection(TokioIo::new(tls), service);
             if let Err(e) = watcher.watch(conn).await {
@@ -90,7 +91,7 @@ pub async fn serve_ops(listener: TcpListener, app: Arc<App>, mut stop: tokio::sy
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(HANDSHAKE_TIMEOUT)
+                .header_read_timeout(OPS_HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });

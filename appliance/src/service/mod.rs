@@ -48,10 +48,26 @@ pub const FOLLOW_EVERY: Duration = Duration::from_millis(250);
 pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(60);
 /// How often the CRLs are checked for freshness (a CRL is re-signed at half its validity).
 pub const CRL_CHECK_EVERY: Duration = Duration::from_secs(600);
+/// How often a device that failed is tried again, so that readiness comes back by itself.
+pub const PROBE_EVERY: Duration = Duration::from_secs(2);
+
+/// While the devices are down (not ready), tries the active token-signing key: the first
+/// signature that succeeds makes the service ready again without a request having to risk it.
+fn probe_devices(app: &App) {
+    if !app.health.is_down() {
+        return;
+    }
+    let Some(signer) = app.signing.load().signer_at(crate::time::now_unix()).cloned() else { return };
+    let result = signer.probe();
+    if result.is_ok() {
+        tracing::info!("the key device answers again");
+    }
+    app.health.note(&app.metrics, result.as_ref().map(|_| ()));
+}
 
 /// Signs a checkpoint of the audit log's head with the token-signing key (SPEC §8).
 fn checkpoint(app: &App) {
-    let Some(signer) = app.signing.load().signer.clone() else { return };
+    let Some(signer) = app.signing.load().signer_at(crate::time::now_unix()).cloned() else { return };
     let sign: crate::audit::CheckpointSigner =
         Box::new(move |statement| signer.sign_checkpoint(statement).map_err(|e| e.to_string()));
     if let Err(e) = app.audit.checkpoint(sign) {
@@ -136,6 +152,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     tokio::spawn(every(Arc::clone(&app), FOLLOW_EVERY, stop_rx.clone(), follow));
     tokio::spawn(every(Arc::clone(&app), CHECKPOINT_EVERY, stop_rx.clone(), checkpoint));
     tokio::spawn(every(Arc::clone(&app), CRL_CHECK_EVERY, stop_rx.clone(), refresh_crls));
+    tokio::spawn(every(Arc::clone(&app), PROBE_EVERY, stop_rx.clone(), probe_devices));
 
     let ops_text = ops_addr.map_or_else(|| "off".to_owned(), |a| a.to_string());
     tracing::info!(api = %api_addr, ops = %ops_text, admin = %service.admin_socket.display(), "sitesignd ready");

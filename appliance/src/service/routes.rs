@@ -15,13 +15,20 @@ use super::error::ApiError;
 use super::tls::Caller;
 use super::{ops, publish, tokens};
 
-/// Per-MP rate limit and response counting.
-async fn limit(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
-    if let Some(caller) = request.extensions().get::<Caller>()
-        && let Err(wait) = app.limiter.take(&caller.identity(), 1)
-    {
-        app.metrics.response(429);
-        return ApiError::RateLimited(wait).into_response();
+/// Every request on the mTLS listener: the caller's certificate is still an MP identity now (not
+/// revoked or expired since the connection's handshake — a keep-alive connection is checked per
+/// request, not once), the per-MP rate limit, and response counting.
+async fn admit(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    if let Some(caller) = request.extensions().get::<Caller>() {
+        if !app.state().admits(&caller.serial, crate::time::now_unix()) {
+            app.metrics.response(403);
+            tracing::warn!(subject = %caller.subject, serial = %caller.serial, "request refused: the client certificate was revoked or expired since the handshake");
+            return ApiError::CallerRefused.into_response();
+        }
+        if let Err(wait) = app.limiter.take(&caller.identity(), 1) {
+            app.metrics.response(429);
+            return ApiError::RateLimited(wait).into_response();
+        }
     }
     let response = next.run(request).await;
     app.metrics.response(response.status().as_u16());
@@ -54,7 +61,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/crl", get(publish::get_crl))
         .merge(ops_routes())
         .fallback(not_found)
-        .layer(middleware::from_fn_with_state(Arc::clone(&app), limit))
+        .layer(middleware::from_fn_with_state(Arc::clone(&app), admit))
         .with_state(app)
 }
 

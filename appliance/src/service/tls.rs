@@ -30,6 +30,8 @@ pub struct Caller {
     pub subject: String,
     /// Serial number, lower-case hex.
     pub serial: String,
+    /// The certificate's `notAfter`, Unix time.
+    pub not_after: i64,
 }
 
 impl Caller {
@@ -37,7 +39,11 @@ impl Caller {
     pub fn of(der: &[u8]) -> Option<Caller> {
         let cert = crate::pki::parse_certificate(der).ok()?;
         let tbs = cert.tbs_certificate();
-        Some(Caller { subject: tbs.subject().to_string(), serial: hex::encode(tbs.serial_number().as_bytes()) })
+        Some(Caller {
+            subject: tbs.subject().to_string(),
+            serial: hex::encode(tbs.serial_number().as_bytes()),
+            not_after: tbs.validity().not_after.to_unix_duration().as_secs() as i64,
+        })
     }
 
     /// How audit records and rate limits name it: `<subject> (serial <hex>)`.
@@ -46,16 +52,28 @@ impl Caller {
     }
 }
 
+/// Where the outcome of every handshake signature is reported: readiness follows the device,
+/// and the signatures are counted.
+#[derive(Debug, Clone)]
+pub struct Observer {
+    /// Whether the devices answer.
+    pub health: Arc<crate::pipeline::BackendHealth>,
+    /// Metrics.
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
 /// A device key as rustls' server signing key.
 #[derive(Debug)]
 struct DeviceKey {
     key: Arc<dyn hsm_adapters::SigningKey>,
+    observer: Observer,
 }
 
 #[derive(Debug)]
 struct DeviceSigner {
     key: Arc<dyn hsm_adapters::SigningKey>,
     scheme: rustls::SignatureScheme,
+    observer: Observer,
 }
 
 impl SigningKey for DeviceKey {
@@ -65,9 +83,10 @@ impl SigningKey for DeviceKey {
             KeyAlgorithm::EcP256 => rustls::SignatureScheme::ECDSA_NISTP256_SHA256,
             _ => rustls::SignatureScheme::RSA_PSS_SHA256,
         };
-        offered
-            .contains(&wanted)
-            .then(|| Box::new(DeviceSigner { key: Arc::clone(&self.key), scheme: wanted }) as Box<dyn Signer>)
+        offered.contains(&wanted).then(|| {
+            Box::new(DeviceSigner { key: Arc::clone(&self.key), scheme: wanted, observer: self.observer.clone() })
+                as Box<dyn Signer>
+        })
     }
 
     fn public_key(&self) -> Option<SubjectPublicKeyInfoDer<'_>> {
@@ -91,11 +110,13 @@ impl Signer for DeviceSigner {
         };
         // The handshake runs on the async runtime; the device call blocks, so tell the runtime.
         let sign = || self.key.sign(scheme, message);
-        let raw = match tokio::runtime::Handle::try_current() {
+        let result = match tokio::runtime::Handle::try_current() {
             Ok(_) => tokio::task::block_in_place(sign),
             Err(_) => sign(),
-        }
-        .map_err(|e| rustls::Error::General(format!("TLS key: {e}")))?;
+        };
+        self.observer.health.note(&self.observer.metrics, result.as_ref().map(|_| ()));
+        self.observer.metrics.handshake_signatures.inc();
+        let raw = result.map_err(|e| rustls::Error::General(format!("TLS key: {e}")))?;
         if der {
             hsm_adapters::signer::ecdsa_raw_to_der(&raw).map_err(|e| rustls::Error::General(e.to_string()))
         } else {
@@ -117,16 +138,21 @@ impl ResolvesServerCert for FixedCert {
     }
 }
 
-/// WebPKI client verification (chain to a trusted root, validity, clientAuth), then the
-/// certificate's serial checked against the revoked ones.
+/// Management points' client certificates: WebPKI verification directly under a trusted root
+/// (validity, signature, clientAuth) — intermediates a client sends are ignored, since every MP
+/// certificate is issued by a root itself, so no cross-certificate can lend trust to a root
+/// that is retired or revoked — and then the certificate must be one sitesign issued under the
+/// `mp-client` profile and not revoked: a token-signing certificate (which has no extended key
+/// usage at all) or anything else that merely chains to a root is not an identity.
 #[derive(Debug)]
-struct RevocationChecking {
+struct MpClientVerifier {
     inner: Arc<dyn ClientCertVerifier>,
+    allowed: HashSet<String>,
     revoked: HashSet<String>,
     hints: Vec<DistinguishedName>,
 }
 
-impl ClientCertVerifier for RevocationChecking {
+impl ClientCertVerifier for MpClientVerifier {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         &self.hints
     }
@@ -134,15 +160,19 @@ impl ClientCertVerifier for RevocationChecking {
     fn verify_client_cert(
         &self,
         end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
+        _intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let verified = self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        let verified = self.inner.verify_client_cert(end_entity, &[], now)?;
         let caller =
             Caller::of(end_entity).ok_or(rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding))?;
         if self.revoked.contains(&caller.serial) {
             tracing::warn!(subject = %caller.subject, serial = %caller.serial, "refused a revoked client certificate");
             return Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked));
+        }
+        if !self.allowed.contains(&caller.serial) {
+            tracing::warn!(subject = %caller.subject, serial = %caller.serial, "refused a client certificate that is not an MP identity issued here");
+            return Err(rustls::Error::InvalidCertificate(rustls::CertificateError::InvalidPurpose));
         }
         Ok(verified)
     }
@@ -191,6 +221,8 @@ pub struct TlsInputs {
     pub key_id: String,
     /// Trusted roots.
     pub roots: Vec<Vec<u8>>,
+    /// Serials of the MP certificates that may connect, sorted.
+    pub allowed: Vec<String>,
     /// Revoked serials, sorted.
     pub revoked: Vec<String>,
     /// Protocols offered by ALPN.
@@ -213,12 +245,19 @@ impl TlsInputs {
         }
         let mut revoked: Vec<String> = state.revoked.iter().cloned().collect();
         revoked.sort();
-        Ok(TlsInputs { chain, key_id: tls.id.clone(), roots, revoked, alpn })
+        let mut allowed: Vec<String> = state.mp_clients.keys().cloned().collect();
+        allowed.sort();
+        Ok(TlsInputs { chain, key_id: tls.id.clone(), roots, allowed, revoked, alpn })
     }
 }
 
-/// The server configuration for `inputs`, with `key` (the TLS key in its device).
-pub fn server_config(inputs: &TlsInputs, key: Arc<dyn hsm_adapters::SigningKey>) -> Result<ServerConfig, TlsError> {
+/// The server configuration for `inputs`, with `key` (the TLS key in its device), reporting each
+/// handshake signature to `observer`.
+pub fn server_config(
+    inputs: &TlsInputs,
+    key: Arc<dyn hsm_adapters::SigningKey>,
+    observer: Observer,
+) -> Result<ServerConfig, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = RootCertStore::empty();
     for root in &inputs.roots {
@@ -228,10 +267,15 @@ pub fn server_config(inputs: &TlsInputs, key: Arc<dyn hsm_adapters::SigningKey>)
     let inner = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
         .build()
         .map_err(|e| rustls::Error::General(e.to_string()))?;
-    let verifier = RevocationChecking { inner, revoked: inputs.revoked.iter().cloned().collect(), hints };
+    let verifier = MpClientVerifier {
+        inner,
+        allowed: inputs.allowed.iter().cloned().collect(),
+        revoked: inputs.revoked.iter().cloned().collect(),
+        hints,
+    };
     let certified = CertifiedKey::new(
         inputs.chain.iter().cloned().map(CertificateDer::from).collect(),
-        Arc::new(DeviceKey { key }),
+        Arc::new(DeviceKey { key, observer }),
     );
     certified.keys_match()?;
     let mut config = ServerConfig::builder_with_provider(provider)
@@ -239,5 +283,9 @@ pub fn server_config(inputs: &TlsInputs, key: Arc<dyn hsm_adapters::SigningKey>)
         .with_client_cert_verifier(Arc::new(verifier))
         .with_cert_resolver(Arc::new(FixedCert(Arc::new(certified))));
     config.alpn_protocols = inputs.alpn.clone();
+    // No resumption: every connection is a full handshake, so the client certificate is checked
+    // (validity, revocation) on every connection, never skipped by a resumed session.
+    config.send_tls13_tickets = 0;
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     Ok(config)
 }

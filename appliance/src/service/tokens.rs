@@ -40,7 +40,7 @@ pub(super) fn prepare_client(app: &App, req: &ClientTokenRequest) -> Result<Item
     let signing = app.signing.load();
     let authorization = policy::authorize_client(&signing.state, &app.issued, req, now)?;
     let signer =
-        signing.signer.as_ref().ok_or_else(|| ApiError::Unavailable("no token-signing key is active".into()))?;
+        signing.signer_at(now).ok_or_else(|| ApiError::NoActiveKey("no token-signing key is active".into()))?;
     let prepared = signer.prepare_client(&req.device_id, &req.client_cert_thumbprint, now)?;
     let subject = prepared.claims().device_id().unwrap_or_default().to_owned();
     Ok(Item { prepared, subject, authorization })
@@ -83,7 +83,7 @@ pub(super) async fn post_access_token(
         let signing = a.signing.load();
         let (authorization, device) = policy::authorize_access(&signing.state, &req, now)?;
         let signer =
-            signing.signer.as_ref().ok_or_else(|| ApiError::Unavailable("no token-signing key is active".into()))?;
+            signing.signer_at(now).ok_or_else(|| ApiError::NoActiveKey("no token-signing key is active".into()))?;
         let prepared = signer.prepare_access(&device, &req.client_cert_thumbprint, now)?;
         Ok(Item { prepared, subject: device, authorization })
     })

@@ -63,13 +63,16 @@ pub const MIGRATIONS: &[&str] = &[
         revoke_reason TEXT,
         not_after     INTEGER NOT NULL
     );
-    INSERT INTO keys_v3 (id, backend, uri, algorithm, role, created, activates, retires, not_after)
+    INSERT INTO keys_v3 (id, backend, uri, algorithm, role, created, activates, deactivates, retires, not_after)
         SELECT id, backend, uri, algorithm, role, created,
                CASE WHEN status = 'pending' THEN NULL ELSE coalesce(activated, created) END,
-               CASE WHEN status = 'retired' THEN created END,
-               coalesce(retire_after, 0)
+               -- a replaced key stopped signing; when exactly schema 2 did not record: at the latest
+               -- now, which keeps it verify-only
+               CASE WHEN status IN ('verify-only', 'retired') THEN coalesce(activated, created) END,
+               CASE WHEN status = 'retired' THEN coalesce(activated, created)
+                    WHEN status = 'verify-only' THEN retire_after END,
+               coalesce((SELECT c.not_after FROM certificates c WHERE c.der = keys.certificate), retire_after, 0)
         FROM keys;
-    UPDATE keys_v3 SET deactivates = retires WHERE retires IS NOT NULL;
     ALTER TABLE certificates ADD COLUMN subject_key TEXT REFERENCES keys(id);
     ALTER TABLE certificates ADD COLUMN revoked INTEGER;
     ALTER TABLE certificates ADD COLUMN revoke_reason TEXT;

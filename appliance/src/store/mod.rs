@@ -213,8 +213,8 @@ pub struct ChangeSet {
     pub schedules: Vec<KeySchedule>,
     /// Certificates to mark revoked.
     pub revocations: Vec<Revocation>,
-    /// A CRL to store.
-    pub crl: Option<CrlRecord>,
+    /// CRLs to store.
+    pub crls: Vec<CrlRecord>,
     /// Orphaned keys that were deleted from their device (or acknowledged): forget them.
     pub forget_orphans: Vec<String>,
 }
@@ -283,15 +283,19 @@ impl Store {
     fn migrate(&mut self) -> Result<(), StoreError> {
         let path = self.path.clone();
         let err = |source| StoreError::Sqlite { path: path.clone(), source };
-        let version: i64 = self.conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(err)?;
         let known = MIGRATIONS.len() as i64;
-        if version > known {
-            return Err(StoreError::TooNew { path: path.clone(), found: version, known });
-        }
         // Tables are rebuilt by some migrations: enforce foreign keys after each, not during.
         self.conn.pragma_update(None, "foreign_keys", "OFF").map_err(err)?;
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-            let tx = self.conn.transaction().map_err(err)?;
+        loop {
+            // The version is read inside the write transaction: two programs opening the same
+            // database at once (the CLI and the service) migrate it once, one after the other.
+            let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(err)?;
+            let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(err)?;
+            if version > known {
+                return Err(StoreError::TooNew { path: path.clone(), found: version, known });
+            }
+            let Some(sql) = MIGRATIONS.get(version as usize) else { break };
+            let i = version as usize;
             tx.execute_batch(sql).map_err(err)?;
             let violations: i64 =
                 tx.query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| r.get(0)).map_err(err)?;
@@ -305,6 +309,16 @@ impl Store {
             tx.commit().map_err(err)?;
         }
         Ok(())
+    }
+
+    /// Runs `read` inside one read transaction: every query sees the same committed state, so a
+    /// snapshot built from several queries is never half of one change and half of the next.
+    pub fn read<T>(&self, read: impl FnOnce(&Store) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        self.conn.execute_batch("BEGIN DEFERRED").map_err(self.err())?;
+        let result = read(self);
+        // A read transaction has nothing to commit; ending it can only fail if it is gone.
+        let _ = self.conn.execute_batch("COMMIT");
+        result
     }
 
     /// The schema version.
@@ -412,7 +426,7 @@ impl Store {
                 return Err(StoreError::Conflict);
             }
         }
-        if let Some(crl) = &changes.crl {
+        for crl in &changes.crls {
             tx.execute(
                 "INSERT INTO crls (issuer_key, number, this_update, next_update, der) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![crl.issuer_key, crl.number, crl.this_update, crl.next_update, crl.der],
@@ -569,6 +583,12 @@ impl Store {
             .query_row(&format!("SELECT {CERT_COLUMNS} FROM certificates WHERE serial = ?1"), [serial], cert_row)
             .optional()
             .map_err(self.err())
+    }
+
+    /// The highest `cRLNumber` of any CRL stored: every SMS Issuing root carries the same name,
+    /// so their CRLs share one increasing sequence (RFC 5280 §5.2.3).
+    pub fn last_crl_number(&self) -> Result<i64, StoreError> {
+        self.conn.query_row("SELECT coalesce(max(number), 0) FROM crls", [], |r| r.get(0)).map_err(self.err())
     }
 
     /// The newest CRL signed by `issuer_key`.
@@ -750,8 +770,10 @@ mod tests {
         conn.execute_batch(
             "INSERT INTO keys VALUES ('root', 'hsm', 'pkcs11:object=root', 'rsa-3072', 'issuing', 'active', 10, 10, 900, x'01');
              INSERT INTO keys VALUES ('ts', 'hsm', 'pkcs11:object=ts', 'rsa-2048', 'token-signing', 'active', 11, 11, 800, x'02');
+             INSERT INTO keys VALUES ('ts0', 'hsm', 'pkcs11:object=ts0', 'rsa-2048', 'token-signing', 'verify-only', 5, 5, 700, x'03');
              INSERT INTO certificates VALUES ('aa', 'sms-issuing', 'CN=SMS Issuing', 'root', 0, 900, 'h', x'01', 10, 'cli');
              INSERT INTO certificates VALUES ('bb', 'token-signing', 'CN=SMS Token Signing', 'root', 0, 800, 'h', x'02', 11, 'cli');
+             INSERT INTO certificates VALUES ('cc', 'token-signing', 'CN=SMS Token Signing', 'root', 0, 750, 'h', x'03', 5, 'cli');
              INSERT INTO bulk_tokens (guid, lifetime, created, expires, creator, key_id)
                 VALUES ('0d2b7c6e-1f3a-4b5c-9d8e-7f6a5b4c3d2e', 60, 12, 3612, 'cli', 'ts');",
         )
@@ -759,11 +781,18 @@ mod tests {
         drop(conn);
         let store = Store::open(dir.path()).unwrap();
         let keys = store.keys().unwrap();
-        assert_eq!(keys.len(), 2);
-        assert_eq!((keys[0].activates, keys[0].not_after), (Some(10), 900));
-        assert_eq!(keys[1].certificates, [vec![2u8]]);
-        assert_eq!(keys[1].status_at(100), crate::keys::KeyStatus::Active);
+        assert_eq!(keys.len(), 3);
+        let key = |id: &str| keys.iter().find(|k| k.id == id).unwrap();
+        assert_eq!((key("root").activates, key("root").not_after), (Some(10), 900));
+        assert_eq!(key("ts").certificates, [vec![2u8]]);
+        assert_eq!(key("ts").status_at(100), crate::keys::KeyStatus::Active);
+        // A replaced key stays verify-only (never a second active key) until its retire-after.
+        assert_eq!(key("ts0").status_at(100), crate::keys::KeyStatus::VerifyOnly);
+        assert_eq!(key("ts0").retires, Some(700));
+        assert_eq!(key("ts0").not_after, 750, "from its certificate");
+        assert_eq!(crate::keys::active(&keys, KeyRole::TokenSigning, 100).unwrap().id, "ts");
         assert_eq!(store.bulk_tokens().unwrap().len(), 1);
-        assert_eq!(store.certificates().unwrap()[1].subject_key.as_deref(), Some("ts"));
+        let certs = store.certificates().unwrap();
+        assert_eq!(certs.iter().find(|c| c.serial == "bb").unwrap().subject_key.as_deref(), Some("ts"));
     }
 }

@@ -249,6 +249,12 @@ impl TokenSigner {
         Ok((self.key_id.clone(), self.key.sign(self.scheme, statement)?))
     }
 
+    /// Asks the device for one signature over a fixed probe message (released to nobody): whether
+    /// the key answers again after a device failure.
+    pub fn probe(&self) -> Result<(), hsm_adapters::Error> {
+        self.key.sign(self.scheme, b"sitesign device probe").map(|_| ())
+    }
+
     /// Signs a prepared token with the device key.
     pub fn sign(&self, prepared: PreparedToken) -> Result<IssuedToken, IssueError> {
         let signature = self.key.sign(prepared.scheme, prepared.signing_input())?;

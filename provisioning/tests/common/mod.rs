@@ -2,6 +2,8 @@
 
 #![allow(dead_code, reason = "each test binary uses its own subset")]
 
+pub mod appliance;
+
 use std::path::Path;
 use std::process::{Command, Output};
 

@@ -1,0 +1,92 @@
+//! The audit log of a running service: edits, deletions, reordering and forged checkpoints made
+//! with an SQLite editor outside sitesign are detected; a log that cannot be written stops
+//! signing and readiness, with every released token recorded.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests: a panic is a failure")]
+
+use serde_json::{Value, json};
+
+mod common;
+use common::appliance::{Appliance, python_tool, register, thumbprint};
+use common::json as parse;
+
+#[test]
+fn audit_tampering_is_detected() {
+    let a = Appliance::new();
+    let mut s = a.start();
+    for n in 1..=4 {
+        assert_eq!(register(&s, n, json!({"kind": "internal"})).0, 200);
+    }
+    assert_eq!(s.stop().code(), Some(0), "graceful exit on SIGTERM");
+    assert!(!a.dir.join("admin.sock").exists(), "the admin socket is removed on exit");
+    let db = a.dir.join("state/audit.db");
+    let sqlite = |sql: &str| {
+        let out = python_tool("sqlite_exec.py", &[db.to_str().unwrap(), sql]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    // Fold the write-ahead log into the database file, so one file holds every record.
+    sqlite("PRAGMA wal_checkpoint(TRUNCATE);");
+    let verify = || {
+        let out = a.cli(&["audit", "verify"]);
+        (out.status.success(), parse(&out))
+    };
+    let (intact, v) = verify();
+    assert!(intact, "{v}");
+    // On SIGTERM the service signed a checkpoint of the head with the token-signing key.
+    assert_eq!(v["last_checkpoint"], v["records"], "{v}");
+    let total: Value = v["records"].clone();
+    let last = total.as_i64().unwrap();
+    assert!(last >= 5, "four tokens and the start-up CRL: {v}");
+    let backup = std::fs::read(&db).unwrap();
+    for (what, sql) in [
+        ("edit", "UPDATE audit SET subject = 'GUID:FORGED' WHERE seq = 3".to_owned()),
+        ("deletion", "DELETE FROM audit WHERE seq = 2".to_owned()),
+        (
+            "reordering",
+            "UPDATE audit SET seq = seq + 100 WHERE seq = 2; UPDATE audit SET seq = 2 WHERE seq = 3; UPDATE audit SET seq = 3 WHERE seq = 102".to_owned(),
+        ),
+        ("truncated hash", "UPDATE audit SET hash = substr(hash, 1, 10) WHERE seq = 4".to_owned()),
+        // The last records deleted: the chain alone is intact, the signed checkpoint is not.
+        ("deletion at the end", format!("DELETE FROM audit WHERE seq >= {}", last - 1)),
+        ("forged checkpoint", "UPDATE checkpoints SET signature = 'AAAA' || substr(signature, 5)".to_owned()),
+    ] {
+        std::fs::write(&db, &backup).unwrap();
+        let _ = std::fs::remove_file(a.dir.join("state/audit.db-wal"));
+        assert_eq!(verify().1["records"], total, "restored");
+        sqlite(&sql);
+        let (intact, v) = verify();
+        assert!(!intact, "{what} not detected: {v}");
+        assert_eq!(v["intact"], false);
+    }
+}
+
+#[test]
+fn an_audit_log_that_cannot_be_written_stops_signing_and_readiness() {
+    // A 64 KiB cap on the audit database: it fills as a full disk would.
+    let a = Appliance::new();
+    a.edit(|f| f.audit = Some(sitesign::config::AuditConfigFile { max_size_mb: Some(0.0625), ..Default::default() }));
+    let s = a.start();
+    let mut released = 0;
+    let mut refused = None;
+    for n in 0..2000u32 {
+        let body = json!({"device_id": format!("GUID:{n:08X}-1F3A-4B5C-9D8E-7F6A5B4C3D2E"), "client_cert_thumbprint": thumbprint(n as u8), "proof": {"kind": "internal"}});
+        let (status, v) = s.call("/v1/client-tokens", Some(&body.to_string()));
+        if status == 200 {
+            released += 1;
+            continue;
+        }
+        refused = Some((status, v));
+        break;
+    }
+    let (status, v) = refused.expect("the capped audit log fills up");
+    assert_eq!(status, 503, "{v}");
+    assert_eq!(v["error"]["code"], "audit_unavailable");
+    assert!(v.get("token").is_none());
+    let (ready, body) = s.ops("/readyz");
+    assert_eq!(ready, 503, "{body}");
+    assert!(body.contains("\"audit_writable\":false"), "{body}");
+    // Every token released before has its record, and the chain is intact.
+    assert!(a.audit_intact());
+    let client_records = a.audit_records().iter().filter(|r| r["kind"] == "client-token").count();
+    assert_eq!(client_records, released);
+}

@@ -1,0 +1,249 @@
+//! The batch endpoint: order, per-line errors, an audit record for every token streamed and none
+//! without one; bounded memory on a long stream; a full queue answering single requests busy;
+//! the 16 KiB line cap; and SIGTERM while a batch streams.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests: a panic is a failure")]
+
+use std::collections::HashSet;
+use std::io::Write as _;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+mod common;
+use common::appliance::{Appliance, Service, claims_of, client_request, device, register, sha256_hex, thumbprint};
+
+/// A renewal proof forged from a real token: device `n`'s claims with another device's
+/// signature spliced on (what a thief of one token would try).
+fn forged_renewal(s: &Service, n: u32) -> String {
+    let (_, real) = register(s, 900_000 + n, json!({"kind": "internal"}));
+    let real = real["token"].as_str().unwrap();
+    let mut claims = claims_of(real);
+    claims["DeviceId"] = json!(device(n));
+    claims["cnf"]["x5t#S256"] = json!(thumbprint((n % 251) as u8));
+    let parts: Vec<&str> = real.split('.').collect();
+    let payload = sitesign::token::b64::encode(serde_json::to_string(&claims).unwrap().as_bytes());
+    format!("{}.{payload}.{}", parts[0], parts[2])
+}
+
+#[test]
+fn batches_keep_order_report_per_item_errors_and_audit_every_token() {
+    let a = Appliance::new();
+    let s = a.start();
+    // 300 items: every 7th malformed, every 11th a bad device id, every 13th a forged renewal.
+    let mut lines = Vec::new();
+    let mut expected = Vec::new();
+    for i in 0..300u32 {
+        let dev = format!("GUID:{i:08X}-0000-4000-8000-000000000000");
+        if i % 7 == 3 {
+            lines.push(format!("{{\"device_id\": \"{dev}\", broken"));
+            expected.push(Err(("bad_request", "")));
+        } else if i % 11 == 5 {
+            lines.push(json!({"device_id": format!("GUID:{i}"), "client_cert_thumbprint": thumbprint(1), "proof": {"kind": "internal"}}).to_string());
+            expected.push(Err(("invalid_device_id", "")));
+        } else if i % 13 == 6 {
+            let forged = forged_renewal(&s, i);
+            lines.push(client_request(i, json!({"kind": "renew", "token": forged})).to_string());
+            expected.push(Err(("proof_rejected", "bad_signature")));
+        } else {
+            lines.push(
+                json!({"device_id": dev, "client_cert_thumbprint": thumbprint(1), "proof": {"kind": "internal"}})
+                    .to_string(),
+            );
+            expected.push(Ok(dev));
+        }
+    }
+    // A blank line is not an item; the last line has no newline.
+    let body_path = s.dir.join("batch.ndjson");
+    std::fs::write(&body_path, format!("{}\n\n{}", lines[..299].join("\n"), lines[299])).unwrap();
+    let results = s.batch_file(&body_path);
+    assert_eq!(results.len(), 300);
+    let records = a.audit_records();
+    let audited: HashSet<&str> =
+        records.iter().filter(|r| r["kind"] == "client-token").map(|r| r["sha256"].as_str().unwrap()).collect();
+    let mut tokens = 0;
+    for (i, (got, want)) in results.iter().zip(&expected).enumerate() {
+        match want {
+            Ok(dev) => {
+                let token = got["token"].as_str().unwrap_or_else(|| panic!("item {i}: {got}"));
+                assert_eq!(claims_of(token)["DeviceId"], *dev, "item {i} out of order");
+                assert!(audited.contains(sha256_hex(token.as_bytes()).as_str()), "item {i} has no audit record");
+                tokens += 1;
+            }
+            Err((code, reason)) => {
+                assert_eq!(got["error"]["code"], *code, "item {i}: {got}");
+                assert!(got["error"]["message"].as_str().unwrap().starts_with(reason), "item {i}: {got}");
+            }
+        }
+    }
+    // The forgeries' source tokens (registered singly) plus the batch's.
+    let forgeries = expected.iter().filter(|e| matches!(e, Err(("proof_rejected", _)))).count();
+    assert_eq!(audited.len(), tokens + forgeries, "no record without a released token");
+    assert!(a.audit_intact());
+}
+
+/// Sends a batch of `n` internal registrations (from `first`); returns (response bytes, tokens).
+fn internal_batch(s: &Service, name: &str, first: u32, n: u32) -> (u64, u32) {
+    let body_path = s.dir.join(format!("{name}.ndjson"));
+    {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&body_path).unwrap());
+        for i in first..first + n {
+            writeln!(
+                f,
+                "{{\"device_id\":\"GUID:{i:08X}-0000-4000-8000-000000000000\",\"client_cert_thumbprint\":\"{}\",\"proof\":{{\"kind\":\"internal\"}}}}",
+                thumbprint((i % 251) as u8)
+            )
+            .unwrap();
+        }
+    }
+    let out_path = body_path.with_extension("out");
+    let out = s.batch_command(&body_path).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&out_path).unwrap();
+    let mut count = 0u32;
+    for (i, line) in text.lines().enumerate() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        assert!(v["token"].is_string(), "item {i}: {v}");
+        count += 1;
+    }
+    (text.len() as u64, count)
+}
+
+#[test]
+fn a_long_batch_streams_in_bounded_memory() {
+    // ES256 signs fast enough on SoftHSM to push a long stream through in seconds.
+    let a = Appliance::with(&["--token-algorithm", "ec-p256"]);
+    let s = a.start();
+    // A first batch brings the service to its working set (allocator arenas, the in-flight
+    // window); a batch four times as long then needs at most a bounded amount more — what its
+    // in-flight window holds (4,096 results, a few MiB) plus allocator noise — never anything
+    // that grows with the batch's length (its response alone is 48 MB).
+    let (_, short) = internal_batch(&s, "short", 0, 15_000);
+    assert_eq!(short, 15_000);
+    let after_short = s.peak_rss_kib();
+    let (response_bytes, long) = internal_batch(&s, "long", 100_000, 60_000);
+    assert_eq!(long, 60_000);
+    let growth = s.peak_rss_kib().saturating_sub(after_short);
+    eprintln!(
+        "peak RSS {after_short} KiB after 15,000 lines; grew {growth} KiB more over 60,000 lines ({response_bytes}-byte response)"
+    );
+    assert!(
+        growth < 16 * 1024 && growth * 1024 < response_bytes / 3,
+        "peak RSS grew {growth} KiB over a 60,000-line batch after a 15,000-line one ({response_bytes}-byte response)"
+    );
+    let audited = a.audit_records().iter().filter(|r| r["kind"] == "client-token").count();
+    assert_eq!(audited, 75_000);
+}
+
+#[test]
+fn a_full_queue_answers_busy_and_signs_nothing_for_it() {
+    // A queue of one job, kept full by a long batch (which waits for room: backpressure); single
+    // requests arriving meanwhile find it full and are told to come back.
+    let a = Appliance::new();
+    a.edit_service(|svc| {
+        svc.queue_depth = Some(1);
+        svc.rate_limit_per_second = Some(100_000);
+        svc.rate_limit_burst = Some(100_000);
+    });
+    let s = a.start();
+    let n = 4000u32;
+    let body_path = s.dir.join("filler.ndjson");
+    let lines: Vec<String> = (0..n)
+        .map(|i| {
+            json!({"device_id": format!("GUID:{i:08X}-0000-4000-8000-000000000000"), "client_cert_thumbprint": thumbprint(7), "proof": {"kind": "internal"}})
+                .to_string()
+        })
+        .collect();
+    std::fs::write(&body_path, lines.join("\n") + "\n").unwrap();
+    let out_path = body_path.with_extension("out");
+    let mut batch = s.batch_command(&body_path).spawn().unwrap();
+    // Wait until the batch is flowing (its output has started), then send single requests.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::metadata(&out_path).map_or(0, |m| m.len()) < 4096 {
+        assert!(Instant::now() < deadline, "the batch never started answering");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut answers = Vec::new();
+    for i in 0..20u32 {
+        let out = s
+            .mtls()
+            .args(["-D", "-", "-H", "content-type: application/json", "--data-binary"])
+            .arg(client_request(i, json!({"kind": "internal"})).to_string())
+            .arg(s.url("/v1/client-tokens"))
+            .output()
+            .unwrap();
+        answers.push(String::from_utf8_lossy(&out.stdout).into_owned());
+    }
+    assert!(batch.wait().unwrap().success());
+    let ok_count = answers.iter().filter(|a| a.starts_with("HTTP/1.1 200")).count();
+    let busy: Vec<&String> = answers.iter().filter(|a| a.starts_with("HTTP/1.1 503")).collect();
+    assert_eq!(ok_count + busy.len(), answers.len(), "{answers:?}");
+    assert!(!busy.is_empty(), "no single request found the queue full while a batch kept it so");
+    for b in &busy {
+        let lower = b.to_ascii_lowercase();
+        assert!(lower.contains("retry-after: ") && lower.contains("\"unavailable\""), "{b}");
+    }
+    // The batch itself was slowed, never refused: every line has its token.
+    let batch_tokens =
+        std::fs::read_to_string(&out_path).unwrap().lines().filter(|l| l.starts_with("{\"token\"")).count();
+    assert_eq!(batch_tokens, n as usize);
+    let audited = a.audit_records().iter().filter(|r| r["kind"] == "client-token").count();
+    assert_eq!(audited, ok_count + batch_tokens, "a busy answer signed nothing");
+}
+
+#[test]
+fn a_line_over_16_kib_gets_its_own_error_and_the_batch_goes_on() {
+    let a = Appliance::new();
+    let s = a.start();
+    let mut long = client_request(2, json!({"kind": "internal"}));
+    long["device_id"] = json!("x".repeat(17 * 1024));
+    let lines = vec![
+        client_request(1, json!({"kind": "internal"})).to_string(),
+        long.to_string(),
+        client_request(3, json!({"kind": "internal"})).to_string(),
+    ];
+    let results = s.batch("long-line", &lines);
+    assert_eq!(results.len(), 3, "{results:?}");
+    assert_eq!(claims_of(results[0]["token"].as_str().unwrap())["DeviceId"], device(1));
+    assert_eq!(results[1]["error"]["code"], "bad_request");
+    assert!(results[1]["error"]["message"].as_str().unwrap().contains("longer than 16384 bytes"), "{results:?}");
+    assert_eq!(claims_of(results[2]["token"].as_str().unwrap())["DeviceId"], device(3));
+}
+
+#[test]
+fn sigterm_while_a_batch_streams_answers_every_line_and_exits_cleanly() {
+    let a = Appliance::new();
+    let mut s = a.start();
+    let n = 3000u32;
+    let body_path = s.dir.join("during-stop.ndjson");
+    let lines: Vec<String> = (0..n).map(|i| client_request(i, json!({"kind": "internal"})).to_string()).collect();
+    std::fs::write(&body_path, lines.join("\n") + "\n").unwrap();
+    let out_path = body_path.with_extension("out");
+    let mut batch = s.batch_command(&body_path).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::metadata(&out_path).map_or(0, |m| m.len()) < 4096 {
+        assert!(Instant::now() < deadline, "the batch never started answering");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let status = s.stop();
+    assert_eq!(status.code(), Some(0), "graceful exit on SIGTERM:\n{}", s.log_text());
+    assert!(batch.wait().unwrap().success(), "the batch in flight was finished, not cut");
+    let answers: Vec<Value> =
+        std::fs::read_to_string(&out_path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(answers.len(), n as usize, "every line has an answer");
+    let tokens: Vec<&str> = answers.iter().filter_map(|v| v["token"].as_str()).collect();
+    assert!(!tokens.is_empty());
+    for v in answers.iter().filter(|v| v.get("token").is_none()) {
+        assert_eq!(v["error"]["code"], "unavailable", "{v}");
+    }
+    // Every token released has its record; the chain and its shutdown checkpoint are intact.
+    let audited: HashSet<String> = a
+        .audit_records()
+        .iter()
+        .filter(|r| r["kind"] == "client-token")
+        .map(|r| r["sha256"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(tokens.iter().all(|t| audited.contains(&sha256_hex(t.as_bytes()))));
+    assert_eq!(audited.len(), tokens.len());
+    assert!(a.audit_intact());
+}
