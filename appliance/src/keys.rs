@@ -108,8 +108,21 @@ pub struct KeyRecord {
     pub certificates: Vec<Vec<u8>>,
 }
 
-impl KeyRecord {
-    /// The key's state at Unix time `t`.
+/// A key's schedule: the times its state changes (see [`KeyRecord`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Schedule {
+    /// See [`KeyRecord::activates`].
+    pub activates: Option<i64>,
+    /// See [`KeyRecord::deactivates`].
+    pub deactivates: Option<i64>,
+    /// See [`KeyRecord::retires`].
+    pub retires: Option<i64>,
+    /// See [`KeyRecord::revoked`].
+    pub revoked: Option<i64>,
+}
+
+impl Schedule {
+    /// The state at Unix time `t`.
     pub fn status_at(&self, t: i64) -> KeyStatus {
         let reached = |at: Option<i64>| at.is_some_and(|at| at <= t);
         if self.revoked.is_some() {
@@ -123,6 +136,23 @@ impl KeyRecord {
         } else {
             KeyStatus::Pending
         }
+    }
+}
+
+impl KeyRecord {
+    /// Its schedule.
+    pub fn schedule(&self) -> Schedule {
+        Schedule {
+            activates: self.activates,
+            deactivates: self.deactivates,
+            retires: self.retires,
+            revoked: self.revoked,
+        }
+    }
+
+    /// The key's state at Unix time `t`.
+    pub fn status_at(&self, t: i64) -> KeyStatus {
+        self.schedule().status_at(t)
     }
 
     /// The next time after `t` at which this key's state changes by its schedule.

@@ -78,7 +78,7 @@ impl State {
         let hierarchy = Guid::parse(&text)
             .ok_or_else(|| StateError::Corrupt(format!("the state's hierarchy_id {text:?} is not a GUID")))?;
         let keys = store.keys()?;
-        let ring = KeyRing::from_records(&keys, now)?;
+        let ring = KeyRing::from_records(&keys)?;
         let mut bulk = HashMap::new();
         for b in store.bulk_tokens()? {
             let guid = Guid::parse(&b.guid)

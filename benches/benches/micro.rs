@@ -90,7 +90,7 @@ fn main() {
         not_after: i64::MAX,
         certificates: vec![cert],
     };
-    let ring = KeyRing::from_records(&[record], now).unwrap();
+    let ring = KeyRing::from_records(&[record]).unwrap();
     let policy = VerifyPolicy { hierarchy, skew: 300 };
     let audit = AuditLog::open(&root.join("audit"), None).unwrap();
     let event = AuditEvent {

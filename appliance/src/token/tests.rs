@@ -140,7 +140,7 @@ fn fixture_with(key: Arc<dyn SigningKey>, status: KeyStatus) -> Fixture {
     let cert = certificate(&key, "SMS Token Signing");
     let hierarchy = Guid::parse(HIERARCHY).unwrap();
     let signer = TokenSigner::new(Arc::clone(&key), "ts-1", &cert, i64::MAX, hierarchy).unwrap();
-    let ring = KeyRing::from_records(&[record("ts-1", status, &cert)], NOW).unwrap();
+    let ring = KeyRing::from_records(&[record("ts-1", status, &cert)]).unwrap();
     Fixture {
         key,
         signer,
@@ -568,7 +568,7 @@ fn unknown_signing_certificates_are_refused() {
     let mut f = fixture();
     let (_, token) = f.bulk();
     let other = certificate(&rsa_key(), "Another Token Signing");
-    f.ring = KeyRing::from_records(&[record("ts-other", KeyStatus::Active, &other)], NOW).unwrap();
+    f.ring = KeyRing::from_records(&[record("ts-other", KeyStatus::Active, &other)]).unwrap();
     f.refuse(&token, Reason::UnknownKey);
     // A malformed x5t is a header problem.
     let header = r#"{"typ":"JWT","alg":"RS256","x5t":"not-a-thumbprint"}"#;
@@ -587,7 +587,7 @@ fn retired_and_pending_keys_do_not_verify_but_verify_only_keys_do() {
         (KeyStatus::VerifyOnly, Ok(TokenKind::Bulk)),
         (KeyStatus::Active, Ok(TokenKind::Bulk)),
     ] {
-        f.ring = KeyRing::from_records(&[record("ts-1", status, &f.cert)], NOW).unwrap();
+        f.ring = KeyRing::from_records(&[record("ts-1", status, &f.cert)]).unwrap();
         assert_eq!(f.check(&token, None, NOW).map(|v| v.kind), expected, "{status:?}");
     }
 }
@@ -602,12 +602,12 @@ fn a_renewal_accepts_tokens_of_retired_and_revoked_keys_but_still_checks_their_s
         (KeyStatus::VerifyOnly, Ok(KeyStatus::VerifyOnly)),
         (KeyStatus::Pending, Err(Reason::KeyNotUsable)),
     ] {
-        f.ring = KeyRing::from_records(&[record("ts-1", status, &f.cert)], NOW).unwrap();
+        f.ring = KeyRing::from_records(&[record("ts-1", status, &f.cert)]).unwrap();
         let got = f.check_for(&token, Some(CLIENT_CERT), NOW, Purpose::Renewal).map(|v| v.key_status);
         assert_eq!(got, expected, "{status:?}");
     }
     // A revoked key's token with a broken signature is refused even for renewal.
-    f.ring = KeyRing::from_records(&[record("ts-1", KeyStatus::Revoked, &f.cert)], NOW).unwrap();
+    f.ring = KeyRing::from_records(&[record("ts-1", KeyStatus::Revoked, &f.cert)]).unwrap();
     let (input, sig) = token.rsplit_once('.').unwrap();
     let mut bytes = b64::decode(sig).unwrap();
     bytes[7] ^= 1;

@@ -32,8 +32,9 @@ use crate::keys::{KeyRecord, KeyRole, KeyStatus};
 pub struct VerifyKey {
     /// The key's id.
     pub key_id: String,
-    /// Its state when the ring was built.
-    pub status: KeyStatus,
+    /// Its schedule: its state is read at verification time, so a scheduled activation or
+    /// retirement takes effect at its second, not when the ring is next rebuilt.
+    pub schedule: crate::keys::Schedule,
     /// The one scheme its tokens are signed with.
     pub scheme: SignatureScheme,
     /// The key's public key as `ring` takes it.
@@ -59,9 +60,9 @@ pub struct KeyRingError {
 }
 
 impl KeyRing {
-    /// The token-signing keys among `records`, in their state at time `now` (every state is
-    /// kept, so a retired key's tokens are refused as `key_not_usable`, not as unknown).
-    pub fn from_records(records: &[KeyRecord], now: i64) -> Result<KeyRing, KeyRingError> {
+    /// The token-signing keys among `records` (every state is kept, so a retired key's tokens are
+    /// refused as `key_not_usable`, not as unknown).
+    pub fn from_records(records: &[KeyRecord]) -> Result<KeyRing, KeyRingError> {
         let mut by_x5t = HashMap::new();
         for r in records.iter().filter(|r| r.role == KeyRole::TokenSigning) {
             for der in &r.certificates {
@@ -72,7 +73,7 @@ impl KeyRing {
                 let public = PublicKey::from_spki_der(&spki).map_err(|e| bad(e.to_string()))?;
                 let scheme = public.algorithm().default_scheme();
                 let public = public.subject_public_key_bytes().map_err(|e| bad(e.to_string()))?;
-                let key = VerifyKey { key_id: r.id.clone(), status: r.status_at(now), scheme, public };
+                let key = VerifyKey { key_id: r.id.clone(), schedule: r.schedule(), scheme, public };
                 by_x5t.insert(crate::pki::x5t(der), key);
             }
         }
@@ -240,7 +241,8 @@ pub fn verify(with: Verifier<'_>, presented: Presented<'_>, now: i64) -> Result<
     let key = keys
         .get(x5t)
         .ok_or_else(|| reject(Reason::UnknownKey, format!("no token-signing certificate has x5t {x5t}")))?;
-    match (key.status, purpose) {
+    let status = key.schedule.status_at(now);
+    match (status, purpose) {
         (KeyStatus::Active | KeyStatus::VerifyOnly, _) => {}
         (KeyStatus::Retired | KeyStatus::Revoked, Purpose::Renewal) => {}
         (KeyStatus::Revoked, Purpose::Use) => {
@@ -333,7 +335,7 @@ pub fn verify(with: Verifier<'_>, presented: Presented<'_>, now: i64) -> Result<
             }
         }
     }
-    Ok(Verified { kind, claims, key_id: key.key_id.clone(), key_status: key.status })
+    Ok(Verified { kind, claims, key_id: key.key_id.clone(), key_status: status })
 }
 
 fn check_category(claims: &Claims) -> Result<(), VerifyError> {
