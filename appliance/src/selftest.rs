@@ -1,6 +1,6 @@
 //! The known-good check run before a key is trusted: its protection attributes are as SPEC §2
 //! requires, it signs a fresh probe message, and the signature verifies under an implementation
-//! independent of the device (`ring`). The CLI runs it after creating keys; sitesignd will run it
+//! independent of the device (`ring`). The CLI runs it after creating keys; sitesignd runs it
 //! for every active key before it reports ready.
 
 use std::time::{Duration, Instant};

@@ -149,7 +149,6 @@ impl KeyBackend for Pkcs11Backend {
     }
 
     fn find_key(&self, uri: &KeyUri) -> Result<Arc<dyn SigningKey>> {
-        #[allow(unreachable_patterns, reason = "KeyUri gains a TPM variant with the TPM backend")]
         let uri = match uri {
             KeyUri::Pkcs11(u) => u,
             other => {
