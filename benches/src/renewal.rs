@@ -215,15 +215,16 @@ fn generate(n: u64, mut line: impl FnMut(u64, &mut Vec<u8>) + Send + 'static) ->
     .boxed()
 }
 
-/// Single-token requests from `concurrency` connections for `seconds`: latencies in ms.
-async fn latency(client: Arc<Client>, concurrency: usize, seconds: f64) -> anyhow::Result<Vec<f64>> {
+/// Single-token requests from `concurrency` connections for `seconds`: the latencies in ms of the
+/// ones that succeeded, sorted, and the number that did not (reported beside them, never hidden).
+async fn latency(client: Arc<Client>, concurrency: usize, seconds: f64) -> anyhow::Result<(Vec<f64>, u64)> {
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let mut tasks = Vec::new();
     for c in 0..concurrency {
         let client = Arc::clone(&client);
         tasks.push(tokio::spawn(async move {
             let mut sender = client.connect::<Full<Bytes>>().await?;
-            let mut out = Vec::new();
+            let (mut out, mut failed) = (Vec::new(), 0u64);
             let mut i = 0u64;
             while Instant::now() < deadline {
                 let (id, tp) = device(10_000_000_000 + (c as u64) * 1_000_000 + i);
@@ -239,18 +240,22 @@ async fn latency(client: Arc<Client>, concurrency: usize, seconds: f64) -> anyho
                 response.into_body().collect().await?;
                 if status.is_success() {
                     out.push(started.elapsed().as_secs_f64() * 1000.0);
+                } else {
+                    failed += 1;
                 }
                 i += 1;
             }
-            anyhow::Ok(out)
+            anyhow::Ok((out, failed))
         }));
     }
-    let mut all = Vec::new();
+    let (mut all, mut failed) = (Vec::new(), 0);
     for t in tasks {
-        all.extend(t.await??);
+        let (latencies, failures) = t.await??;
+        all.extend(latencies);
+        failed += failures;
     }
     all.sort_by(f64::total_cmp);
-    Ok(all)
+    Ok((all, failed))
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -379,7 +384,8 @@ fn run(args: &Args) -> anyhow::Result<()> {
 
     // 4. Single-token latency under concurrent load.
     eprintln!("single-token requests from {} connections for {} s…", args.concurrency, args.latency_seconds);
-    let latencies = runtime.block_on(latency(Arc::clone(&client), args.concurrency, args.latency_seconds))?;
+    let (latencies, single_failures) =
+        runtime.block_on(latency(Arc::clone(&client), args.concurrency, args.latency_seconds))?;
     let peak = peak_rss_mib(pid);
     drop(service);
     drop(swtpm);
@@ -397,6 +403,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         "renewal_errors": renew_errors,
         "single_concurrency": args.concurrency,
         "single_requests": latencies.len(),
+        "single_failures": single_failures,
         "single_rate_per_s": (latencies.len() as f64 / args.latency_seconds * 10.0).round() / 10.0,
         "single_p50_ms": (percentile(&latencies, 0.50) * 100.0).round() / 100.0,
         "single_p99_ms": (percentile(&latencies, 0.99) * 100.0).round() / 100.0,

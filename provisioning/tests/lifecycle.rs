@@ -250,6 +250,7 @@ fn a_revoked_mp_certificate_is_refused_within_a_second_and_listed_on_the_crl() {
     let entry =
         listed.iter().find(|r| r["serial"].as_str().unwrap() == serial.trim_start_matches('0')).expect("listed");
     assert_eq!(entry["reason"], "key_compromise", "{checked}");
+    device_tests::pytools::lint_crl(&crl);
     // `cert crl --out` writes the same kind of CRL, with a higher number.
     let file = a.dir.join("crl-cli.der");
     a.ok(&["cert", "crl", "--out", file.to_str().unwrap()]);
@@ -412,6 +413,7 @@ fn after_rotate_issuing_mps_from_the_old_and_the_new_root_both_work() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
     let checked = python_tool("crl_check.py", &[crl.to_str().unwrap(), new_ca.to_str().unwrap()]);
     assert_eq!(serde_json::from_slice::<Value>(&checked.stdout).unwrap()["signature_valid"], true);
+    device_tests::pytools::lint_crl(&crl);
     assert!(a.audit_intact());
 }
 

@@ -32,7 +32,6 @@ use hsm_adapters::tpm::TpmBackend;
 use hsm_adapters::{KeyAlgorithm, KeyBackend, TpmConfig};
 use hsm_adapters::{PinSource, Pkcs11Config, TokenSelector};
 use libtest_mimic::{Arguments, Failed, Trial};
-use ring::rand::{SecureRandom, SystemRandom};
 use secrecy::SecretString;
 
 /// Set in a child process to the name of the one test it runs.
@@ -115,9 +114,7 @@ pub fn module_path() -> PathBuf {
 }
 
 fn random_pin() -> SecretString {
-    let mut bytes = [0u8; 12];
-    SystemRandom::new().fill(&mut bytes).unwrap();
-    SecretString::from(bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+    hsm_adapters::random_secret().expect("the system random generator")
 }
 
 /// Writes `content` to a new file with mode 0600.

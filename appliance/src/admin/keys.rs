@@ -571,16 +571,7 @@ fn rotate_token_signing(
     if req.dry_run {
         return Ok((plan, false));
     }
-    let mut work = Work::default();
-    let suffix = key_name_suffix(now)?;
-    let made = (|| {
-        let new = generate(ctx, &mut work, &key_plan, KeyRole::TokenSigning, &suffix)?;
-        let issuer = active_issuer(ctx, state)?;
-        let request = own_request(ctx, KeyRole::TokenSigning, new.key.as_ref(), ProfileKind::TokenSigning)?;
-        let (issued, cert) = certify(ctx, &issuer, &request, Some(&new.record.id))?;
-        Ok::<_, AdminError>((new, issued, cert))
-    })();
-    let (new, issued, cert) = made.map_err(|e| e.with_orphans(ctx.store, &work.orphans))?;
+    let (work, new, issued, cert) = successor(ctx, state, &key_plan, KeyRole::TokenSigning, ProfileKind::TokenSigning)?;
     let mut record = new.record;
     record.activates = Some(activates);
     record.not_after = issued.not_after;
@@ -611,6 +602,47 @@ fn rotate_token_signing(
             ));
         }
     }
+    let revoked = revoke.is_some().then_some(&old);
+    plan.new_keys.push(commit_successor(ctx, state, &work, events, record, cert, old_schedule, revoked)?);
+    Ok((plan, true))
+}
+
+/// Generates the successor of a token-signing or TLS key and certifies it under the active SMS
+/// Issuing root. On failure the generated key is recorded as an orphan, never left unaccounted.
+fn successor(
+    ctx: &mut AdminContext<'_>,
+    state: &State,
+    key_plan: &KeyPlan,
+    role: KeyRole,
+    profile: ProfileKind,
+) -> Result<(Work, Generated, Issued, CertRecord), AdminError> {
+    let mut work = Work::default();
+    let suffix = key_name_suffix(ctx.now)?;
+    let made = (|| {
+        let new = generate(ctx, &mut work, key_plan, role, &suffix)?;
+        let issuer = active_issuer(ctx, state)?;
+        let request = own_request(ctx, role, new.key.as_ref(), profile)?;
+        let (issued, cert) = certify(ctx, &issuer, &request, Some(&new.record.id))?;
+        Ok::<_, AdminError>((new, issued, cert))
+    })();
+    let (new, issued, cert) = made.map_err(|e| e.with_orphans(ctx.store, &work.orphans))?;
+    Ok((work, new, issued, cert))
+}
+
+/// Records a successor key, its certificate and its predecessor's new schedule in one change,
+/// with the predecessor's certificates revoked (and the CRLs that list them) when `revoked` is
+/// that predecessor. Returns the successor's id.
+#[allow(clippy::too_many_arguments)] // one call per kind of replacement; a struct would only rename them
+fn commit_successor(
+    ctx: &mut AdminContext<'_>,
+    state: &State,
+    work: &Work,
+    mut events: Vec<AuditEvent>,
+    record: KeyRecord,
+    cert: CertRecord,
+    old_schedule: KeySchedule,
+    revoked: Option<&KeyRecord>,
+) -> Result<String, AdminError> {
     let mut changes = ChangeSet {
         expect_generation: Some(state.generation),
         new_keys: vec![record.clone()],
@@ -618,14 +650,13 @@ fn rotate_token_signing(
         schedules: vec![old_schedule],
         ..ChangeSet::default()
     };
-    if revoke.is_some() {
-        revoke_certificates_of(ctx, state, &old)
+    if let Some(old) = revoked {
+        revoke_certificates_of(ctx, state, old)
             .map_err(|e| e.with_orphans(ctx.store, &work.orphans))?
             .into_change(&mut changes, &mut events);
     }
-    commit(ctx, &work, events, &changes)?;
-    plan.new_keys.push(record.id);
-    Ok((plan, true))
+    commit(ctx, work, events, &changes)?;
+    Ok(record.id)
 }
 
 /// Replaces the TLS key at once (`rotate tls`, or the revocation of the TLS key): new
@@ -662,16 +693,7 @@ fn replace_tls(
     if dry_run {
         return Ok((plan, false));
     }
-    let mut work = Work::default();
-    let suffix = key_name_suffix(now)?;
-    let made = (|| {
-        let new = generate(ctx, &mut work, &key_plan, KeyRole::Tls, &suffix)?;
-        let issuer = active_issuer(ctx, state)?;
-        let request = own_request(ctx, KeyRole::Tls, new.key.as_ref(), ProfileKind::ApplianceTls)?;
-        let (issued, cert) = certify(ctx, &issuer, &request, Some(&new.record.id))?;
-        Ok::<_, AdminError>((new, issued, cert))
-    })();
-    let (new, issued, cert) = made.map_err(|e| e.with_orphans(ctx.store, &work.orphans))?;
+    let (work, new, issued, cert) = successor(ctx, state, &key_plan, KeyRole::Tls, ProfileKind::ApplianceTls)?;
     let mut record = new.record;
     record.activates = Some(now);
     record.not_after = issued.not_after;
@@ -688,20 +710,8 @@ fn replace_tls(
         }
         None => events.push(transition(ctx, "key-scheduled", &old, format!("retired; replaced by {}", record.id))),
     }
-    let mut changes = ChangeSet {
-        expect_generation: Some(state.generation),
-        new_keys: vec![record.clone()],
-        certificates: vec![cert],
-        schedules: vec![old_schedule],
-        ..ChangeSet::default()
-    };
-    if revoke.is_some() {
-        revoke_certificates_of(ctx, state, &old)
-            .map_err(|e| e.with_orphans(ctx.store, &work.orphans))?
-            .into_change(&mut changes, &mut events);
-    }
-    commit(ctx, &work, events, &changes)?;
-    plan.new_keys.push(record.id);
+    let revoked = revoke.is_some().then_some(&old);
+    plan.new_keys.push(commit_successor(ctx, state, &work, events, record, cert, old_schedule, revoked)?);
     Ok((plan, true))
 }
 
