@@ -9,7 +9,7 @@ use der::Decode;
 use serde::{Deserialize, Serialize};
 use x509_cert::ext::pkix::CrlReason;
 
-use super::keys::{IssuerRef, Plan, active_issuer, certify, issuer_of};
+use super::change::{IssuerRef, Plan, Work, active_issuer, certify, commit, issuer_of};
 use super::{AdminContext, AdminError};
 use crate::audit::AuditEvent;
 use crate::keys::{KeyRecord, KeyRole};
@@ -242,7 +242,7 @@ pub fn revoke(
         crls,
         ..ChangeSet::default()
     };
-    super::keys::commit(ctx, &super::keys::Work::default(), events, &changes)?;
+    commit(ctx, &Work::default(), events, &changes)?;
     Ok((plan, true))
 }
 

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::keys::{Generated, IssuerRef, KeyView, Work, certify, commit, generate, key_name_suffix, own_request};
+use super::change::{Generated, IssuerRef, Work, certify, commit, generate, key_name_suffix, own_request};
+use super::keys::KeyView;
 use super::{AdminContext, AdminError};
 use crate::audit::AuditEvent;
 use crate::keys::KeyRole;

@@ -14,6 +14,7 @@
 
 pub mod bulk;
 pub mod certs;
+mod change;
 pub mod init;
 pub mod keys;
 
@@ -32,7 +33,8 @@ use crate::token::issue::IssueError;
 
 pub use bulk::NewBulkToken;
 pub use certs::{CertView, CrlView, RevocationReason};
-pub use keys::{KeyView, Plan};
+pub use change::Plan;
+pub use keys::KeyView;
 
 /// Why an administrative operation failed. Nothing was changed unless the error says so
 /// ([`AdminError::Orphans`] names keys left in a device).

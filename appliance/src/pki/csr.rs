@@ -1,5 +1,5 @@
 //! PKCS#10 certificate requests: parsed, their self-signature verified (with `ring`), and turned
-//! into a certification [`Request`](super::Request) under a profile's policy.
+//! into a certification [`Request`] under a profile's policy.
 
 use std::net::IpAddr;
 use std::time::Duration;

@@ -1,5 +1,5 @@
 //! The single-token endpoints: `POST /v1/client-tokens`, `POST /v1/access-tokens` and
-//! `POST /v1/tokens:verify`. Each parses its body, asks the [`policy`](crate::policy) on a
+//! `POST /v1/tokens:verify`. Each parses its body, asks the policy ([`crate::policy`]) on a
 //! blocking thread (a verification is CPU work, a revoked key's renewal reads the audit log),
 //! prepares the token and hands it to the signing pipeline.
 

@@ -1,6 +1,6 @@
 //! Issuance: [`TokenSigner`] holds the active token-signing key and writes tokens with it.
 //!
-//! A token is made in three steps so that the batch pipeline can overlap them: [`TokenSigner::prepare`]
+//! A token is made in three steps so that the batch pipeline can overlap them: `TokenSigner::prepare`
 //! builds the claims and the signing input on the host, the device signs the input, and
 //! [`PreparedToken::finish`] appends the signature. [`TokenSigner::sign`] does all three.
 

@@ -2,7 +2,7 @@
 //! persistent handle, as TPM-wrapped blobs in a key folder (`tpm:object=NAME`) or used at their
 //! own persistent handles (`tpm:handle=0x81…`). Every key is fixedTPM, fixedParent,
 //! sensitiveDataOrigin, userWithAuth and sign-only. SHA-256 is computed on the host; the TPM signs
-//! the digest. One thread owns the TPM (see [`worker`]).
+//! the digest. One thread owns the TPM (see `worker.rs`).
 
 mod worker;
 
