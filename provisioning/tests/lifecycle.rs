@@ -114,6 +114,47 @@ fn configmgr_lock_out_does_not_happen_on_a_token_signing_rotation() {
 }
 
 #[test]
+fn a_tpm_appliance_rotates_its_token_signing_and_tls_keys_live() {
+    // Every key in a swtpm: the rotations go through the running service's admin socket (the
+    // TPM serves one client), and the service takes them up without a restart.
+    let tmp = tempfile::tempdir().unwrap();
+    let tpm = device_tests::swtpm::Swtpm::start(tmp.path());
+    let a = Appliance::with(&["--backend", "tpm", "--tcti", &tpm.tcti()]);
+    let s = a.start();
+    let pid = s.pid();
+    let old = key(&a, "token-signing", "active");
+    let (status, before) = register(&s, 21, json!({"kind": "internal"}));
+    assert_eq!(status, 200, "{before}");
+    let before = before["token"].as_str().unwrap().to_owned();
+
+    let done = a.ok(&["rotate", "token-signing", "--activate-at", "now", "--yes"]);
+    assert_eq!(done["done"], true, "{done}");
+    let new = key(&a, "token-signing", "active");
+    assert_ne!(new["id"], old["id"]);
+    assert!(new["uri"].as_str().unwrap().starts_with("tpm:"), "{new}");
+    assert!(s.eventually(Duration::from_secs(30), || {
+        let (_, t) = register(&s, 22, json!({"kind": "internal"}));
+        t["token"].as_str().is_some_and(|t| header_of(t)["x5t"] == new["x5t"])
+    }));
+    assert_eq!(verify(&s, &before, 21)["valid"], true, "a token of the verify-only key still verifies");
+    let (status, renewed) = register(&s, 21, json!({"kind": "renew", "token": before}));
+    assert_eq!(status, 200, "{renewed}");
+    assert_eq!(header_of(renewed["token"].as_str().unwrap())["x5t"], new["x5t"]);
+
+    let tls_before = key(&a, "tls", "active");
+    assert_eq!(s.served_certificate_x5t().as_deref(), tls_before["x5t#S256"].as_str());
+    a.ok(&["rotate", "tls", "--yes"]);
+    let tls_after = key(&a, "tls", "active");
+    assert_ne!(tls_after["id"], tls_before["id"]);
+    assert!(s.eventually(Duration::from_secs(30), || s.served_certificate_x5t().as_deref()
+        == tls_after["x5t#S256"].as_str()));
+    assert_eq!(s.pid(), pid);
+    assert!(a.audit_intact());
+    drop(s);
+    tpm.stop();
+}
+
+#[test]
 fn rotation_while_a_long_batch_streams_fails_no_line() {
     let a = Appliance::new();
     a.edit_service(|svc| {

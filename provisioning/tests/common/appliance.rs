@@ -236,6 +236,20 @@ impl Service {
         parse_curl(&out)
     }
 
+    /// The `x5t#S256` (SHA-256 of the DER, base64url) of the certificate a new TLS connection
+    /// is served, read by OpenSSL's client.
+    pub fn served_certificate_x5t(&self) -> Option<String> {
+        let script = format!(
+            "openssl s_client -connect 127.0.0.1:{} -cert '{}' -key '{}' </dev/null 2>/dev/null | openssl x509 -outform DER | openssl dgst -sha256 -binary | basenc --base64url",
+            self.api.port(),
+            self.dir.join("mp/mp.crt").display(),
+            self.dir.join("mp/mp.key").display()
+        );
+        let out = Command::new("bash").args(["-o", "pipefail", "-c", &script]).output().unwrap();
+        let x5t = String::from_utf8_lossy(&out.stdout).trim().trim_end_matches('=').to_owned();
+        (out.status.success() && !x5t.is_empty()).then_some(x5t)
+    }
+
     /// (status, body) of a plain-HTTP request to the ops listener.
     pub fn ops(&self, path: &str) -> (u16, String) {
         let ops = self.ops.expect("the ops listener is on");
