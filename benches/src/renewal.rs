@@ -6,8 +6,11 @@
 //! 2. provisions a fresh appliance (`sitesign quickstart`: SoftHSM, or with `--backend swtpm` a
 //!    private swtpm) and starts `sitesignd`;
 //! 3. registers N devices through `POST /v1/client-tokens:batch` over HTTPS with mTLS (internal
-//!    proofs), then **renews** all N with their tokens (renew proofs: each presented token fully
-//!    verified) — the renewal phase is the end-to-end rate;
+//!    proofs); rotates the token-signing key (`sitesign rotate token-signing --activate-at now`,
+//!    through the running service's admin socket) — the mass renewal a real site runs, since a
+//!    token of the active key is not renewable before `renew_after_days`; then **renews** all N
+//!    with their tokens (renew proofs: each presented token fully verified, then re-signed by the
+//!    new key) — the renewal phase is the end-to-end rate;
 //! 4. drives single-token requests from 64 concurrent MP connections and records their latency;
 //! 5. prints one JSON line: raw rate, end-to-end rate, their ratio, p50/p99 single-token latency,
 //!    sitesignd's peak RSS.
@@ -215,6 +218,35 @@ fn generate(n: u64, mut line: impl FnMut(u64, &mut Vec<u8>) + Send + 'static) ->
     .boxed()
 }
 
+/// The `x5t` in the header of `token`.
+fn x5t_of(token: &str) -> anyhow::Result<String> {
+    let header = token.split('.').next().and_then(sitesign::token::b64::decode).context("not a token")?;
+    let header: serde_json::Value = serde_json::from_slice(&header)?;
+    Ok(header["x5t"].as_str().context("no x5t")?.to_owned())
+}
+
+/// The `x5t` of the first token in the file of registered tokens.
+fn first_line_x5t(path: &Path) -> anyhow::Result<String> {
+    let mut line = String::new();
+    BufReader::new(std::fs::File::open(path)?).read_line(&mut line)?;
+    x5t_of(line.trim())
+}
+
+/// The `x5t` of the key signing new tokens now: one internal registration of a spare device.
+async fn signing_x5t(client: &Client) -> anyhow::Result<String> {
+    let mut sender = client.connect::<Full<Bytes>>().await?;
+    let (id, tp) = device(0xffff_ffff_ffff);
+    let body = format!(r#"{{"device_id":"{id}","client_cert_thumbprint":"{tp}","proof":{{"kind":"internal"}}}}"#);
+    let request = hyper::Request::post("/v1/client-tokens")
+        .header("host", "127.0.0.1")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))?;
+    let response = sender.send_request(request).await?;
+    let body = response.into_body().collect().await?.to_bytes();
+    let answer: serde_json::Value = serde_json::from_slice(&body)?;
+    x5t_of(answer["token"].as_str().with_context(|| format!("no token in {answer}"))?)
+}
+
 /// Single-token requests from `concurrency` connections for `seconds`: the latencies in ms of the
 /// ones that succeeded, sorted, and the number that did not (reported beside them, never hidden).
 async fn latency(client: Arc<Client>, concurrency: usize, seconds: f64) -> anyhow::Result<(Vec<f64>, u64)> {
@@ -366,7 +398,27 @@ fn run(args: &Args) -> anyhow::Result<()> {
         bail!("registration: {registered} tokens, {reg_errors} errors; see {}", root.join("sitesignd.log").display());
     }
 
-    // 3b. Renewal: every device presents its token (verified in full) for a new one.
+    // 3b. The security team rotates the token-signing key; the service takes it up live.
+    eprintln!("rotating the token-signing key (activate now)…");
+    let old_x5t = first_line_x5t(&tokens_path)?;
+    let rotated = Command::new(bin("sitesign")?)
+        .arg("--config")
+        .arg(&config)
+        .args(["--json", "rotate", "token-signing", "--activate-at", "now", "--yes"])
+        .env_remove("SOFTHSM2_CONF")
+        .output()?;
+    if !rotated.status.success() {
+        bail!("rotate token-signing failed: {}", String::from_utf8_lossy(&rotated.stdout));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while runtime.block_on(signing_x5t(&client))? == old_x5t {
+        if Instant::now() > deadline {
+            bail!("sitesignd did not take up the new token-signing key within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // 3c. Renewal: every device presents its token (verified in full) for a new one.
     let mut reader = BufReader::new(std::fs::File::open(&tokens_path)?);
     let lines = generate(tokens, move |i, out| {
         let mut token = String::new();

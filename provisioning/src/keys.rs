@@ -20,13 +20,14 @@ pub fn list(ctx: &Context, out: Output) -> Result<ExitCode, CliError> {
     let state = ctx.state()?;
     let keys = sitesign::admin::keys::list(&state);
     let orphans = ctx.store()?.orphans()?;
+    let w = keys.iter().map(|k| k.id.len()).max().unwrap_or(0).max(2);
     out.line(format!(
-        "{:<30} {:<14} {:<12} {:<9} {:<21} {:<21} {:<28} URI",
+        "{:<w$} {:<14} {:<12} {:<9} {:<21} {:<21} {:<28} URI",
         "ID", "ROLE", "STATUS", "ALGORITHM", "ACTIVATES", "RETIRES", "X5T"
     ));
     for k in &keys {
         out.line(format!(
-            "{:<30} {:<14} {:<12} {:<9} {:<21} {:<21} {:<28} {}",
+            "{:<w$} {:<14} {:<12} {:<9} {:<21} {:<21} {:<28} {}",
             k.id,
             k.role.as_str(),
             k.status.as_str(),
@@ -37,7 +38,7 @@ pub fn list(ctx: &Context, out: Output) -> Result<ExitCode, CliError> {
             k.uri
         ));
         if let Some(reason) = &k.revoke_reason {
-            out.line(format!("{:<30} revoked {}: {reason}", "", k.revoked.as_deref().unwrap_or("")));
+            out.line(format!("{:<w$} revoked {}: {reason}", "", k.revoked.as_deref().unwrap_or("")));
         }
     }
     for o in &orphans {
