@@ -148,6 +148,9 @@ impl BackendHealth {
             Ok(()) => self.down.store(false, Ordering::Relaxed),
             Err(e) => {
                 metrics.backend_error(e.code());
+                if e.code() == "faulty_signature" {
+                    tracing::error!(error = %e, "a device signature failed its host check and was discarded");
+                }
                 if matches!(e.code(), "backend_unavailable" | "backend_failure" | "backend_module") {
                     self.down.store(true, Ordering::Relaxed);
                 }

@@ -7,9 +7,6 @@ use std::time::{Duration, Instant};
 
 use hsm_adapters::{ProtectionReport, SignatureScheme, SigningKey};
 use ring::rand::{SecureRandom, SystemRandom};
-use ring::signature::{
-    ECDSA_P256_SHA256_FIXED, RSA_PKCS1_2048_8192_SHA256, RSA_PSS_2048_8192_SHA256, UnparsedPublicKey,
-};
 use serde::Serialize;
 
 /// What the self-test found for one key.
@@ -69,15 +66,9 @@ pub fn verify_independently(
     message: &[u8],
     signature: &[u8],
 ) -> bool {
-    let alg: &dyn ring::signature::VerificationAlgorithm = match scheme {
-        SignatureScheme::RsaPkcs1Sha256 => &RSA_PKCS1_2048_8192_SHA256,
-        SignatureScheme::RsaPssSha256 => &RSA_PSS_2048_8192_SHA256,
-        SignatureScheme::EcdsaP256Sha256 => &ECDSA_P256_SHA256_FIXED,
-    };
-    match public.subject_public_key_bytes() {
-        Ok(bytes) => UnparsedPublicKey::new(alg, bytes).verify(message, signature).is_ok(),
-        Err(_) => false,
-    }
+    public
+        .subject_public_key_bytes()
+        .is_ok_and(|bytes| hsm_adapters::checked::verify_raw(scheme, &bytes, message, signature))
 }
 
 /// Checks `key`: protection attributes, then `rounds` signatures with `scheme` over fresh probe

@@ -157,6 +157,15 @@ pub enum Error {
         /// How long the caller waited.
         waited_ms: u64,
     },
+    /// The device returned a signature that does not verify with the key's public half: it was
+    /// discarded (a faulty RSA-CRT signature would give the private key away).
+    #[error(
+        "key {uri}: the device returned a signature that does not verify with the key's public key; it was discarded — check the device (a fault, or a key that is not the one reported)"
+    )]
+    FaultySignature {
+        /// The key's URI.
+        uri: String,
+    },
     /// Recovery was attempted the allowed number of times and the device still fails.
     #[error("device still failing after {attempts} recovery attempts: {last}")]
     RecoveryExhausted {
@@ -309,6 +318,7 @@ impl Error {
             Error::Unsupported { .. } => "unsupported",
             Error::Encoding { .. } => "encoding",
             Error::Busy { .. } => "backend_busy",
+            Error::FaultySignature { .. } => "faulty_signature",
             Error::RecoveryExhausted { .. } => "backend_unavailable",
         }
     }

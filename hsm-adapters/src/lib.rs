@@ -10,6 +10,7 @@
 //! appliance that decided they should be signed.
 
 pub mod backend;
+pub mod checked;
 pub mod config;
 pub mod error;
 pub mod key;
@@ -31,12 +32,14 @@ pub use pin::{PinSource, random_secret};
 pub use signer::{X509Signature, X509Signer};
 pub use uri::{KeyUri, Pkcs11Uri, TpmUri};
 
-/// Opens the backend a validated configuration describes.
+/// Opens the backend a validated configuration describes, its keys' signatures checked on the
+/// host before release ([`checked`]).
 ///
 /// Fails as the backend's own `open` does: module not loadable, token not found, PIN problems.
 pub fn open(config: &BackendConfig) -> Result<Arc<dyn KeyBackend>> {
-    match config {
-        BackendConfig::Pkcs11(c) => Ok(Arc::new(pkcs11::Pkcs11Backend::open(c.clone())?)),
-        BackendConfig::Tpm(c) => Ok(Arc::new(tpm::TpmBackend::open(c.clone())?)),
-    }
+    let device: Arc<dyn KeyBackend> = match config {
+        BackendConfig::Pkcs11(c) => Arc::new(pkcs11::Pkcs11Backend::open(c.clone())?),
+        BackendConfig::Tpm(c) => Arc::new(tpm::TpmBackend::open(c.clone())?),
+    };
+    Ok(Arc::new(checked::CheckedBackend::new(device)))
 }

@@ -356,3 +356,51 @@ fn es256_tokens_verify_independently() {
     let claims = verify_independently(&s, token);
     assert_eq!(claims["DeviceId"], device(7));
 }
+
+/// The other valid ES256 signature of the same token: `s` replaced by `n − s`.
+fn malleate(token: &str) -> String {
+    let (input, sig) = token.rsplit_once('.').unwrap();
+    let mut sig = sitesign::token::b64::decode(sig).unwrap();
+    const N: [u8; 32] = [
+        0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xbc, 0xe6,
+        0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63, 0x25, 0x51,
+    ];
+    let mut borrow = 0i16;
+    for i in (0..32).rev() {
+        let d = i16::from(N[i]) - i16::from(sig[32 + i]) - borrow;
+        borrow = i16::from(d < 0);
+        sig[32 + i] = d.rem_euclid(256) as u8;
+    }
+    format!("{input}.{}", sitesign::token::b64::encode(&sig))
+}
+
+#[test]
+fn es256_signatures_are_low_s_and_their_high_s_twins_are_refused() {
+    let a = Appliance::with(&["--token-algorithm", "ec-p256"]);
+    let s = a.start();
+    let tp = common::appliance::thumbprint(8);
+    for n in 0..12 {
+        let (status, client) = register(&s, 8, json!({"kind": "internal"}));
+        assert_eq!(status, 200, "{client}");
+        let token = client["token"].as_str().unwrap();
+        let twin = malleate(token);
+        if n == 0 {
+            // The twin is a valid ECDSA signature — PyJWT and jwcrypto accept it (ECDSA itself is
+            // malleable) — so what refuses it below is sitesign's low-S rule, nothing else.
+            assert_eq!(verify_independently(&s, &twin)["DeviceId"], device(8));
+        }
+        let (_, verdict) =
+            s.call("/v1/tokens:verify", Some(&json!({"token": twin, "client_cert_thumbprint": tp}).to_string()));
+        assert_eq!(
+            (verdict["valid"].clone(), verdict["reason"].clone()),
+            (json!(false), json!("non_canonical_signature")),
+            "token {n}: {verdict}"
+        );
+        let (status, e) = register(&s, 8, json!({"kind": "renew", "token": twin}));
+        assert_eq!(status, 403, "{e}");
+        assert_eq!(e["error"]["reason"], "non_canonical_signature", "{e}");
+        let (_, verdict) =
+            s.call("/v1/tokens:verify", Some(&json!({"token": token, "client_cert_thumbprint": tp}).to_string()));
+        assert_eq!(verdict["valid"], true, "the low-S original is valid: {verdict}");
+    }
+}

@@ -73,6 +73,9 @@ pub enum Reason {
     KeyRevoked,
     /// The signature does not verify.
     BadSignature,
+    /// An ES256 signature with a high `s` (the malleable twin of a valid one): sitesign signs
+    /// low-S only.
+    NonCanonicalSignature,
     /// `exp` has passed (beyond the skew).
     Expired,
     /// `nbf` is in the future (beyond the skew).
@@ -119,6 +122,7 @@ impl Reason {
             Reason::KeyNotUsable => "key_not_usable",
             Reason::KeyRevoked => "key_revoked",
             Reason::BadSignature => "bad_signature",
+            Reason::NonCanonicalSignature => "non_canonical_signature",
             Reason::Expired => "expired",
             Reason::NotYetValid => "not_yet_valid",
             Reason::BadLifetime => "bad_lifetime",

@@ -59,6 +59,12 @@ impl SigningKey for SoftKey {
     }
 }
 
+/// A test key as the appliance gets every device key: its signatures checked (and ECDSA made
+/// low-S) on the host.
+fn checked(key: SoftKey) -> Arc<dyn SigningKey> {
+    Arc::new(hsm_adapters::checked::CheckedKey::new(Arc::new(key)).unwrap())
+}
+
 fn rsa_key() -> Arc<dyn SigningKey> {
     let der = der::pem::decode_vec(RFC7520_KEY.as_bytes()).unwrap().1;
     let pair = RsaKeyPair::from_der(&der).unwrap();
@@ -66,7 +72,7 @@ fn rsa_key() -> Arc<dyn SigningKey> {
         let c = ring::rsa::PublicKeyComponents::<Vec<u8>>::from(pair.public());
         PublicKey::from_rsa_components(&c.n, &c.e).unwrap()
     };
-    Arc::new(SoftKey { uri: "pkcs11:object=rfc7520".parse().unwrap(), public, soft: Soft::Rsa(pair) })
+    checked(SoftKey { uri: "pkcs11:object=rfc7520".parse().unwrap(), public, soft: Soft::Rsa(pair) })
 }
 
 fn ec_key() -> Arc<dyn SigningKey> {
@@ -74,7 +80,7 @@ fn ec_key() -> Arc<dyn SigningKey> {
     let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
     let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap();
     let public = PublicKey::from_p256_point(pair.public_key().as_ref()).unwrap();
-    Arc::new(SoftKey { uri: "pkcs11:object=ec".parse().unwrap(), public, soft: Soft::Ec(pair) })
+    checked(SoftKey { uri: "pkcs11:object=ec".parse().unwrap(), public, soft: Soft::Ec(pair) })
 }
 
 /// A self-signed certificate for `key` (the verifier only needs its public key and thumbprint).

@@ -18,7 +18,6 @@
 use std::collections::HashMap;
 
 use hsm_adapters::{PublicKey, SignatureScheme};
-use ring::signature::{self, UnparsedPublicKey, VerificationAlgorithm};
 use serde::Serialize;
 
 use super::claims::{self, Claims, TokenKind};
@@ -91,7 +90,7 @@ impl KeyRing {
         self.by_x5t
             .values()
             .filter(|k| k.key_id == key_id)
-            .any(|k| UnparsedPublicKey::new(verifier_for(k.scheme), &k.public).verify(message, signature).is_ok())
+            .any(|k| hsm_adapters::checked::verify_raw(k.scheme, &k.public, message, signature))
     }
 }
 
@@ -164,14 +163,6 @@ fn parse_part(bytes: &[u8], what: &str) -> Result<Vec<(String, serde_json::Value
         JsonProblem::DuplicateKey(name) => reject(Reason::DuplicateKey, format!("the {what} names {name:?} twice")),
         JsonProblem::Malformed(e) => reject(Reason::Malformed, format!("the {what} is not a JSON object: {e}")),
     })
-}
-
-fn verifier_for(scheme: SignatureScheme) -> &'static dyn VerificationAlgorithm {
-    match scheme {
-        SignatureScheme::RsaPkcs1Sha256 => &signature::RSA_PKCS1_2048_8192_SHA256,
-        SignatureScheme::RsaPssSha256 => &signature::RSA_PSS_2048_8192_SHA256,
-        SignatureScheme::EcdsaP256Sha256 => &signature::ECDSA_P256_SHA256_FIXED,
-    }
 }
 
 /// What to verify a token against: the hierarchy's rules, the keys, the bulk registry.
@@ -259,11 +250,15 @@ pub fn verify(with: Verifier<'_>, presented: Presented<'_>, now: i64) -> Result<
         ));
     }
 
-    // 5. The signature.
+    // 5. The signature: ES256 only in its low-S form (sitesign signs nothing else; n − s would
+    // be a second valid encoding of the same token).
+    if key.scheme == SignatureScheme::EcdsaP256Sha256 && !hsm_adapters::checked::ecdsa_is_low_s(&sig) {
+        return Err(reject(Reason::NonCanonicalSignature, String::from("the ES256 signature is not low-S (s > n/2)")));
+    }
     let signing_input = &token[..header.len() + 1 + payload.len()];
-    UnparsedPublicKey::new(verifier_for(key.scheme), &key.public)
-        .verify(signing_input.as_bytes(), &sig)
-        .map_err(|_| reject(Reason::BadSignature, format!("the signature does not verify with key {}", key.key_id)))?;
+    if !hsm_adapters::checked::verify_raw(key.scheme, &key.public, signing_input.as_bytes(), &sig) {
+        return Err(reject(Reason::BadSignature, format!("the signature does not verify with key {}", key.key_id)));
+    }
 
     // 6. The claims.
     let claims = claims::read(parse_part(&payload_bytes, "claim set")?)?;

@@ -318,16 +318,8 @@ impl Worker {
     }
 
     fn flush_loaded(&mut self) {
-        let loaded = std::mem::take(&mut self.loaded);
-        if let Some(ctx) = self.ctx.as_mut() {
-            for (uri, handle) in loaded {
-                if let TpmUri::Object(_) = uri {
-                    let _ = ctx.flush_context(handle.into());
-                } else {
-                    let mut h: ObjectHandle = handle.into();
-                    let _ = ctx.tr_close(&mut h);
-                }
-            }
+        for (uri, handle) in std::mem::take(&mut self.loaded) {
+            self.release(&uri, handle);
         }
     }
 
@@ -373,20 +365,41 @@ impl Worker {
                 )?
             }
         };
-        if let Some(auth) = auth {
-            tss("set key auth", self.ctx()?.tr_set_auth(handle.into(), auth))?;
+        // Nothing enters the cache before it is checked: a key that fails is let go at once.
+        let checked = (|| {
+            if let Some(auth) = auth {
+                tss("set key auth", self.ctx()?.tr_set_auth(handle.into(), auth))?;
+            }
+            if let Some(expected) = expected {
+                let public = tss("read public", self.ctx()?.read_public(handle))?.0;
+                if public_key_of(&public)? != *expected {
+                    return Err(Error::ProtectionMismatch {
+                        key: crate::uri::KeyUri::Tpm(uri.clone()).to_string(),
+                        problems: vec!["the TPM now holds a different key under this name; find the key again".into()],
+                    });
+                }
+            }
+            Ok(())
+        })();
+        if let Err(e) = checked {
+            self.release(uri, handle);
+            return Err(e);
         }
         self.loaded.push((uri.clone(), handle));
-        if let Some(expected) = expected {
-            let public = tss("read public", self.ctx()?.read_public(handle))?.0;
-            if public_key_of(&public)? != *expected {
-                return Err(Error::ProtectionMismatch {
-                    key: crate::uri::KeyUri::Tpm(uri.clone()).to_string(),
-                    problems: vec!["the TPM now holds a different key under this name; find the key again".into()],
-                });
+        Ok(handle)
+    }
+
+    /// Lets go of a handle: a loaded transient key is flushed, a persistent key's ESYS handle
+    /// closed.
+    fn release(&mut self, uri: &TpmUri, handle: KeyHandle) {
+        if let Some(ctx) = self.ctx.as_mut() {
+            if let TpmUri::Object(_) = uri {
+                let _ = ctx.flush_context(handle.into());
+            } else {
+                let mut h: ObjectHandle = handle.into();
+                let _ = ctx.tr_close(&mut h);
             }
         }
-        Ok(handle)
     }
 
     fn read_blob(&self, name: &str, uri: &TpmUri) -> Result<(Public, Private)> {

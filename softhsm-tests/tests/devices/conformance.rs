@@ -225,3 +225,68 @@ pub fn x509_certificates_signed_in_the_device_verify_with_openssl(f: &dyn Fixtur
         );
     }
 }
+
+/// A device key whose signatures are tampered with on the way out: every `flip`th byte of each
+/// signature flipped, or signed by `other` while reporting `inner`'s public key (a key restored
+/// next to the wrong certificate, or a device that signs with another key than it reports).
+#[derive(Debug)]
+struct Tampered {
+    inner: Arc<dyn SigningKey>,
+    other: Option<Arc<dyn SigningKey>>,
+}
+
+impl SigningKey for Tampered {
+    fn uri(&self) -> &KeyUri {
+        self.inner.uri()
+    }
+
+    fn public_key(&self) -> &hsm_adapters::PublicKey {
+        self.inner.public_key()
+    }
+
+    fn sign(&self, scheme: SignatureScheme, message: &[u8]) -> hsm_adapters::Result<Vec<u8>> {
+        match &self.other {
+            Some(other) => other.sign(scheme, message),
+            None => {
+                let mut sig = self.inner.sign(scheme, message)?;
+                sig[7] ^= 0x10;
+                Ok(sig)
+            }
+        }
+    }
+
+    fn check_protection(&self) -> hsm_adapters::Result<hsm_adapters::ProtectionReport> {
+        self.inner.check_protection()
+    }
+}
+
+pub fn every_signature_is_checked_on_the_host_and_ecdsa_is_low_s(f: &dyn Fixture) {
+    use hsm_adapters::checked::{CheckedKey, ecdsa_is_low_s};
+    let backend = f.open();
+    let rsa = backend.generate_key("chk-rsa", KeyAlgorithm::Rsa2048).unwrap();
+    let ec = backend.generate_key("chk-ec", KeyAlgorithm::EcP256).unwrap();
+    let ec2 = backend.generate_key("chk-ec2", KeyAlgorithm::EcP256).unwrap();
+    for (key, scheme) in [(&rsa, SignatureScheme::RsaPkcs1Sha256), (&ec, SignatureScheme::EcdsaP256Sha256)] {
+        // A corrupted signature (a faulty RSA-CRT result, say) never leaves the check.
+        let faulty = CheckedKey::new(Arc::new(Tampered { inner: Arc::clone(key), other: None })).unwrap();
+        let err = faulty.sign(scheme, MESSAGE).unwrap_err();
+        assert_eq!(err.code(), "faulty_signature", "{err}");
+        assert!(err.to_string().contains(key.uri().to_string().as_str()), "{err}");
+    }
+    // A device that signs with another key than the one it reported.
+    let foreign =
+        CheckedKey::new(Arc::new(Tampered { inner: Arc::clone(&ec), other: Some(Arc::clone(&ec2)) })).unwrap();
+    assert_eq!(foreign.sign(SignatureScheme::EcdsaP256Sha256, MESSAGE).unwrap_err().code(), "faulty_signature");
+    // Through the checked key, every ECDSA signature is low-S and verifies with ring and openssl.
+    let checked = CheckedKey::new(Arc::clone(&ec)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..24u8 {
+        let message = [MESSAGE, &[i]].concat();
+        let sig = checked.sign(SignatureScheme::EcdsaP256Sha256, &message).unwrap();
+        assert!(ecdsa_is_low_s(&sig), "signature {i} is high-S");
+        assert_verifies(dir.path(), &checked, SignatureScheme::EcdsaP256Sha256, &message, &sig);
+    }
+    // An RSA signature that passes the check is the device's own, unchanged.
+    let sig = CheckedKey::new(Arc::clone(&rsa)).unwrap().sign(SignatureScheme::RsaPkcs1Sha256, MESSAGE).unwrap();
+    assert_verifies(dir.path(), rsa.as_ref(), SignatureScheme::RsaPkcs1Sha256, MESSAGE, &sig);
+}

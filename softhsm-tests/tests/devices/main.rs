@@ -32,6 +32,7 @@ const TESTS: &[Test] = tests![
     Both conformance::concurrent_callers_all_get_valid_signatures,
     Both conformance::a_device_restart_is_survived_without_reopening,
     Both conformance::x509_certificates_signed_in_the_device_verify_with_openssl,
+    Both conformance::every_signature_is_checked_on_the_host_and_ecdsa_is_low_s,
     // PKCS#11 on SoftHSM2.
     SoftHsm pkcs11::generated_keys_have_exactly_the_required_protection,
     SoftHsm pkcs11::private_key_material_cannot_be_read,
@@ -49,6 +50,7 @@ const TESTS: &[Test] = tests![
     Swtpm tpm::a_tpm_reset_reloads_keys_and_is_counted,
     Swtpm tpm::a_tpm_reset_without_startup_is_started_and_recovered,
     Swtpm tpm::an_unreachable_tpm_gives_a_clear_error_quickly,
+    Swtpm tpm::a_key_blob_swapped_for_another_is_refused_every_time_never_cached,
 ];
 
 const HELPERS: &[Helper] = &[Helper { name: "recreate-token-with-new-key", run: pkcs11::recreate_token_with_new_key }];

@@ -170,3 +170,24 @@ pub fn an_unreachable_tpm_gives_a_clear_error_quickly(env: &TpmEnv) {
     assert!(err.to_string().contains("TPM"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(10), "bounded retries: {:?}", started.elapsed());
 }
+
+pub fn a_key_blob_swapped_for_another_is_refused_every_time_never_cached(env: &TpmEnv) {
+    let backend = env.backend();
+    let a = backend.generate_key("a", KeyAlgorithm::EcP256).unwrap();
+    let _b = backend.generate_key("b", KeyAlgorithm::EcP256).unwrap();
+    a.sign(SignatureScheme::EcdsaP256Sha256, MESSAGE).unwrap();
+    // Someone with write access to the key folder puts b's blobs under a's name; a TPM restart
+    // makes the backend load "a" again.
+    for ext in ["pub", "priv"] {
+        std::fs::copy(env.key_dir().join(format!("b.{ext}")), env.key_dir().join(format!("a.{ext}"))).unwrap();
+    }
+    env.swtpm.restart();
+    for attempt in 0..3 {
+        let err = a.sign(SignatureScheme::EcdsaP256Sha256, MESSAGE).unwrap_err();
+        assert_eq!(err.code(), "key_protection_mismatch", "attempt {attempt}: {err}");
+    }
+    // And nothing is left loaded.
+    drop((a, _b, backend));
+    let handles = tpm2(env, &["tpm2_getcap", "handles-transient"]);
+    assert!(handles.trim().is_empty(), "transient handles left: {handles}");
+}
