@@ -48,6 +48,9 @@ impl BackendError {
 #[derive(Debug, Default)]
 pub struct Backends {
     open: BTreeMap<String, Arc<dyn KeyBackend>>,
+    /// Second instances of the PKCS#11 backends, with sessions of their own for the TLS key's
+    /// handshake signatures (the service's; see [`Backends::open_handshake_lanes`]).
+    handshake: BTreeMap<String, Arc<dyn KeyBackend>>,
 }
 
 impl Backends {
@@ -59,7 +62,24 @@ impl Backends {
                 hsm_adapters::open(backend).map_err(|source| BackendError::Device { backend: name.clone(), source })?;
             open.insert(name.clone(), b);
         }
-        Ok(Backends { open })
+        Ok(Backends { open, handshake: BTreeMap::new() })
+    }
+
+    /// Opens, for every PKCS#11 backend, a second instance with `sessions` device sessions of its
+    /// own, where the TLS key signs handshakes: a flood of handshakes then waits for those
+    /// sessions and never for the token-signing workers'. (A TPM has one connection; there the
+    /// handshakes' share is kept by the service's handshake gate alone.)
+    pub fn open_handshake_lanes(&mut self, config: &Config, sessions: usize) -> Result<(), BackendError> {
+        for (name, backend) in &config.backends {
+            if let hsm_adapters::BackendConfig::Pkcs11(c) = backend {
+                let mut lane = c.clone();
+                lane.sessions = std::num::NonZeroUsize::new(sessions).unwrap_or(std::num::NonZeroUsize::MIN);
+                let b = hsm_adapters::open(&hsm_adapters::BackendConfig::Pkcs11(lane))
+                    .map_err(|source| BackendError::Device { backend: name.clone(), source })?;
+                self.handshake.insert(name.clone(), b);
+            }
+        }
+        Ok(())
     }
 
     /// The backend named `name`.
@@ -67,11 +87,19 @@ impl Backends {
         self.open.get(name).ok_or_else(|| BackendError::NotConfigured(name.to_owned()))
     }
 
-    /// Finds the key of an inventory record in its device.
+    /// Finds the key of an inventory record in its device — a TLS key in its backend's
+    /// handshake lane, if it has one.
     pub fn key(&self, record: &KeyRecord) -> Result<Arc<dyn SigningKey>, BackendError> {
         let wrap = |source| BackendError::Device { backend: record.backend.clone(), source };
         let uri: KeyUri = record.uri.parse().map_err(wrap)?;
-        self.get(&record.backend)?.find_key(&uri).map_err(wrap)
+        let lane = match record.role {
+            crate::keys::KeyRole::Tls => self.handshake.get(&record.backend),
+            _ => None,
+        };
+        match lane {
+            Some(b) => b.find_key(&uri).map_err(wrap),
+            None => self.get(&record.backend)?.find_key(&uri).map_err(wrap),
+        }
     }
 
     /// Every opened backend, by name.

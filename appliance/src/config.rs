@@ -40,7 +40,7 @@ pub struct ServiceConfigFile {
     pub admin_gid: Option<u32>,
     /// Users allowed on the admin socket (numeric uids); default: the service's own uid.
     pub admin_uids: Option<Vec<u32>>,
-    /// Requests per second each management point may make (token bucket); default 500.
+    /// Requests per second each management point may make (token bucket); default 1000; batch lines count one each.
     pub rate_limit_per_second: Option<u32>,
     /// Burst each management point may make; default 2 × the rate.
     pub rate_limit_burst: Option<u32>,
@@ -53,6 +53,23 @@ pub struct ServiceConfigFile {
     pub handshake_timeout_seconds: Option<u64>,
     /// Seconds a client has to send a request's headers; default 10.
     pub header_timeout_seconds: Option<u64>,
+    /// Seconds a client has to send a single request's body, and — in a batch — each next
+    /// complete line; default 10.
+    pub body_timeout_seconds: Option<u64>,
+    /// Largest batch body, MiB; default 2048 (a million renewals is about 1.1 GiB).
+    pub max_batch_mb: Option<u64>,
+    /// Batches one management point may stream at once; default 4.
+    pub max_batches_per_mp: Option<u32>,
+    /// Connections open at once on the API listener; default 4096.
+    pub max_connections: Option<usize>,
+    /// TLS handshakes in progress at once; default 64.
+    pub max_handshakes: Option<usize>,
+    /// TLS handshakes a second from one source address (a handshake makes the device sign
+    /// before the client is known); default 20, bursts of five times that.
+    pub handshakes_per_second_per_source: Option<u32>,
+    /// Device sessions of the TLS key's own, apart from the token-signing workers' (PKCS#11);
+    /// default 1.
+    pub tls_sessions: Option<usize>,
 }
 
 /// The `[audit]` table as written.
@@ -91,6 +108,20 @@ pub struct ServiceConfig {
     pub handshake_timeout: std::time::Duration,
     /// Request header deadline.
     pub header_timeout: std::time::Duration,
+    /// Request body progress deadline.
+    pub body_timeout: std::time::Duration,
+    /// Largest batch body, bytes.
+    pub max_batch_bytes: u64,
+    /// Concurrent batches per MP.
+    pub max_batches_per_mp: u32,
+    /// Open connections on the API listener.
+    pub max_connections: usize,
+    /// TLS handshakes in progress.
+    pub max_handshakes: usize,
+    /// Handshakes a second per source address (burst: five times).
+    pub handshakes_per_second_per_source: u32,
+    /// The TLS key's own device sessions.
+    pub tls_sessions: usize,
 }
 
 /// The validated `[audit]` table.
@@ -306,6 +337,22 @@ fn validate_service(
     state_dir: &Path,
     problems: &mut Vec<ConfigProblem>,
 ) -> ServiceConfig {
+    // Bounded numbers first (the closures below hold `problems`).
+    let max_batch_bytes = within(problems, "max_batch_mb", s.max_batch_mb, 2048, 1, 1 << 20) << 20;
+    let max_batches_per_mp =
+        within(problems, "max_batches_per_mp", s.max_batches_per_mp.map(u64::from), 4, 1, 64) as u32;
+    let max_connections =
+        within(problems, "max_connections", s.max_connections.map(|n| n as u64), 4096, 16, 1 << 20) as usize;
+    let max_handshakes = within(problems, "max_handshakes", s.max_handshakes.map(|n| n as u64), 64, 1, 4096) as usize;
+    let handshakes_per_second_per_source = within(
+        problems,
+        "handshakes_per_second_per_source",
+        s.handshakes_per_second_per_source.map(u64::from),
+        20,
+        1,
+        100_000,
+    ) as u32;
+    let tls_sessions = within(problems, "tls_sessions", s.tls_sessions.map(|n| n as u64), 1, 1, 16) as usize;
     let mut problem =
         |key: &str, message: String| problems.push(ConfigProblem { path: format!("service.{key}"), message });
     let mut addr = |key: &str, text: &str| match text.parse::<std::net::SocketAddr>() {
@@ -321,7 +368,7 @@ fn validate_service(
         Some("") => None,
         other => addr("ops_listen", other.unwrap_or("127.0.0.1:8444")),
     };
-    let rate = s.rate_limit_per_second.unwrap_or(500);
+    let rate = s.rate_limit_per_second.unwrap_or(1000);
     if rate == 0 {
         problem("rate_limit_per_second", "must be at least 1".into());
     }
@@ -358,6 +405,25 @@ fn validate_service(
         queue_depth: s.queue_depth.unwrap_or(1024).clamp(1, 1 << 20),
         handshake_timeout: seconds("handshake_timeout_seconds", s.handshake_timeout_seconds),
         header_timeout: seconds("header_timeout_seconds", s.header_timeout_seconds),
+        body_timeout: seconds("body_timeout_seconds", s.body_timeout_seconds),
+        max_batch_bytes,
+        max_batches_per_mp,
+        max_connections,
+        max_handshakes,
+        handshakes_per_second_per_source,
+        tls_sessions,
+    }
+}
+
+/// `value` (default `default`) if it lies in `min..=max`; otherwise a problem at `service.KEY`
+/// and the default.
+fn within(problems: &mut Vec<ConfigProblem>, key: &str, value: Option<u64>, default: u64, min: u64, max: u64) -> u64 {
+    match value.unwrap_or(default) {
+        n if (min..=max).contains(&n) => n,
+        _ => {
+            problems.push(ConfigProblem { path: format!("service.{key}"), message: format!("must be {min} to {max}") });
+            default
+        }
     }
 }
 

@@ -40,6 +40,20 @@ pub struct StatusLabel {
     pub status: u16,
 }
 
+/// Why a connection was closed before its TLS handshake.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// `max_connections`, `handshakes_in_progress` or `handshake_rate`.
+    pub reason: &'static str,
+}
+
+/// How a TLS handshake ended.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// `ok`, `failed` or `timeout`.
+    pub outcome: &'static str,
+}
+
 /// Everything the service measures.
 #[derive(Debug)]
 pub struct Metrics {
@@ -66,6 +80,12 @@ pub struct Metrics {
     pub state_reloads: Counter,
     /// Signatures the TLS key made for handshakes.
     pub handshake_signatures: Counter,
+    /// Connections closed before their handshake, by reason.
+    pub connections_refused: Family<ReasonLabel, Counter>,
+    /// TLS handshakes, by outcome.
+    pub handshakes: Family<OutcomeLabel, Counter>,
+    /// Connections open on the API listener.
+    pub connections_open: Gauge<i64, AtomicI64>,
 }
 
 impl Default for Metrics {
@@ -86,6 +106,15 @@ impl Default for Metrics {
         let ready = Gauge::<i64, AtomicI64>::default();
         let state_reloads = Counter::default();
         let handshake_signatures = Counter::default();
+        let connections_refused = Family::<ReasonLabel, Counter>::default();
+        for reason in ["max_connections", "handshakes_in_progress", "handshake_rate"] {
+            let _ = connections_refused.get_or_create(&ReasonLabel { reason });
+        }
+        let handshakes = Family::<OutcomeLabel, Counter>::default();
+        for outcome in ["ok", "failed", "timeout"] {
+            let _ = handshakes.get_or_create(&OutcomeLabel { outcome });
+        }
+        let connections_open = Gauge::<i64, AtomicI64>::default();
         registry.register("sitesign_tokens_issued", "Tokens issued, by kind", tokens_issued.clone());
         registry.register("sitesign_batch_size", "Lines per batch request", batch_size.clone());
         registry.register("sitesign_sign_seconds", "Time in the key device per signature", sign_seconds.clone());
@@ -109,6 +138,17 @@ impl Default for Metrics {
             "Signatures the TLS key made for handshakes",
             handshake_signatures.clone(),
         );
+        registry.register(
+            "sitesign_connections_refused",
+            "Connections closed before their TLS handshake, by reason",
+            connections_refused.clone(),
+        );
+        registry.register("sitesign_tls_handshakes", "TLS handshakes, by outcome", handshakes.clone());
+        registry.register(
+            "sitesign_connections_open",
+            "Connections open on the API listener",
+            connections_open.clone(),
+        );
         Metrics {
             registry,
             tokens_issued,
@@ -122,6 +162,9 @@ impl Default for Metrics {
             ready,
             state_reloads,
             handshake_signatures,
+            connections_refused,
+            handshakes,
+            connections_open,
         }
     }
 }

@@ -113,6 +113,11 @@ fn internal_batch(s: &Service, name: &str, first: u32, n: u32) -> (u64, u32) {
 fn a_long_batch_streams_in_bounded_memory() {
     // ES256 signs fast enough on SoftHSM to push a long stream through in seconds.
     let a = Appliance::with(&["--token-algorithm", "ec-p256"]);
+    // Batch lines draw on the MP's rate limit; this test is about memory, not the limit.
+    a.edit_service(|svc| {
+        svc.rate_limit_per_second = Some(1_000_000);
+        svc.rate_limit_burst = Some(1_000_000);
+    });
     let s = a.start();
     // A first batch brings the service to its working set (allocator arenas, the in-flight
     // window); a batch four times as long then needs at most a bounded amount more — what its

@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use arc_swap::ArcSwap;
 use hsm_adapters::SigningKey;
 
-use super::limits::RateLimiter;
+use super::admission::{Admission, HandshakeGate};
+use super::limits::{BatchSlots, RateLimiter};
 use super::tls::{self, TlsInputs};
 use crate::audit::{AuditLog, AuditStats, Lookup};
 use crate::backends::{BackendError, Backends};
@@ -151,6 +152,12 @@ pub struct App {
     pub health: Arc<BackendHealth>,
     /// Per-MP rate limits.
     pub limiter: RateLimiter,
+    /// Per-MP batches streaming now.
+    pub batches: Arc<BatchSlots>,
+    /// Who gets a TLS handshake on the API listener.
+    pub admission: Admission,
+    /// What every handshake signature goes through.
+    observer: tls::Observer,
     /// Whether the last attempt to follow the store succeeded.
     state_fresh: AtomicBool,
     /// Stopping: refuse new work.
@@ -166,7 +173,8 @@ impl App {
     pub fn open(config: Config) -> Result<App, StartError> {
         let store = Store::open(&config.state_dir)?;
         let reader = Store::open(&config.state_dir)?;
-        let backends = Backends::open(&config)?;
+        let mut backends = Backends::open(&config)?;
+        backends.open_handshake_lanes(&config, config.service.tls_sessions)?;
         let metrics = Arc::new(Metrics::default());
         let audit = AuditLog::open_with(&config.audit.dir, config.audit.max_bytes, AuditStats::for_metrics(&metrics))?;
         let state = State::load(&store, &config, now_unix())?;
@@ -176,7 +184,11 @@ impl App {
         }
         let signers = signers_for(&state, &keys, &backends);
         let health = Arc::new(BackendHealth::default());
-        let observer = tls::Observer { health: Arc::clone(&health), metrics: Arc::clone(&metrics) };
+        let observer = tls::Observer {
+            health: Arc::clone(&health),
+            metrics: Arc::clone(&metrics),
+            gate: Arc::new(HandshakeGate::new(config.service.tls_sessions, config.service.handshake_timeout)),
+        };
         let tls = build_tls(&state, &keys, &backends, &observer)?;
         let limiter = RateLimiter::new(config.service.rate_limit_per_second, config.service.rate_limit_burst);
         // One signing worker per device session of the token-signing backend: every session
@@ -194,6 +206,7 @@ impl App {
         };
         let pipeline = Pipeline::start(context, workers, config.service.queue_depth);
         tracing::info!(workers, queue = config.service.queue_depth, "signing pipeline started");
+        let admission = Admission::new(&config.service, Arc::clone(&metrics));
         Ok(App {
             issued: Lookup::new(&config.audit.dir),
             store: Mutex::new(store),
@@ -207,6 +220,9 @@ impl App {
             pipeline,
             health,
             limiter,
+            batches: Arc::default(),
+            admission,
+            observer,
             state_fresh: AtomicBool::new(true),
             stopping: AtomicBool::new(false),
             reloading: Mutex::new(()),
@@ -269,10 +285,8 @@ impl App {
         }
         let generation = next.state.generation;
         let tls = TlsInputs::of(&next.state, &next.state.cross_certificates_for_active_root(), alpn()).map(|inputs| {
-            (inputs != self.tls.load().inputs).then(|| {
-                let observer = tls::Observer { health: Arc::clone(&self.health), metrics: Arc::clone(&self.metrics) };
-                build_tls(&next.state, &self.keys, &self.backends, &observer)
-            })
+            (inputs != self.tls.load().inputs)
+                .then(|| build_tls(&next.state, &self.keys, &self.backends, &self.observer))
         });
         self.signing.store(Arc::new(next));
         self.metrics.state_reloads.inc();

@@ -5,7 +5,7 @@
 //! its length:
 //!
 //! ```text
-//!  request body ─▶ reader: lines ─▶ validation on the blocking pool (proofs verified, tokens prepared)
+//!  request body ─▶ reader: lines (split on the blocking pool) ─▶ validation on the blocking pool
 //!                                        │ in order, up to `validating()` chunks at once
 //!                                        ▼
 //!                  submitter: groups of up to GROUP tokens ─▶ signing pipeline (waits for room)
@@ -13,19 +13,27 @@
 //!                                        ▼
 //!                  writer: awaits each slot ─▶ NDJSON response stream
 //! ```
+//!
+//! What a hostile or broken management point cannot do (SPEC §9): hold the batch open without
+//! sending — each next complete line must arrive within `body_timeout_seconds`, else the batch
+//! is cut there with a `request_timeout` line; send more than `max_batch_mb`; stream more than
+//! `max_batches_per_mp` batches at once; or sign faster than its rate limit — every line draws
+//! on the caller's bucket, and the submitter waits for it (the batch slows, nothing fails).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Extension;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
-use axum::response::Response;
+use axum::response::{IntoResponse as _, Response};
 use futures_util::StreamExt as _;
 use serde_json::{Value, json};
 
 use super::app::App;
 use super::error::ApiError;
+use super::limits::BatchSlot;
 use super::tls::Caller;
 use super::tokens::{parse, prepare_client};
 use crate::pipeline::{GROUP, Item, PipelineError, Ticket};
@@ -67,7 +75,7 @@ impl LineSplitter {
     pub fn push(&mut self, chunk: &[u8]) -> Vec<Line> {
         let mut out = Vec::new();
         let mut rest = chunk;
-        while let Some(at) = rest.iter().position(|b| *b == b'\n') {
+        while let Some(at) = memchr::memchr(b'\n', rest) {
             let (head, tail) = (&rest[..at], &rest[at + 1..]);
             rest = tail;
             if std::mem::take(&mut self.skipping) || self.partial.len() + head.len() > LINE_LIMIT {
@@ -115,37 +123,116 @@ pub(super) async fn post_batch(
     Extension(caller): Extension<Caller>,
     body: Body,
 ) -> Response {
+    let max = app.config.service.max_batches_per_mp;
+    let Some(slot) = app.batches.enter(&caller.identity(), max) else {
+        return ApiError::TooManyBatches(max).into_response();
+    };
     let (out_tx, out_rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(64);
     let (slot_tx, slot_rx) = tokio::sync::mpsc::channel::<Slot>(BATCH_IN_FLIGHT / GROUP);
     let (checked_tx, checked_rx) = tokio::sync::mpsc::channel::<tokio::task::JoinHandle<Checked>>(validating());
-    tokio::spawn(write(Arc::clone(&app), slot_rx, out_tx));
+    let (done_tx, done_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(write(Arc::clone(&app), slot_rx, out_tx, slot, done_tx));
     tokio::spawn(submit(Arc::clone(&app), caller, checked_rx, slot_tx));
-    tokio::spawn(read(app, body, checked_tx));
+    tokio::spawn(read(app, body, checked_tx, done_rx));
     let stream = futures_util::stream::unfold(out_rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
     let mut response = Response::new(Body::from_stream(stream));
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
     response
 }
 
-/// The reader: request chunks → lines → validation on the blocking pool, in order.
-async fn read(app: Arc<App>, body: Body, checked_tx: tokio::sync::mpsc::Sender<tokio::task::JoinHandle<Checked>>) {
-    let mut stream = body.into_data_stream();
-    let mut splitter = LineSplitter::default();
-    loop {
-        let chunk = stream.next().await;
-        let (mut lines, end) = match chunk {
-            Some(Ok(bytes)) => (splitter.push(&bytes), false),
-            Some(Err(e)) => {
-                let message = format!("request stream: {e}");
-                let failed = tokio::spawn(async move { vec![Err(ApiError::BadRequest(message))] });
-                let _ = checked_tx.send(failed).await;
-                return;
+/// Reads and discards what is left of a refused request body, at most `max` bytes and until
+/// `until` resolves, so that a client still sending reads the refusal before the connection
+/// closes: closing a socket with unread data in it resets the connection, and the client may
+/// lose the answer with it.
+pub(super) async fn drain(
+    mut stream: axum::body::BodyDataStream,
+    until: impl std::future::Future<Output = ()>,
+    max: u64,
+) {
+    let mut drained = 0u64;
+    let read = async {
+        while let Some(Ok(chunk)) = stream.next().await {
+            drained += chunk.len() as u64;
+            if drained > max {
+                break;
             }
-            None => (splitter.finish().into_iter().collect(), true),
+        }
+    };
+    tokio::select! {
+        () = read => {}
+        () = until => {}
+    }
+}
+
+/// Ends the batch's input with `error` as its last line.
+async fn cut(checked_tx: &tokio::sync::mpsc::Sender<tokio::task::JoinHandle<Checked>>, error: ApiError) {
+    tracing::warn!(error = %error, "batch cut short");
+    let failed = tokio::spawn(async move { vec![Err(error)] });
+    let _ = checked_tx.send(failed).await;
+}
+
+/// The reader: request chunks → lines (split on the blocking pool) → validation on the blocking
+/// pool, in order; cut off when the sender stalls or sends too much.
+async fn read(
+    app: Arc<App>,
+    body: Body,
+    checked_tx: tokio::sync::mpsc::Sender<tokio::task::JoinHandle<Checked>>,
+    mut answered: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut stream = body.into_data_stream();
+    let mut splitter = Some(LineSplitter::default());
+    let (patience, cap) = (app.config.service.body_timeout, app.config.service.max_batch_bytes);
+    let mut received = 0u64;
+    let mut deadline = tokio::time::Instant::now() + patience;
+    loop {
+        let chunk = match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(chunk) => chunk,
+            Err(_) => {
+                let secs = patience.as_secs();
+                return cut(
+                    &checked_tx,
+                    ApiError::Timeout(format!("no complete line arrived for {secs} s; the batch ends here")),
+                )
+                .await;
+            }
         };
+        let (bytes, end) = match chunk {
+            Some(Ok(bytes)) => (bytes, false),
+            Some(Err(e)) => return cut(&checked_tx, ApiError::BadRequest(format!("request stream: {e}"))).await,
+            None => (Bytes::new(), true),
+        };
+        received += bytes.len() as u64;
+        if received > cap {
+            let mb = cap >> 20;
+            let error = ApiError::TooLarge {
+                code: "batch_too_large",
+                message: format!(
+                    "the batch is over {mb} MiB ([service] max_batch_mb); the lines before this one were answered, send the rest as another batch"
+                ),
+            };
+            cut(&checked_tx, error).await;
+            drop(checked_tx);
+            // The client is still sending: let it read the answer to the end first.
+            let until = async {
+                let _ = tokio::time::timeout(Duration::from_secs(30), answered.wait_for(|done| *done)).await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            };
+            return drain(stream, until, cap).await;
+        }
+        // Splitting scans every byte: on the blocking pool, not the runtime's threads.
+        let Some(mut s) = splitter.take() else { return };
+        let split = tokio::task::spawn_blocking(move || {
+            let mut lines = s.push(&bytes);
+            if end {
+                lines.extend(s.finish());
+            }
+            (s, lines)
+        });
+        let Ok((s, lines)) = split.await else { return };
+        splitter = Some(s);
         if !lines.is_empty() {
+            deadline = tokio::time::Instant::now() + patience;
             let a = Arc::clone(&app);
-            let lines = std::mem::take(&mut lines);
             let handle = tokio::task::spawn_blocking(move || {
                 lines
                     .into_iter()
@@ -188,6 +275,11 @@ async fn submit(
             if flush && !group.is_empty() {
                 let items = std::mem::replace(&mut group, Vec::with_capacity(GROUP));
                 let n = items.len();
+                // Every line draws on the caller's rate: the batch waits for its share.
+                let wait = app.limiter.reserve(&caller_id, u32::try_from(n).unwrap_or(u32::MAX));
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                }
                 match app.pipeline.submit(items, Arc::clone(&caller_id)).await {
                     Ok(ticket) => slots.insert(0, Slot::Group(ticket, n)),
                     // Every line of the group gets its answer.
@@ -212,6 +304,8 @@ async fn write(
     app: Arc<App>,
     mut slot_rx: tokio::sync::mpsc::Receiver<Slot>,
     out_tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+    _slot: BatchSlot,
+    done: tokio::sync::watch::Sender<bool>,
 ) {
     let mut items = 0u64;
     let mut buf = Vec::with_capacity(64 * 1024);
@@ -247,6 +341,7 @@ async fn write(
         let _ = out_tx.send(Ok(Bytes::from(buf))).await;
     }
     app.metrics.batch_size.observe(items as f64);
+    let _ = done.send(true);
 }
 
 #[cfg(test)]

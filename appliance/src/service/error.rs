@@ -52,6 +52,20 @@ pub enum ApiError {
     /// Too many requests (or batch lines) from this management point.
     #[error("rate limit: retry in {0} s")]
     RateLimited(u64),
+    /// This management point already streams as many batches as it may.
+    #[error("{0} batches already streaming")]
+    TooManyBatches(u32),
+    /// The client did not send its body (or a batch's next line) in time.
+    #[error("{0}")]
+    Timeout(String),
+    /// A body over its cap.
+    #[error("{message}")]
+    TooLarge {
+        /// `body_too_large` or `batch_too_large`.
+        code: &'static str,
+        /// What the cap is.
+        message: String,
+    },
     /// The service is busy, stopping or not ready.
     #[error("{0}")]
     Unavailable(String),
@@ -134,6 +148,15 @@ impl ApiError {
                 "rate_limited",
                 format!("too many requests from this management point; retry in {s} s"),
             ),
+            ApiError::TooManyBatches(n) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_batches",
+                format!(
+                    "this management point already streams {n} batches, the most it may; send this one when one ends"
+                ),
+            ),
+            ApiError::Timeout(m) => (StatusCode::REQUEST_TIMEOUT, "request_timeout", m.clone()),
+            ApiError::TooLarge { code, message } => (StatusCode::PAYLOAD_TOO_LARGE, code, message.clone()),
             ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", m.clone()),
             ApiError::Internal(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the service log".into())
@@ -163,6 +186,9 @@ impl IntoResponse for ApiError {
         let mut response = (status, Json(self.to_json())).into_response();
         if let ApiError::RateLimited(s) = &self {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(*s));
+        } else if matches!(self, ApiError::Timeout(_) | ApiError::TooLarge { .. }) {
+            // The rest of the body is not read: the connection cannot carry another request.
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         } else if status == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER));
         }

@@ -1,8 +1,9 @@
-//! Per-MP rate limits: a token bucket per caller (certificate subject and serial).
+//! Per-MP limits: a token bucket per caller (certificate subject and serial) that requests and
+//! batch lines both draw on, and a cap on the batches one caller streams at once.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
-use std::time::Instant;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 /// A per-caller token bucket.
 #[derive(Debug)]
@@ -33,6 +34,65 @@ impl RateLimiter {
             Err(((n - *tokens) / self.rate).ceil().max(1.0) as u64)
         }
     }
+
+    /// Forgets the callers whose buckets have refilled (they are as if never seen), so the map
+    /// holds only recent callers.
+    pub fn forget_idle(&self) {
+        let now = Instant::now();
+        let (rate, burst) = (self.rate, self.burst);
+        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        buckets.retain(|_, (tokens, last)| *tokens + now.duration_since(*last).as_secs_f64() * rate < burst);
+    }
+
+    /// Takes `n` tokens for `who` whether or not they are there (the bucket may go into debt);
+    /// returns how long to wait before using them, so that the caller's lines come out at its
+    /// rate. A batch waits; the caller's single requests meanwhile find the bucket empty.
+    pub fn reserve(&self, who: &str, n: u32) -> Duration {
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        let (tokens, last) = buckets.entry(who.to_owned()).or_insert((self.burst, now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.rate).min(self.burst) - f64::from(n);
+        *last = now;
+        if *tokens >= 0.0 { Duration::ZERO } else { Duration::from_secs_f64(-*tokens / self.rate) }
+    }
+}
+
+/// Batches streaming now, per caller.
+#[derive(Debug, Default)]
+pub struct BatchSlots {
+    open: Mutex<HashMap<String, u32>>,
+}
+
+/// A batch's place among its caller's; given back when dropped.
+#[derive(Debug)]
+pub struct BatchSlot {
+    slots: Arc<BatchSlots>,
+    who: String,
+}
+
+impl BatchSlots {
+    /// A place for one more batch of `who`, unless it already streams `max`.
+    pub fn enter(self: &Arc<Self>, who: &str, max: u32) -> Option<BatchSlot> {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = open.entry(who.to_owned()).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(BatchSlot { slots: Arc::clone(self), who: who.to_owned() })
+    }
+}
+
+impl Drop for BatchSlot {
+    fn drop(&mut self) {
+        let mut open = self.slots.open.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = open.get_mut(&self.who) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.who);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -46,5 +106,25 @@ mod tests {
         assert_eq!(l.take("mp", 1), Err(1));
         assert!(l.take("other", 1).is_ok(), "buckets are per caller");
         assert_eq!(l.take("other", 5), Err(3), "{:?}", l.take("other", 5));
+    }
+
+    #[test]
+    fn reservations_go_into_debt_and_say_how_long_to_wait() {
+        let l = RateLimiter::new(10, 20);
+        assert_eq!(l.reserve("mp", 20), Duration::ZERO);
+        let wait = l.reserve("mp", 30);
+        assert!(wait > Duration::from_millis(2900) && wait <= Duration::from_secs(3), "{wait:?}");
+        assert!(l.take("mp", 1).is_err(), "single requests wait behind the batch's debt");
+    }
+
+    #[test]
+    fn batch_slots_are_per_caller_and_come_back() {
+        let slots = Arc::new(BatchSlots::default());
+        let a = slots.enter("mp", 2).unwrap();
+        let _b = slots.enter("mp", 2).unwrap();
+        assert!(slots.enter("mp", 2).is_none());
+        assert!(slots.enter("other", 2).is_some());
+        drop(a);
+        assert!(slots.enter("mp", 2).is_some());
     }
 }

@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
 
+use super::admission::Outcome;
 use super::app::App;
 use super::routes;
 use super::tls::Caller;
@@ -20,45 +21,71 @@ const OPS_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the service waits for requests in flight when it stops.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The pause after a failed `accept` (out of file descriptors, say): doubled on each failure in
+/// a row, from 10 ms up to 1 s, so a full table never turns the accept loop into a busy loop.
+fn backoff(previous: Duration) -> Duration {
+    (previous * 2).clamp(Duration::from_millis(10), Duration::from_secs(1))
+}
+
 /// Serves the mTLS API on `listener` until `stop`.
 pub async fn serve_api(listener: TcpListener, app: Arc<App>, stop: tokio::sync::watch::Receiver<bool>) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let router = routes::router(Arc::clone(&app));
     let mut stop_accepting = stop.clone();
     let (handshake_timeout, header_timeout) = (app.config.service.handshake_timeout, app.config.service.header_timeout);
+    let mut pause = Duration::ZERO;
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    continue;
+                Ok(a) => {
+                    pause = Duration::ZERO;
+                    a
+                }
+                Err(_) => {
+                    app.admission.accept_failed();
+                    pause = backoff(pause);
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => continue,
+                        _ = stop_accepting.changed() => break,
+                    }
                 }
             },
             _ = stop_accepting.changed() => break,
         };
+        // Refused connections are closed at once, before any device work (counted, and logged
+        // as a rate by the admission report).
+        let Ok(admitted) = app.admission.admit(peer.ip()) else { continue };
+        // Small requests and answers: no waiting for Nagle's algorithm.
+        let _ = stream.set_nodelay(true);
         // The configuration of this handshake: a rotation or revocation swapped in since takes
         // effect here, connections already open keep theirs.
         let acceptor = TlsAcceptor::from(Arc::clone(&app.tls.load().config));
         let router = router.clone();
         let watcher = graceful.watcher();
+        let app = Arc::clone(&app);
         tokio::spawn(async move {
+            let super::admission::Admitted { connection: _connection, handshake } = admitted;
             // The handshake must finish in time (a slow client cannot hold a slot).
             let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
-                    tracing::info!(%peer, error = %e, "TLS handshake refused");
+                    app.admission.handshake_ended(Outcome::Failed);
+                    tracing::debug!(%peer, error = %e, "TLS handshake refused");
                     return;
                 }
                 Err(_) => {
-                    tracing::info!(%peer, "TLS handshake timed out");
+                    app.admission.handshake_ended(Outcome::Timeout);
+                    tracing::debug!(%peer, "TLS handshake timed out");
                     return;
                 }
             };
+            drop(handshake);
             let Some(caller) = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| Caller::of(c))
             else {
+                app.admission.handshake_ended(Outcome::Failed);
                 return;
             };
+            app.admission.handshake_ended(Outcome::Ok);
             let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(caller.clone());
                 router.clone().oneshot(req)
@@ -79,9 +106,20 @@ pub async fn serve_api(listener: TcpListener, app: Arc<App>, stop: tokio::sync::
 /// Serves the ops endpoints, plain HTTP, on `listener` until `stop`.
 pub async fn serve_ops(listener: TcpListener, app: Arc<App>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let router = routes::ops_router(app);
+    let mut pause = Duration::ZERO;
     loop {
         let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => continue },
+            accepted = listener.accept() => match accepted {
+                Ok(a) => {
+                    pause = Duration::ZERO;
+                    a
+                }
+                Err(_) => {
+                    pause = backoff(pause);
+                    tokio::time::sleep(pause).await;
+                    continue;
+                }
+            },
             _ = stop.changed() => return,
         };
         let router = router.clone();

@@ -16,6 +16,7 @@
 //! logging, hardening) belongs to the `sitesignd` binary.
 
 pub mod admin_socket;
+pub mod admission;
 pub mod app;
 pub mod batch;
 pub mod error;
@@ -153,6 +154,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     tokio::spawn(every(Arc::clone(&app), CHECKPOINT_EVERY, stop_rx.clone(), checkpoint));
     tokio::spawn(every(Arc::clone(&app), CRL_CHECK_EVERY, stop_rx.clone(), refresh_crls));
     tokio::spawn(every(Arc::clone(&app), PROBE_EVERY, stop_rx.clone(), probe_devices));
+    tokio::spawn(every(Arc::clone(&app), admission::REPORT_EVERY, stop_rx.clone(), |a| a.admission.report()));
 
     let ops_text = ops_addr.map_or_else(|| "off".to_owned(), |a| a.to_string());
     tracing::info!(api = %api_addr, ops = %ops_text, admin = %service.admin_socket.display(), "sitesignd ready");

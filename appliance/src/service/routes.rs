@@ -4,10 +4,12 @@
 use std::sync::Arc;
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use futures_util::StreamExt as _;
 
 use super::app::App;
 use super::batch::{self, LINE_LIMIT};
@@ -35,6 +37,39 @@ async fn admit(State(app): State<Arc<App>>, request: Request, next: Next) -> Res
     response
 }
 
+/// Reads a single-token request's body whole — at most [`LINE_LIMIT`] bytes, within the body
+/// deadline — before its handler runs: a sender that trickles or stalls is cut off (SPEC §9),
+/// with `request_timeout`, and the connection closed.
+async fn read_body(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    let deadline = app.config.service.body_timeout;
+    let mut stream = body.into_data_stream();
+    let read = async {
+        let mut buf = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("the request body could not be read: {e}")))?;
+            if buf.len() + chunk.len() > LINE_LIMIT {
+                return Err(ApiError::TooLarge {
+                    code: "body_too_large",
+                    message: format!("the body is over {LINE_LIMIT} bytes; one token request is far smaller"),
+                });
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(buf)
+    };
+    match tokio::time::timeout(deadline, read).await {
+        Err(_) => ApiError::Timeout(format!("the request body did not arrive within {} s", deadline.as_secs()))
+            .into_response(),
+        Ok(Err(e)) => {
+            // Let a client still sending read the refusal before the connection closes.
+            tokio::spawn(batch::drain(stream, tokio::time::sleep(std::time::Duration::from_secs(1)), 1 << 20));
+            e.into_response()
+        }
+        Ok(Ok(buf)) => next.run(Request::from_parts(parts, Body::from(buf))).await,
+    }
+}
+
 async fn not_found() -> ApiError {
     ApiError::BadRequest("no such endpoint; the API is described in the README (docs/api.md)".into())
 }
@@ -52,6 +87,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/client-tokens", post(tokens::post_client_token))
         .route("/v1/access-tokens", post(tokens::post_access_token))
         .route("/v1/tokens:verify", post(tokens::post_verify))
+        .layer(middleware::from_fn_with_state(Arc::clone(&app), read_body))
         .layer(DefaultBodyLimit::max(LINE_LIMIT));
     Router::new()
         .merge(single)

@@ -52,14 +52,17 @@ impl Caller {
     }
 }
 
-/// Where the outcome of every handshake signature is reported: readiness follows the device,
-/// and the signatures are counted.
+/// What every handshake signature goes through: the gate that keeps handshakes to their share
+/// of the device, and where the outcome is reported (readiness follows the device; signatures
+/// are counted).
 #[derive(Debug, Clone)]
 pub struct Observer {
     /// Whether the devices answer.
     pub health: Arc<crate::pipeline::BackendHealth>,
     /// Metrics.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The TLS key's signatures, a few at a time.
+    pub gate: Arc<super::admission::HandshakeGate>,
 }
 
 /// A device key as rustls' server signing key.
@@ -109,10 +112,17 @@ impl Signer for DeviceSigner {
             _ => (SignatureScheme::RsaPssSha256, false),
         };
         // The handshake runs on the async runtime; the device call blocks, so tell the runtime.
-        let sign = || self.key.sign(scheme, message);
+        // It waits for its turn at the device: handshakes never take the token workers' share.
+        let sign = || {
+            let _turn = self.observer.gate.turn()?;
+            Some(self.key.sign(scheme, message))
+        };
         let result = match tokio::runtime::Handle::try_current() {
             Ok(_) => tokio::task::block_in_place(sign),
             Err(_) => sign(),
+        };
+        let Some(result) = result else {
+            return Err(rustls::Error::General("no turn at the TLS key's device came in time".into()));
         };
         self.observer.health.note(&self.observer.metrics, result.as_ref().map(|_| ()));
         self.observer.metrics.handshake_signatures.inc();

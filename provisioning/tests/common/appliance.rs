@@ -307,6 +307,36 @@ impl Service {
         self.batch_file(&path)
     }
 
+    /// Runs `tools/hostile.py COMMAND` against the API listener with the demo MP's certificate
+    /// (anonymous commands do not present it); its JSON answer.
+    pub fn hostile(&self, command: &str, args: &[&str]) -> Value {
+        let out = self.hostile_command(command, args).output().unwrap();
+        assert!(out.status.success(), "hostile.py {command}: {}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout);
+        serde_json::from_str(text.lines().last().unwrap_or_default())
+            .unwrap_or_else(|e| panic!("hostile.py {command}: {e}: {text}"))
+    }
+
+    /// The command line of [`Service::hostile`], to spawn it.
+    pub fn hostile_command(&self, command: &str, args: &[&str]) -> Command {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools/hostile.py");
+        let mut c = Command::new(device_tests::pytools::bin_dir().join("python"));
+        c.arg(script).arg(command).arg("127.0.0.1").arg(self.api.port().to_string());
+        c.arg(self.dir.join("ca.pem")).arg(self.dir.join("mp/mp.crt")).arg(self.dir.join("mp/mp.key"));
+        c.args(args);
+        c
+    }
+
+    /// CPU time the service has used so far (user + system), seconds.
+    pub fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
+        // Fields after the command name (which may hold spaces) : utime is the 14th field, stime the 15th.
+        let rest = stat.rsplit_once(')').unwrap().1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+        ticks / rustix::param::clock_ticks_per_second() as f64
+    }
+
     /// Sends SIGTERM and waits (at most 60 s) for the exit.
     pub fn stop(&mut self) -> ExitStatus {
         self.signal(rustix::process::Signal::TERM);

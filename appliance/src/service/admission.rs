@@ -1,0 +1,281 @@
+//! Who gets a TLS handshake on the API listener (SPEC §9).
+//!
+//! In TLS 1.3 the server proves its identity — a signature by the TLS key, in the device —
+//! before it sees the client's certificate, so every handshake costs a device signature, even an
+//! anonymous one. Before a connection gets one:
+//! - at most `max_connections` connections are open at once;
+//! - at most `max_handshakes` handshakes are in progress, and at most a quarter of them from one
+//!   source (an IPv4 address, an IPv6 /64), so one source holding idle connections cannot take
+//!   every slot;
+//! - each source may start `handshakes_per_second_per_source` handshakes a second, in bursts of
+//!   five times that;
+//!
+//! and the TLS key signs through [`HandshakeGate`]: `tls_sessions` signatures at a time, in
+//! device sessions of its own (PKCS#11), so however many handshakes wait, the token-signing
+//! workers keep theirs.
+//!
+//! A refused connection is closed at once and counted by reason. Refusals, failed handshakes and
+//! accept errors are logged as a rate, once every [`REPORT_EVERY`], never one line each: a flood
+//! must not become a flood of log lines.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::limits::RateLimiter;
+use crate::config::ServiceConfig;
+use crate::metrics::{Metrics, OutcomeLabel, ReasonLabel};
+
+/// How often refusals are summarised in the log.
+pub const REPORT_EVERY: Duration = Duration::from_secs(10);
+
+/// The admission policy of the API listener and what it has refused since the last report.
+#[derive(Debug)]
+pub struct Admission {
+    max_connections: usize,
+    open: Arc<AtomicUsize>,
+    handshakes: Arc<Semaphore>,
+    per_source_max: usize,
+    in_progress: Arc<Mutex<HashMap<String, usize>>>,
+    per_source: RateLimiter,
+    metrics: Arc<Metrics>,
+    refused: [AtomicU64; 3],
+    failed: AtomicU64,
+    timed_out: AtomicU64,
+    accept_errors: AtomicU64,
+}
+
+/// Why a connection was refused.
+const REASONS: [&str; 3] = ["max_connections", "handshakes_in_progress", "handshake_rate"];
+
+/// A handshake's place among its source's: given back when dropped.
+#[derive(Debug)]
+pub struct SourceSlot {
+    in_progress: Arc<Mutex<HashMap<String, usize>>>,
+    source: String,
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut map = self.in_progress.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = map.get_mut(&self.source) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.source);
+            }
+        }
+    }
+}
+
+/// A connection's place: held while it is open.
+#[derive(Debug)]
+pub struct Connection {
+    open: Arc<AtomicUsize>,
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+        self.metrics.connections_open.dec();
+    }
+}
+
+/// An admitted connection: its place, and its handshake's while the handshake runs.
+#[derive(Debug)]
+pub struct Admitted {
+    /// Held for the connection's life.
+    pub connection: Connection,
+    /// Held until the handshake ends.
+    pub handshake: (OwnedSemaphorePermit, SourceSlot),
+}
+
+/// How a handshake ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The client is an MP.
+    Ok,
+    /// Refused or broken.
+    Failed,
+    /// Not finished in time.
+    Timeout,
+}
+
+/// The rate-limit key of a source address: the address, or an IPv6 address's /64 (one
+/// customer's allocation; its 2^64 addresses must not be 2^64 buckets).
+fn source_key(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+    }
+}
+
+impl Admission {
+    /// The policy of `config`.
+    pub fn new(config: &ServiceConfig, metrics: Arc<Metrics>) -> Admission {
+        let rate = config.handshakes_per_second_per_source;
+        Admission {
+            max_connections: config.max_connections,
+            open: Arc::default(),
+            handshakes: Arc::new(Semaphore::new(config.max_handshakes)),
+            per_source_max: (config.max_handshakes / 4).max(1),
+            in_progress: Arc::default(),
+            per_source: RateLimiter::new(rate, rate.saturating_mul(5)),
+            metrics,
+            refused: Default::default(),
+            failed: AtomicU64::new(0),
+            timed_out: AtomicU64::new(0),
+            accept_errors: AtomicU64::new(0),
+        }
+    }
+
+    fn refuse(&self, i: usize) -> &'static str {
+        self.refused[i].fetch_add(1, Ordering::Relaxed);
+        self.metrics.connections_refused.get_or_create(&ReasonLabel { reason: REASONS[i] }).inc();
+        REASONS[i]
+    }
+
+    /// Admits a new connection from `peer` to a handshake, or says why not.
+    pub fn admit(&self, peer: IpAddr) -> Result<Admitted, &'static str> {
+        if self.open.fetch_add(1, Ordering::Relaxed) >= self.max_connections {
+            self.open.fetch_sub(1, Ordering::Relaxed);
+            return Err(self.refuse(0));
+        }
+        self.metrics.connections_open.inc();
+        let connection = Connection { open: Arc::clone(&self.open), metrics: Arc::clone(&self.metrics) };
+        let source = source_key(peer);
+        let slot = {
+            let mut map = self.in_progress.lock().unwrap_or_else(PoisonError::into_inner);
+            let n = map.entry(source.clone()).or_insert(0);
+            if *n >= self.per_source_max {
+                drop(map);
+                return Err(self.refuse(1));
+            }
+            *n += 1;
+            SourceSlot { in_progress: Arc::clone(&self.in_progress), source: source.clone() }
+        };
+        let Ok(permit) = Arc::clone(&self.handshakes).try_acquire_owned() else {
+            return Err(self.refuse(1));
+        };
+        if self.per_source.take(&source, 1).is_err() {
+            return Err(self.refuse(2));
+        }
+        Ok(Admitted { connection, handshake: (permit, slot) })
+    }
+
+    /// Counts a handshake's end.
+    pub fn handshake_ended(&self, outcome: Outcome) {
+        let label = match outcome {
+            Outcome::Ok => "ok",
+            Outcome::Failed => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                "failed"
+            }
+            Outcome::Timeout => {
+                self.timed_out.fetch_add(1, Ordering::Relaxed);
+                "timeout"
+            }
+        };
+        self.metrics.handshakes.get_or_create(&OutcomeLabel { outcome: label }).inc();
+    }
+
+    /// Counts an accept error (logged with the next report).
+    pub fn accept_failed(&self) {
+        self.accept_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Logs what was refused since the last report, if anything, and forgets the rate-limit
+    /// state of sources that are quiet again.
+    pub fn report(&self) {
+        let take = |c: &AtomicU64| c.swap(0, Ordering::Relaxed);
+        let refused: Vec<u64> = self.refused.iter().map(take).collect();
+        let (failed, timed_out, accept_errors) = (take(&self.failed), take(&self.timed_out), take(&self.accept_errors));
+        if refused.iter().sum::<u64>() + failed + timed_out + accept_errors > 0 {
+            tracing::warn!(
+                seconds = REPORT_EVERY.as_secs(),
+                handshakes_failed = failed,
+                handshakes_timed_out = timed_out,
+                refused_max_connections = refused[0],
+                refused_handshakes_in_progress = refused[1],
+                refused_handshake_rate = refused[2],
+                accept_errors,
+                open = self.open.load(Ordering::Relaxed),
+                "API listener: connections refused or failed in the last interval"
+            );
+        }
+        self.per_source.forget_idle();
+    }
+}
+
+/// The TLS key's signatures, `permits` at a time: the handshakes' share of the device, however
+/// many handshakes wait.
+#[derive(Debug)]
+pub struct HandshakeGate {
+    free: Mutex<usize>,
+    freed: Condvar,
+    patience: Duration,
+}
+
+/// A signature's turn at the device.
+#[derive(Debug)]
+pub struct Turn<'a>(&'a HandshakeGate);
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        *self.0.free.lock().unwrap_or_else(PoisonError::into_inner) += 1;
+        self.0.freed.notify_one();
+    }
+}
+
+impl HandshakeGate {
+    /// `permits` signatures at a time; a handshake waits at most `patience` for its turn.
+    pub fn new(permits: usize, patience: Duration) -> HandshakeGate {
+        HandshakeGate { free: Mutex::new(permits.max(1)), freed: Condvar::new(), patience }
+    }
+
+    /// Waits (blocking) for a turn; `None` if none came within the patience.
+    pub fn turn(&self) -> Option<Turn<'_>> {
+        let free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
+        let (mut free, _) =
+            self.freed.wait_timeout_while(free, self.patience, |n| *n == 0).unwrap_or_else(PoisonError::into_inner);
+        if *free == 0 {
+            return None;
+        }
+        *free -= 1;
+        Some(Turn(self))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_sources_are_counted_by_their_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(source_key(a), source_key(b));
+        assert_ne!(source_key(a), source_key(c));
+        assert_eq!(source_key("::ffff:10.0.0.1".parse().unwrap()), "10.0.0.1");
+    }
+
+    #[test]
+    fn the_gate_lets_permits_through_and_times_out_the_rest() {
+        let gate = HandshakeGate::new(1, Duration::from_millis(50));
+        let first = gate.turn().unwrap();
+        assert!(gate.turn().is_none(), "the second waits, then gives up");
+        drop(first);
+        assert!(gate.turn().is_some());
+    }
+}
