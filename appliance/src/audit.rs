@@ -538,6 +538,21 @@ impl crate::policy::IssuedTokens for Lookup {
     }
 }
 
+/// How many records the log in `dir` holds, and the stored hash of record `seq` if it holds
+/// one (an absent log holds none).
+pub fn record_hash_at(dir: &Path, seq: i64) -> Result<(i64, Option<String>), AuditError> {
+    read_only(dir, |conn| {
+        let has: bool =
+            conn.query_row("SELECT count(*) FROM sqlite_master WHERE name = 'audit'", [], |r| r.get::<_, i64>(0))? > 0;
+        if !has {
+            return Ok((0, None));
+        }
+        let count: i64 = conn.query_row("SELECT count(*) FROM audit", [], |r| r.get(0))?;
+        let hash = conn.query_row("SELECT hash FROM audit WHERE seq = ?1", [seq], |r| r.get(0)).optional()?;
+        Ok((count, hash))
+    })
+}
+
 /// Every record, in `seq` order.
 pub fn read_all(dir: &Path) -> Result<Vec<AuditRecord>, AuditError> {
     read_only(dir, |conn| {

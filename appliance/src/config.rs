@@ -81,6 +81,10 @@ pub struct AuditConfigFile {
     /// Cap on the audit database, MiB (fractions allowed); past it signing stops (fail closed).
     /// Default none.
     pub max_size_mb: Option<f64>,
+    /// A file that gets every signed checkpoint of the log's head, one JSON line each: a witness
+    /// the log's own database cannot change (another filesystem, an append-only mount, a
+    /// network share). Default none.
+    pub anchor_file: Option<PathBuf>,
 }
 
 /// The validated `[service]` table.
@@ -131,6 +135,8 @@ pub struct AuditConfig {
     pub dir: PathBuf,
     /// Size cap, bytes.
     pub max_bytes: Option<u64>,
+    /// The anchor file, if any.
+    pub anchor_file: Option<PathBuf>,
 }
 
 /// The `[tokens]` table as written.
@@ -322,6 +328,10 @@ impl ConfigFile {
                 None => state_dir.clone(),
             },
             max_bytes: audit_file.max_size_mb.map(|m| (m.max(0.0) * 1024.0 * 1024.0) as u64),
+            anchor_file: audit_file
+                .anchor_file
+                .as_ref()
+                .map(|f| if f.is_absolute() { f.clone() } else { base.join(f) }),
         };
         if problems.is_empty() {
             Ok(Config { state_dir, backends, pki, tokens, service, audit })

@@ -31,3 +31,4 @@ pub mod state;
 pub mod store;
 pub mod time;
 pub mod token;
+pub mod witness;

@@ -61,6 +61,7 @@ pub fn init(ctx: &Context, force: bool, out: Output) -> Result<ExitCode, CliErro
         now: now_unix(),
     };
     let report = admin::init::init(&mut admin_ctx)?;
+    admin::witness_head(&mut admin_ctx);
     for (key, cert) in report.keys.iter().zip(&report.certificates) {
         out.line(format!("{:<14} {} ({}, {})", key.role.as_str(), key.uri, key.algorithm, key.backend));
         out.line(format!("               certificate {} valid until {}", cert.subject, rfc3339(cert.not_after)));

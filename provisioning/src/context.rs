@@ -40,9 +40,9 @@ impl Context {
         Ok(State::load(&self.store()?, &self.config, sitesign::time::now_unix())?)
     }
 
-    /// Opens the audit log.
+    /// Opens the audit log for appending, after checking it against its witnessed head.
     pub fn audit(&self) -> Result<AuditLog, CliError> {
-        Ok(AuditLog::open(&self.config.audit.dir, self.config.audit.max_bytes)?)
+        Ok(sitesign::witness::open_log(&self.config, &self.store()?, Default::default())?)
     }
 
     /// Opens every backend.

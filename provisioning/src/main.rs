@@ -167,9 +167,24 @@ enum RotateCommand {
 
 #[derive(Debug, Subcommand)]
 enum AuditCommand {
-    /// Check the hash chain and the signed checkpoints: detects edited, deleted and reordered
-    /// records (exit 1).
-    Verify,
+    /// Check the hash chain, the signed checkpoints and the witnessed head: detects edited,
+    /// deleted and reordered records, and a log cut short, emptied or replaced (exit 1).
+    Verify {
+        /// An anchor file (`[audit] anchor_file`, or a copy of it from elsewhere): the log must
+        /// hold every checkpoint it witnessed. Default: the configured one, if any.
+        #[arg(long)]
+        anchor: Option<PathBuf>,
+    },
+    /// Take up a log that no longer reaches its witnessed head because it was lost for good (a
+    /// dead disk without a backup): records the loss, with REASON, in the log and the anchor
+    /// file, and makes what is left the witnessed head. Needs the service stopped.
+    AcknowledgeLoss {
+        /// Why (the disk that failed, the ticket): recorded in the log.
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        confirm: Confirm,
+    },
     /// Write every record as JSON lines (to standard output or --out).
     Export {
         /// File to write.
@@ -287,7 +302,10 @@ fn run(cli: Cli, out: Output) -> Result<ExitCode, CliError> {
         Command::Token { command: TokenCommand::Verify { thumbprint, kind } } => {
             token::verify(&load()?, thumbprint, kind, out)
         }
-        Command::Audit { command: AuditCommand::Verify } => audit::verify(&load()?, out),
+        Command::Audit { command: AuditCommand::Verify { anchor } } => audit::verify(&load()?, anchor.as_deref(), out),
+        Command::Audit { command: AuditCommand::AcknowledgeLoss { reason, confirm } } => {
+            audit::acknowledge_loss(&load()?, &reason, confirm, out)
+        }
         Command::Audit { command: AuditCommand::Export { out: path } } => audit::export(&load()?, path.as_deref()),
         Command::Quickstart(args) => quickstart::run(&args, out),
         Command::Selftest(args) => selftest::run(&args, out),

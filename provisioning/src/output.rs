@@ -39,7 +39,8 @@ from_coded!(
     sitesign::selftest::SelfTestError,
     sitesign::admin::AdminError,
     sitesign::pki::PkiError,
-    sitesign::backends::BackendError
+    sitesign::backends::BackendError,
+    sitesign::witness::WitnessError
 );
 
 impl From<sitesign::config::ConfigError> for CliError {

@@ -168,6 +168,7 @@ pub fn run(args: &Args, out: Output) -> Result<ExitCode, CliError> {
     if admin_ctx.store.meta("initialized_at")?.is_none() {
         out.progress("generating the SMS Issuing, token-signing and TLS keys inside the device");
         let report = admin::init::init(&mut admin_ctx)?;
+        admin::witness_head(&mut admin_ctx);
         for key in &report.keys {
             out.line(format!("created {} key {}", key.role.as_str(), key.uri));
         }

@@ -90,3 +90,96 @@ fn an_audit_log_that_cannot_be_written_stops_signing_and_readiness() {
     let client_records = a.audit_records().iter().filter(|r| r["kind"] == "client-token").count();
     assert_eq!(client_records, released);
 }
+
+#[test]
+fn a_log_cut_short_emptied_or_deleted_is_refused_never_silently_restarted() {
+    let a = Appliance::new();
+    let anchor_dir = tempfile::tempdir().unwrap();
+    let anchor = anchor_dir.path().join("audit.anchor");
+    a.edit(|f| f.audit.get_or_insert_with(Default::default).anchor_file = Some(anchor.clone()));
+    let mut s = a.start();
+    for n in 1..=4 {
+        assert_eq!(register(&s, n, json!({"kind": "internal"})).0, 200);
+    }
+    // An admin change witnesses the head at once (and the service does every 10 s, and on exit).
+    a.ok(&["bulk-token", "new"]);
+    assert_eq!(s.stop().code(), Some(0));
+    let state = a.dir.join("state");
+    let db = state.join("audit.db");
+    let sqlite = |db: &std::path::Path, sql: &str| {
+        let out = python_tool("sqlite_exec.py", &[db.to_str().unwrap(), sql]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    sqlite(&db, "PRAGMA wal_checkpoint(TRUNCATE);");
+    let verify = |extra: &[&str]| {
+        let out = a.cli(&[&["audit", "verify"], extra].concat());
+        (out.status.success(), parse(&out))
+    };
+    let (intact, v) = verify(&[]);
+    assert!(intact, "{v}");
+    let records = v["records"].as_i64().unwrap();
+    assert_eq!(v["witnessed_seq"], records, "the head is witnessed in the state store: {v}");
+    assert!(v["anchored"].as_u64().unwrap() >= 1, "and in the anchor file: {v}");
+    let backup = std::fs::read(&db).unwrap();
+    let restore = || {
+        std::fs::write(&db, &backup).unwrap();
+        for ext in ["-wal", "-shm"] {
+            let _ = std::fs::remove_file(state.join(format!("audit.db{ext}")));
+        }
+    };
+    let refused_start = |why: &str| {
+        let (svc, ready) = a.spawn(&[], true);
+        assert!(ready.is_err(), "sitesignd started on a log {why}");
+        let log = svc.log_text();
+        assert!(log.contains("audit_truncated") || log.contains("does not reach its witnessed head"), "{why}: {log}");
+    };
+    // 1. The end of the log cut, its checkpoints with it: the chain alone is intact.
+    sqlite(&db, &format!("DELETE FROM checkpoints; DELETE FROM audit WHERE seq > {};", records - 3));
+    let (intact, v) = verify(&[]);
+    assert!(!intact, "{v}");
+    assert!(v["break"]["problem"].as_str().unwrap().contains("witnesses"), "{v}");
+    refused_start("cut short");
+    assert!(!a.cli(&["bulk-token", "new"]).status.success(), "nothing is appended to a log cut short");
+    // 2. The log deleted.
+    restore();
+    for ext in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(state.join(format!("audit.db{ext}")));
+    }
+    let (intact, v) = verify(&[]);
+    assert!(!intact, "an absent log is not intact: {v}");
+    refused_start("deleted");
+    // 3. The log cut and the state store's witness removed too: the anchor file still knows.
+    restore();
+    sqlite(&db, &format!("DELETE FROM checkpoints; DELETE FROM audit WHERE seq > {};", records - 3));
+    sqlite(&state.join("state.db"), "DELETE FROM audit_witness;");
+    let (intact, v) = verify(&[]);
+    assert!(!intact, "the anchor file: {v}");
+    let copy = anchor_dir.path().join("copy.anchor");
+    std::fs::copy(&anchor, &copy).unwrap();
+    let (intact, _) = verify(&["--anchor", copy.to_str().unwrap()]);
+    assert!(!intact, "a copy of the anchor file held elsewhere");
+    refused_start("cut, its witness removed");
+    // Restored from the backup, it starts (the witness moves on with the next checkpoint).
+    restore();
+    let s = a.start();
+    assert_eq!(register(&s, 9, json!({"kind": "internal"})).0, 200);
+    drop(s);
+    // 4. Lost for good: the administrator's explicit, recorded acknowledgement takes it up.
+    for ext in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(state.join(format!("audit.db{ext}")));
+    }
+    let ack = a.ok(&["audit", "acknowledge-loss", "--reason", "disk sdb failed, no backup (ticket 4711)", "--yes"]);
+    assert_eq!(ack["done"], true, "{ack}");
+    let (intact, v) = verify(&[]);
+    assert!(intact, "{v}");
+    let loss: Vec<Value> = a.audit_records().into_iter().filter(|r| r["kind"] == "audit-loss").collect();
+    assert_eq!(loss.len(), 1);
+    assert!(loss[0]["detail"].as_str().unwrap().contains("ticket 4711"), "{loss:?}");
+    assert!(std::fs::read_to_string(&anchor).unwrap().contains("\"entry\":\"loss\""));
+    let s = a.start();
+    assert_eq!(register(&s, 10, json!({"kind": "internal"})).0, 200);
+    // A log that reaches its head: nothing to acknowledge.
+    drop(s);
+    let out = a.cli(&["audit", "acknowledge-loss", "--reason", "x", "--yes"]);
+    assert_eq!(parse(&out)["error"]["code"], "audit_intact");
+}

@@ -327,8 +327,37 @@ impl AdminContext<'_> {
     }
 }
 
-/// Executes `request`.
+/// Signs and witnesses a checkpoint of the audit log's head after a change ([`crate::witness`]),
+/// so that the records the change wrote cannot be cut from the log unnoticed. Best effort: the
+/// change is done; a failure is logged, and the service's next checkpoint tries again.
+pub fn witness_head(ctx: &mut AdminContext<'_>) {
+    let result = (|| -> Result<(), String> {
+        let state = ctx.state().map_err(|e| e.to_string())?;
+        let Some(record) = state.active(KeyRole::TokenSigning) else { return Ok(()) };
+        let key = ctx.backends.key(record).map_err(|e| e.to_string())?;
+        let (id, scheme) = (record.id.clone(), key.algorithm().default_scheme());
+        let sign: crate::audit::CheckpointSigner =
+            Box::new(move |statement| key.sign(scheme, statement).map(|s| (id, s)).map_err(|e| e.to_string()));
+        crate::witness::checkpoint(ctx.audit, ctx.store, ctx.config.audit.anchor_file.as_deref(), sign)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    })();
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "the audit head could not be witnessed after this change");
+    }
+}
+
+/// Executes `request`; after a change, witnesses the audit log's new head.
 pub fn execute(ctx: &mut AdminContext<'_>, request: &AdminRequest) -> Result<AdminResponse, AdminError> {
+    let response = run(ctx, request)?;
+    let listing = matches!(request, AdminRequest::BulkList | AdminRequest::CertList | AdminRequest::KeysList);
+    if !listing && !matches!(response, AdminResponse::Plan { done: false, .. }) {
+        witness_head(ctx);
+    }
+    Ok(response)
+}
+
+fn run(ctx: &mut AdminContext<'_>, request: &AdminRequest) -> Result<AdminResponse, AdminError> {
     Ok(match request {
         AdminRequest::BulkNew { lifetime_minutes } => {
             AdminResponse::BulkTokenCreated(bulk::new(ctx, *lifetime_minutes)?)

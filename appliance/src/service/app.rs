@@ -47,6 +47,9 @@ pub enum StartError {
     /// The audit log could not be opened.
     #[error(transparent)]
     Audit(#[from] crate::audit::AuditError),
+    /// The audit log is not the one witnessed (cut short, emptied, replaced).
+    #[error(transparent)]
+    Witness(#[from] crate::witness::WitnessError),
     /// TLS could not be configured.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
@@ -176,7 +179,8 @@ impl App {
         let mut backends = Backends::open(&config)?;
         backends.open_handshake_lanes(&config, config.service.tls_sessions)?;
         let metrics = Arc::new(Metrics::default());
-        let audit = AuditLog::open_with(&config.audit.dir, config.audit.max_bytes, AuditStats::for_metrics(&metrics))?;
+        // Never a log shorter than its witnessed head: the service refuses to start on it.
+        let audit = crate::witness::open_log(&config, &store, AuditStats::for_metrics(&metrics))?;
         let state = State::load(&store, &config, now_unix())?;
         let keys = KeyCache::default();
         for record in KeyRole::ALL.iter().filter_map(|r| state.active(*r)) {

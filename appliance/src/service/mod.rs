@@ -45,8 +45,9 @@ use notify::sd_notify;
 
 /// How often the service asks the store whether it changed: well within SPEC §7's one second.
 pub const FOLLOW_EVERY: Duration = Duration::from_millis(250);
-/// How often the audit log's head is signed (when it moved).
-pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(60);
+/// How often the audit log's head is signed and witnessed (when it moved): records cut from the
+/// end of the log go unnoticed only if they are younger than this.
+pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(10);
 /// How often the CRLs are checked for freshness (a CRL is re-signed at half its validity).
 pub const CRL_CHECK_EVERY: Duration = Duration::from_secs(600);
 /// How often a device that failed is tried again, so that readiness comes back by itself.
@@ -66,13 +67,19 @@ fn probe_devices(app: &App) {
     app.health.note(&app.metrics, result.as_ref().map(|_| ()));
 }
 
-/// Signs a checkpoint of the audit log's head with the token-signing key (SPEC §8).
+/// Signs a checkpoint of the audit log's head with the token-signing key and witnesses it
+/// outside the log (SPEC §8; see [`crate::witness`]).
 fn checkpoint(app: &App) {
     let Some(signer) = app.signing.load().signer_at(crate::time::now_unix()).cloned() else { return };
     let sign: crate::audit::CheckpointSigner =
         Box::new(move |statement| signer.sign_checkpoint(statement).map_err(|e| e.to_string()));
-    if let Err(e) = app.audit.checkpoint(sign) {
-        tracing::error!(error = %e, "audit checkpoint failed");
+    // The device signs on the audit writer's thread; the store is locked only to witness.
+    let witnessed = app.audit.checkpoint(sign).map_err(crate::witness::WitnessError::from).and_then(|cp| match cp {
+        Some(cp) => crate::witness::witness(&mut app.store(), app.config.audit.anchor_file.as_deref(), &cp),
+        None => Ok(()),
+    });
+    if let Err(e) = witnessed {
+        tracing::error!(code = e.code(), error = %e, "audit checkpoint failed");
     }
 }
 

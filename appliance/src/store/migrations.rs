@@ -112,4 +112,15 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER crls_ins AFTER INSERT ON crls BEGIN UPDATE generation SET value = value + 1; END;
     CREATE TRIGGER meta_ins AFTER INSERT ON meta BEGIN UPDATE generation SET value = value + 1; END;
     CREATE TRIGGER meta_upd AFTER UPDATE ON meta BEGIN UPDATE generation SET value = value + 1; END;",
+    // 4: the audit log's head as last witnessed (a signed checkpoint), outside the log: a log
+    // found shorter than this, or without this record, is refused (SPEC §8). No trigger: a new
+    // witness is not a change of the state the service follows.
+    "CREATE TABLE audit_witness (
+        id        INTEGER PRIMARY KEY CHECK (id = 1),
+        seq       INTEGER NOT NULL,
+        hash      TEXT NOT NULL,
+        time      INTEGER NOT NULL,
+        key_id    TEXT NOT NULL,
+        signature TEXT NOT NULL
+    );",
 ];

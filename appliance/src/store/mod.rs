@@ -585,6 +585,49 @@ impl Store {
             .map_err(self.err())
     }
 
+    /// The audit log's head as last witnessed, if any.
+    pub fn audit_witness(&self) -> Result<Option<crate::audit::Checkpoint>, StoreError> {
+        self.conn
+            .query_row("SELECT seq, hash, time, key_id, signature FROM audit_witness WHERE id = 1", [], |r| {
+                Ok(crate::audit::Checkpoint {
+                    seq: r.get(0)?,
+                    hash: r.get(1)?,
+                    time: r.get(2)?,
+                    key_id: r.get(3)?,
+                    signature: r.get(4)?,
+                })
+            })
+            .optional()
+            .map_err(self.err())
+    }
+
+    /// Records `cp` as the audit log's witnessed head, unless a later one is recorded already
+    /// (the witness never goes back; see [`Store::replace_audit_witness`]).
+    pub fn witness_audit_head(&mut self, cp: &crate::audit::Checkpoint) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO audit_witness (id, seq, hash, time, key_id, signature) VALUES (1, ?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, time = excluded.time,
+                     key_id = excluded.key_id, signature = excluded.signature
+                 WHERE excluded.seq > audit_witness.seq",
+                params![cp.seq, cp.hash, cp.time, cp.key_id, cp.signature],
+            )
+            .map(|_| ())
+            .map_err(self.err())
+    }
+
+    /// Sets the witness to `cp` even if it is earlier: only `sitesign audit acknowledge-loss`,
+    /// after recording the loss in the log.
+    pub fn replace_audit_witness(&mut self, cp: &crate::audit::Checkpoint) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO audit_witness (id, seq, hash, time, key_id, signature) VALUES (1, ?1, ?2, ?3, ?4, ?5)",
+                params![cp.seq, cp.hash, cp.time, cp.key_id, cp.signature],
+            )
+            .map(|_| ())
+            .map_err(self.err())
+    }
+
     /// The highest `cRLNumber` of any CRL stored: every SMS Issuing root carries the same name,
     /// so their CRLs share one increasing sequence (RFC 5280 §5.2.3).
     pub fn last_crl_number(&self) -> Result<i64, StoreError> {
