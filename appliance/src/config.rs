@@ -258,6 +258,14 @@ pub enum ConfigError {
         /// The parser's message, with line and column.
         message: String,
     },
+    /// The file (or its folder) may be changed by someone other than root and the service.
+    #[error("configuration {path} is refused: {reason}")]
+    Unsafe {
+        /// The file.
+        path: PathBuf,
+        /// Who could change it.
+        reason: String,
+    },
     /// The file parsed but its values are not usable.
     #[error("configuration {path} has {} problem(s):\n{}", problems.len(), problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
     Invalid {
@@ -542,6 +550,12 @@ impl Config {
 
     /// Reads and validates the configuration file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        // It names the module loaded with the PIN and its environment: it must be ours.
+        if path.exists()
+            && let Some(reason) = hsm_adapters::trust::untrusted(path)
+        {
+            return Err(ConfigError::Unsafe { path: path.to_owned(), reason });
+        }
         let text =
             std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         Self::parse(&text, path)

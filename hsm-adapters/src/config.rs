@@ -37,13 +37,30 @@ pub struct TpmConfigFile {
     pub parent_handle: Option<String>,
     /// Folder for TPM-wrapped key blobs (`tpm:object=NAME` keys).
     pub key_dir: Option<PathBuf>,
-    /// File holding the keys' auth value (mode 0600); none means an empty auth value.
+    /// File holding the keys' auth value (mode 0600). Keys get an auth value by default: one of
+    /// this, `auth_credential` or `empty_auth = true` is required.
     pub auth_file: Option<PathBuf>,
     /// Systemd credential holding the keys' auth value, instead of `auth_file`.
     pub auth_credential: Option<String>,
+    /// Opt out of an auth value: anyone who can read the key blobs and reach the TPM can sign
+    /// with the keys. Default false.
+    pub empty_auth: Option<bool>,
     /// Requests that may wait for the TPM before callers block; default 64.
     pub queue_depth: Option<usize>,
 }
+
+/// The environment variables `environment` may set: where vendors' PKCS#11 modules read their
+/// own configuration from. Nothing else — `LD_PRELOAD`, `LD_LIBRARY_PATH` and the like would
+/// change what code runs with the PIN.
+pub const MODULE_ENVIRONMENT: &[&str] = &[
+    "SOFTHSM2_CONF",              // SoftHSM2
+    "ChrystokiConfigurationPath", // Thales Luna
+    "NFAST_HOME",                 // Entrust nShield
+    "CS_PKCS11_R2_CFG",           // Utimaco CryptoServer
+    "CS_PKCS11_R3_CFG",           // Utimaco u.trust
+    "YUBIHSM_PKCS11_CONF",        // Yubico YubiHSM 2
+    "OPENSC_CONF",                // OpenSC
+];
 
 /// The keys of a `kind = "pkcs11"` backend table.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -212,8 +229,19 @@ impl TpmConfigFile {
                 None
             }
         };
+        let empty = self.empty_auth == Some(true);
+        if empty && (self.auth_file.is_some() || self.auth_credential.is_some()) {
+            problem("empty_auth", "empty_auth = true and an auth value: choose one".into());
+        }
         let auth = match (&self.auth_file, &self.auth_credential) {
-            (None, None) => Some(None),
+            (None, None) if empty => Some(None),
+            (None, None) => {
+                problem(
+                    "auth_file",
+                    "missing: TPM keys get an auth value — set auth_file (a file of the sitesign user, mode 0600; `sitesign init` creates it if absent) or auth_credential, or opt out with empty_auth = true (then whoever can read the key blobs and reach the TPM can sign)".into(),
+                );
+                None
+            }
             (Some(p), None) if p.is_absolute() => Some(Some(PinSource::File(p.clone()))),
             (Some(p), None) => {
                 problem("auth_file", format!("{} must be an absolute path", p.display()));
@@ -311,8 +339,14 @@ impl Pkcs11ConfigFile {
         };
         for (name, value) in &self.environment {
             let secretish = ["PIN", "PASS", "SECRET", "KEY"].iter().any(|w| name.to_ascii_uppercase().contains(w));
-            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                problem(&format!("environment.{name}"), "a variable name uses letters, digits and '_'".into());
+            if !MODULE_ENVIRONMENT.contains(&name.as_str()) {
+                problem(
+                    &format!("environment.{name}"),
+                    format!(
+                        "not a variable a PKCS#11 module reads its configuration from (LD_* and the like would change what code runs with the PIN); allowed: {}",
+                        MODULE_ENVIRONMENT.join(", ")
+                    ),
+                );
             } else if secretish {
                 problem(&format!("environment.{name}"), "secrets never go in the environment; use pin_file".into());
             } else if value.contains('\0') {
@@ -363,20 +397,46 @@ mod tests {
     }
 
     #[test]
+    fn module_environment_is_an_allow_list() {
+        let table = |env: &str| {
+            format!(
+                "[backends.hsm]\nkind = \"pkcs11\"\ntoken_label = \"t\"\npin_file = \"/p\"\nenvironment = {{ {env} }}\n"
+            )
+        };
+        let ok = parse(&table("SOFTHSM2_CONF = \"/etc/softhsm2.conf\"")).unwrap();
+        assert!(ok.backends["hsm"].validate("backends.hsm").is_ok());
+        for bad in ["LD_PRELOAD = \"/tmp/x.so\"", "LD_LIBRARY_PATH = \"/tmp\"", "PATH = \"/tmp\""] {
+            let problems = parse(&table(bad)).unwrap().backends["hsm"].validate("backends.hsm").unwrap_err();
+            assert!(problems[0].path.starts_with("backends.hsm.environment."), "{bad}: {problems:?}");
+            assert!(problems[0].message.contains("SOFTHSM2_CONF"), "names what is allowed: {problems:?}");
+        }
+    }
+
+    #[test]
     fn valid_and_invalid_tpm_tables() {
         let doc = parse(
-            "[backends.tpm]\nkind = \"tpm\"\ntcti = \"swtpm:host=127.0.0.1,port=2321\"\nkey_dir = \"/var/lib/sitesign/tpm\"\n",
+            "[backends.tpm]\nkind = \"tpm\"\ntcti = \"swtpm:host=127.0.0.1,port=2321\"\nkey_dir = \"/var/lib/sitesign/tpm\"\nauth_file = \"/etc/sitesign/tpm.auth\"\n",
         )
         .unwrap();
         let BackendConfig::Tpm(t) = doc.backends["tpm"].validate("backends.tpm").unwrap() else { panic!() };
         assert_eq!(t.parent_handle, DEFAULT_SRK_HANDLE);
+        assert_eq!(t.auth, Some(PinSource::File("/etc/sitesign/tpm.auth".into())));
+        // No auth value: refused unless opted out of.
+        let bare = "[backends.tpm]\nkind = \"tpm\"\nkey_dir = \"/var/lib/sitesign/tpm\"\n";
+        let problems = parse(bare).unwrap().backends["tpm"].validate("backends.tpm").unwrap_err();
+        assert_eq!(problems[0].path, "backends.tpm.auth_file");
+        let opted = parse(&format!("{bare}empty_auth = true\n")).unwrap();
+        let BackendConfig::Tpm(t) = opted.backends["tpm"].validate("backends.tpm").unwrap() else { panic!() };
         assert_eq!(t.auth, None);
         let doc =
             parse("[backends.tpm]\nkind = \"tpm\"\ntcti = \"serial:/dev/ttyS0\"\nparent_handle = \"0x01000001\"\n")
                 .unwrap();
         let problems = doc.backends["tpm"].validate("backends.tpm").unwrap_err();
         let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
-        assert_eq!(paths, ["backends.tpm.tcti", "backends.tpm.parent_handle", "backends.tpm.key_dir"]);
+        assert_eq!(
+            paths,
+            ["backends.tpm.tcti", "backends.tpm.parent_handle", "backends.tpm.key_dir", "backends.tpm.auth_file"]
+        );
     }
 
     #[test]

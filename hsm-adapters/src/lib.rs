@@ -18,6 +18,7 @@ pub mod pin;
 pub mod pkcs11;
 pub mod signer;
 pub mod tpm;
+pub mod trust;
 pub mod uri;
 
 use std::sync::Arc;

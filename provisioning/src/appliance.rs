@@ -17,6 +17,25 @@ pub fn service_running(ctx: &Context) -> bool {
     std::os::unix::net::UnixStream::connect(&ctx.config.service.admin_socket).is_ok()
 }
 
+/// Creates the auth value file of every TPM backend that names one that does not exist yet: a
+/// random secret, mode 0600, before any key exists that would need it.
+fn create_tpm_auth(ctx: &Context, out: Output) -> Result<(), CliError> {
+    for (name, backend) in &ctx.config.backends {
+        if let hsm_adapters::BackendConfig::Tpm(t) = backend
+            && let Some(hsm_adapters::PinSource::File(path)) = &t.auth
+            && !path.exists()
+        {
+            let secret = hsm_adapters::random_secret()?;
+            crate::softhsm::write_private(path, secrecy::ExposeSecret::expose_secret(&secret).as_bytes())?;
+            out.progress(format!(
+                "created the auth value of backend {name:?}'s TPM keys in {} (mode 0600): back it up with the key blobs",
+                path.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// `sitesign init [--force]`: works on the devices directly (the service does not exist yet).
 pub fn init(ctx: &Context, force: bool, out: Output) -> Result<ExitCode, CliError> {
     if service_running(ctx) {
@@ -39,6 +58,7 @@ pub fn init(ctx: &Context, force: bool, out: Output) -> Result<ExitCode, CliErro
             ),
         ));
     }
+    create_tpm_auth(ctx, out)?;
     out.progress("opening backends");
     let backends = ctx.backends()?;
     let pki = ctx

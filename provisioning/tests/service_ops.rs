@@ -193,7 +193,14 @@ fn the_systemd_unit_is_hardened() {
         .unwrap_or_else(|| panic!("no exposure level: {text}{}", String::from_utf8_lossy(&out.stderr)));
     assert!(level <= 2.0, "exposure {level} > 2.0:\n{text}");
     let unit_text = std::fs::read_to_string(&unit).unwrap();
-    for required in ["Type=notify", "User=sitesign", "NoNewPrivileges=yes", "CapabilityBoundingSet=\n"] {
+    for required in [
+        "Type=notify",
+        "User=sitesign",
+        "NoNewPrivileges=yes",
+        "CapabilityBoundingSet=\n",
+        "RestartPreventExitStatus=77 78\n",
+        "LimitNOFILE=65536\n",
+    ] {
         assert!(unit_text.contains(required), "{required}");
     }
 }
@@ -223,4 +230,80 @@ fn metrics_parse_and_name_what_the_dashboards_use() {
         assert!(families.get(name).is_some(), "{name} missing: {families}");
     }
     let _ = python_tool; // (used by other test files of this crate)
+}
+
+/// Starts `sitesignd` on `a`, which must exit by itself; its exit status and log.
+fn exits(a: &Appliance) -> (Option<i32>, String) {
+    let (mut s, ready) = a.spawn(&[], true);
+    assert!(ready.is_err(), "it became ready");
+    let status = s.wait_exit(Duration::from_secs(60)).expect("it exits");
+    (status.code(), s.log_text())
+}
+
+#[test]
+fn a_refused_secret_exits_77_and_a_config_that_cannot_work_78_so_systemd_does_not_retry() {
+    // A wrong PIN: 77, named, and never the PIN itself in the log.
+    let a = Appliance::new();
+    let pin = a.dir.join("user.pin");
+    let good = std::fs::read_to_string(&pin).unwrap();
+    std::fs::write(&pin, "0000-wrong-pin").unwrap();
+    let (code, log) = exits(&a);
+    assert_eq!(code, Some(77), "{log}");
+    assert!(log.contains("pin_incorrect") && !log.contains("0000-wrong-pin"), "{log}");
+    std::fs::write(&pin, good).unwrap();
+    // A configuration others may write: 78.
+    let config = a.config_path();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let (code, log) = exits(&a);
+    assert_eq!(code, Some(78), "{log}");
+    assert!(log.contains("chmod go-w"), "{log}");
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    // A PKCS#11 module others may replace: 78.
+    let module = a.dir.join("module.so");
+    std::fs::copy(hsm_adapters::config::DEFAULT_PKCS11_MODULE, &module).unwrap();
+    std::fs::set_permissions(&module, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let set_module = |m: &Path| {
+        a.edit(|f| {
+            let Some(hsm_adapters::BackendConfigFile::Pkcs11(p)) = f.backends.get_mut("softhsm") else { panic!() };
+            p.module = Some(m.to_owned());
+        })
+    };
+    set_module(&module);
+    let (code, log) = exits(&a);
+    assert_eq!(code, Some(78), "{log}");
+    assert!(log.contains("backend_module") && log.contains("mode 0666"), "{log}");
+    set_module(Path::new(hsm_adapters::config::DEFAULT_PKCS11_MODULE));
+    // LD_PRELOAD in the module's environment: 78.
+    a.edit(|f| {
+        let Some(hsm_adapters::BackendConfigFile::Pkcs11(p)) = f.backends.get_mut("softhsm") else { panic!() };
+        p.environment.insert("LD_PRELOAD".into(), "/tmp/evil.so".into());
+    });
+    let (code, log) = exits(&a);
+    assert_eq!(code, Some(78), "{log}");
+    assert!(log.contains("environment.LD_PRELOAD"), "{log}");
+    a.edit(|f| {
+        let Some(hsm_adapters::BackendConfigFile::Pkcs11(p)) = f.backends.get_mut("softhsm") else { panic!() };
+        p.environment.remove("LD_PRELOAD");
+    });
+    // Put right, it runs.
+    let s = a.start();
+    assert_eq!(register(&s, 1, json!({"kind": "internal"})).0, 200);
+}
+
+#[test]
+fn a_wrong_tpm_auth_value_exits_77() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tpm = device_tests::swtpm::Swtpm::start(tmp.path());
+    let a = Appliance::with(&["--backend", "tpm", "--tcti", &tpm.tcti()]);
+    let auth = a.dir.join("tpm.auth");
+    let good = std::fs::read(&auth).unwrap();
+    std::fs::write(&auth, "not-the-auth-value").unwrap();
+    let (code, log) = exits(&a);
+    assert_eq!(code, Some(77), "{log}");
+    assert!(log.contains("tpm_auth_failed"), "{log}");
+    std::fs::write(&auth, good).unwrap();
+    let s = a.start();
+    assert_eq!(register(&s, 1, json!({"kind": "internal"})).0, 200);
+    drop(s);
+    tpm.stop();
 }

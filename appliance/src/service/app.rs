@@ -66,6 +66,29 @@ pub enum StartError {
     },
 }
 
+impl StartError {
+    /// A stable code (the device's own for a device error: `pin_incorrect`, `tpm_auth_failed`, …).
+    pub fn code(&self) -> &'static str {
+        match self {
+            StartError::Store(_) | StartError::State(_) => "state_store",
+            StartError::Backend(e) => e.code(),
+            StartError::SelfTest(e) => e.code(),
+            StartError::Issue(e) => e.code(),
+            StartError::Audit(_) => "audit_unavailable",
+            StartError::Witness(e) => e.code(),
+            StartError::Tls(_) => "tls",
+            StartError::KeyCheck(_) => "key_mismatch",
+            StartError::Io { .. } => "io",
+        }
+    }
+
+    /// Whether a device refused the configured secret (PIN, auth value) or is locked out:
+    /// trying again would only count towards the device's lockout.
+    pub fn is_secret_refused(&self) -> bool {
+        matches!(self.code(), "pin_incorrect" | "tpm_auth_failed" | "tpm_lockout")
+    }
+}
+
 /// Why a key that is about to sign is not trusted to.
 #[derive(Debug, thiserror::Error)]
 #[error("key {key}: {reason}")]

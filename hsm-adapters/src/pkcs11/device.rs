@@ -178,6 +178,10 @@ impl Drop for PooledSession<'_> {
 impl Device {
     /// Loads the module, initialises it, finds the token, opens and logs in one session.
     pub fn open(config: Pkcs11Config) -> Result<Self> {
+        // The module runs inside this process with the PIN: nobody else may be able to swap it.
+        if let Some(reason) = crate::trust::untrusted(&config.module) {
+            return Err(Error::Module { module: config.module.clone(), reason: format!("refused: {reason}") });
+        }
         let ctx = Pkcs11::new(&config.module).map_err(|e| Error::Module {
             module: config.module.clone(),
             reason: format!("cannot load it as a PKCS#11 library: {e}"),

@@ -43,16 +43,29 @@ fn harden() {
     }
 }
 
+/// Exit status when a device refused the configured secret (PIN, TPM auth value) or is locked
+/// out: the unit's `RestartPreventExitStatus=` keeps systemd from retrying towards the device's
+/// lockout (EX_NOPERM).
+const EXIT_SECRET_REFUSED: u8 = 77;
+/// Exit status of a configuration that cannot work as it is (EX_CONFIG): restarting will not help
+/// either.
+const EXIT_CONFIG: u8 = 78;
+
 fn fail(code: &str, message: impl std::fmt::Display) -> ExitCode {
     eprintln!("sitesignd: error [{code}]: {message}");
     ExitCode::FAILURE
+}
+
+fn fail_with(status: u8, code: &str, message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("sitesignd: error [{code}]: {message}");
+    ExitCode::from(status)
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     let config = match Config::load(&args.config) {
         Ok(c) => c,
-        Err(e) => return fail("config", e),
+        Err(e) => return fail_with(EXIT_CONFIG, "config", e),
     };
     // The PKCS#11 modules read their environment when loaded: if it is not set, this replaces
     // the process with itself, environment set (same PID, so systemd keeps tracking it).
@@ -82,9 +95,23 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(sitesign::service::run(config)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is_secret_refused() => {
+            tracing::error!(code = e.code(), error = %e, "sitesignd cannot run: the device refused its secret; not retrying");
+            fail_with(
+                EXIT_SECRET_REFUSED,
+                e.code(),
+                format!(
+                    "{e} — fix the secret, then start the service again; it is not restarted automatically, so the device's lockout counter is not run up"
+                ),
+            )
+        }
+        Err(e) if matches!(e.code(), "pin_file" | "config" | "backend_module") => {
+            tracing::error!(code = e.code(), error = %e, "sitesignd cannot run: configuration");
+            fail_with(EXIT_CONFIG, e.code(), e)
+        }
         Err(e) => {
-            tracing::error!(error = %e, "sitesignd cannot run");
-            fail("start", e)
+            tracing::error!(code = e.code(), error = %e, "sitesignd cannot run");
+            fail(e.code(), e)
         }
     }
 }

@@ -51,6 +51,21 @@ pub fn wrapped_keys_load_and_sign_with_tpm2_tools(env: &TpmEnv) {
     assert!(!shown.contains("restricted"), "{shown}");
 
     std::fs::write(env.key_dir().join("msg.bin"), MESSAGE).unwrap();
+    // Whoever can read the blobs and reach the TPM cannot sign without the auth value.
+    let without = Command::new("tpm2_sign")
+        .args(["-c", "ts.ctx", "-g", "sha256", "-s", "rsassa", "-f", "plain", "-o", "stolen.bin", "msg.bin"])
+        .env("TPM2TOOLS_TCTI", env.swtpm.tcti())
+        .current_dir(env.key_dir())
+        .output()
+        .unwrap();
+    assert!(!without.status.success(), "tpm2_sign without the auth value signed");
+    assert!(
+        String::from_utf8_lossy(&without.stderr).to_lowercase().contains("auth"),
+        "{}",
+        String::from_utf8_lossy(&without.stderr)
+    );
+    // swtpm has no resource manager: free what the failed attempt left loaded.
+    tpm2(env, &["tpm2_flushcontext", "-t"]);
     let auth = auth_arg(env);
     tpm2(
         env,
