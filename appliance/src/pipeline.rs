@@ -55,6 +55,20 @@ pub enum PipelineError {
     /// the request waited).
     #[error("{0} is blocked")]
     NoLongerAuthorised(String),
+    /// The requesting management point's certificate was revoked (or expired) while the request
+    /// waited to be signed.
+    #[error("the client certificate was revoked or expired while the request waited")]
+    CallerRefused,
+}
+
+/// Who asked for a job's tokens: how the audit records name them, and — for a management
+/// point — the certificate serial that must still be admitted when each token is signed.
+#[derive(Debug, Clone)]
+pub struct Requester {
+    /// `<subject> (serial <hex>)`, or the local actor.
+    pub identity: Arc<str>,
+    /// The MP certificate's serial, lower-case hex.
+    pub serial: Option<Arc<str>>,
 }
 
 /// The outcome of one token.
@@ -98,7 +112,7 @@ impl Signing {
 /// group, not once per token.
 struct Job {
     items: Vec<Item>,
-    caller: Arc<str>,
+    caller: Requester,
     reply: tokio::sync::oneshot::Sender<Vec<JobResult>>,
 }
 
@@ -132,6 +146,11 @@ pub struct WorkerContext {
     pub metrics: Arc<Metrics>,
     /// Whether the devices answer.
     pub health: Arc<BackendHealth>,
+    /// Held (shared) by a worker from reading the state until its records are queued for the
+    /// audit log; held exclusively by a change that takes authority away (a bulk token blocked,
+    /// a certificate or key revoked) while it is recorded and taken up — so that no token is
+    /// signed under the old state after the change's record.
+    pub barrier: Arc<std::sync::RwLock<()>>,
 }
 
 /// Whether the last device call reached the device (for readiness), and error counts.
@@ -190,13 +209,13 @@ impl Pipeline {
         self.jobs.len()
     }
 
-    fn job(items: Vec<Item>, caller: Arc<str>) -> (Job, Ticket) {
+    fn job(items: Vec<Item>, caller: Requester) -> (Job, Ticket) {
         let (reply, ticket) = tokio::sync::oneshot::channel();
         (Job { items, caller, reply }, ticket)
     }
 
     /// Queues one token if there is room now (single requests: a full queue means "busy").
-    pub fn try_submit(&self, item: Item, caller: Arc<str>) -> Result<Ticket, PipelineError> {
+    pub fn try_submit(&self, item: Item, caller: Requester) -> Result<Ticket, PipelineError> {
         let (job, ticket) = Self::job(vec![item], caller);
         self.jobs.try_send(job).map_err(|e| if e.is_full() { PipelineError::Busy } else { PipelineError::Stopped })?;
         Ok(ticket)
@@ -204,7 +223,7 @@ impl Pipeline {
 
     /// Queues up to [`GROUP`] tokens as one job, waiting for room (batches: the wait is the
     /// backpressure).
-    pub async fn submit(&self, items: Vec<Item>, caller: Arc<str>) -> Result<Ticket, PipelineError> {
+    pub async fn submit(&self, items: Vec<Item>, caller: Requester) -> Result<Ticket, PipelineError> {
         let (job, ticket) = Self::job(items, caller);
         self.jobs.send(job).await.map_err(|_| PipelineError::Stopped)?;
         Ok(ticket)
@@ -221,6 +240,7 @@ fn worker(rx: &async_channel::Receiver<Job>, ctx: &WorkerContext) {
         if job.reply.is_closed() {
             continue; // the caller went away: do not sign for nobody
         }
+        let _turn = ctx.barrier.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         let current = ctx.signing.load_full();
         // Sign every token of the job; a failure fails that token only.
         let mut signed: Vec<JobResult> = Vec::with_capacity(job.items.len());
@@ -269,8 +289,11 @@ fn sign_one(
     ctx: &WorkerContext,
     current: &Signing,
     item: Item,
-    caller: &str,
+    caller: &Requester,
 ) -> Result<(IssuedToken, AuditEvent), PipelineError> {
+    if caller.serial.as_ref().is_some_and(|serial| !current.state.admits(serial, crate::time::now_unix())) {
+        return Err(PipelineError::CallerRefused);
+    }
     if !item.authorization.still_holds(&current.state) {
         return Err(PipelineError::NoLongerAuthorised(item.authorization.audit_detail()));
     }
@@ -284,7 +307,8 @@ fn sign_one(
     match result {
         Ok(token) => {
             ctx.health.note(&ctx.metrics, Ok(()));
-            let mut event = AuditEvent::token(&token, caller, &item.subject, item.authorization.audit_detail());
+            let mut event =
+                AuditEvent::token(&token, &caller.identity, &item.subject, item.authorization.audit_detail());
             event.time = crate::time::now_unix();
             Ok((token, event))
         }

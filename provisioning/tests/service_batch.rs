@@ -252,3 +252,84 @@ fn sigterm_while_a_batch_streams_answers_every_line_and_exits_cleanly() {
     assert_eq!(audited.len(), tokens.len());
     assert!(a.audit_intact());
 }
+
+#[test]
+fn a_bulk_token_blocked_mid_batch_stops_the_lines_not_yet_signed() {
+    let a = Appliance::new();
+    // 200 lines a second: a 2,000-line batch takes about ten seconds, far more than it takes to
+    // read and validate it — most lines are validated long before they are signed.
+    a.edit_service(|svc| {
+        svc.rate_limit_per_second = Some(200);
+        svc.rate_limit_burst = Some(200);
+    });
+    let s = a.start();
+    let made = a.ok(&["bulk-token", "new"]);
+    let (guid, bulk) = (made["guid"].as_str().unwrap().to_owned(), made["token"].as_str().unwrap().to_owned());
+    let lines: Vec<String> =
+        (0..2000).map(|n| client_request(n, json!({"kind": "bulk", "token": bulk})).to_string()).collect();
+    let results = std::thread::scope(|scope| {
+        let batch = scope.spawn(|| s.batch("bulk", &lines));
+        std::thread::sleep(Duration::from_secs(3));
+        a.ok(&["bulk-token", "block", &guid]);
+        batch.join().unwrap()
+    });
+    let signed = results.iter().take_while(|r| r["token"].is_string()).count();
+    assert!(signed > 0 && signed < 2000, "{signed} lines signed");
+    // Every line after the block: refused, none signed (the block is checked again at signing).
+    for (i, r) in results.iter().enumerate().skip(signed) {
+        assert_eq!(r["error"]["reason"], "blocked", "line {i}: {r}");
+    }
+    // Every token's audit record carries the bulk GUID it was authorised by, and the time of its
+    // signature: later lines, later records.
+    let all = a.audit_records();
+    let blocked_at = all.iter().find(|r| r["kind"] == "bulk-token-blocked").expect("the block's record")["seq"].clone();
+    let records: Vec<Value> = all.into_iter().filter(|r| r["kind"] == "client-token").collect();
+    assert_eq!(records.len(), signed);
+    // Lines validated before the block but not yet signed were stopped too: no token signed
+    // after the block was recorded.
+    let last_seq = records.last().unwrap()["seq"].as_i64().unwrap();
+    assert!(
+        last_seq < blocked_at.as_i64().unwrap(),
+        "a token was signed after the block (seq {last_seq} > {blocked_at})"
+    );
+    assert!(records.iter().all(|r| r["detail"] == format!("bulk:{guid}")), "{:?}", records[0]);
+    let (first, last) = (records[0]["time"].as_i64().unwrap(), records[signed - 1]["time"].as_i64().unwrap());
+    assert!(last - first >= 1, "records are timed at signing ({first}..{last})");
+}
+
+#[test]
+fn an_mp_certificate_revoked_mid_batch_gets_no_token_signed_after_its_revocation() {
+    let a = Appliance::new();
+    a.edit_service(|svc| {
+        svc.rate_limit_per_second = Some(200);
+        svc.rate_limit_burst = Some(200);
+    });
+    let s = a.start();
+    let serial = a.ok(&["cert", "list"])["certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["profile"] == "mp-client")
+        .unwrap()["serial"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let lines: Vec<String> = (0..1000).map(|n| client_request(n, json!({"kind": "internal"})).to_string()).collect();
+    let results = std::thread::scope(|scope| {
+        let batch = scope.spawn(|| s.batch("revoked", &lines));
+        std::thread::sleep(Duration::from_secs(2));
+        a.ok(&["cert", "revoke", &serial, "--reason", "key-compromise", "--yes"]);
+        batch.join().unwrap()
+    });
+    let signed = results.iter().take_while(|r| r["token"].is_string()).count();
+    assert!(signed > 0 && signed < 1000, "{signed} lines signed");
+    for (i, r) in results.iter().enumerate().skip(signed) {
+        assert_eq!(r["error"]["code"], "client_certificate_refused", "line {i}: {r}");
+    }
+    let all = a.audit_records();
+    let revoked_at = all.iter().find(|r| r["kind"] == "certificate-revoked").expect("the revocation's record")["seq"]
+        .as_i64()
+        .unwrap();
+    let last_token = all.iter().filter(|r| r["kind"] == "client-token").map(|r| r["seq"].as_i64().unwrap()).max();
+    assert!(last_token.unwrap() < revoked_at, "a token was signed for the revoked MP after its revocation");
+}

@@ -125,6 +125,16 @@ async fn connection(stream: UnixStream, app: Arc<App>) {
 /// Runs one admin request on the service's devices, store and audit log, then follows the store
 /// so that the change is in effect before the answer goes back.
 fn execute(app: &App, request: &AdminRequest, actor: &str) -> Value {
+    // A change that takes authority away holds the signing workers off while it is recorded and
+    // taken up: no token is signed under the old state after its audit record.
+    let restricts = matches!(
+        request,
+        AdminRequest::BulkBlock { .. }
+            | AdminRequest::CertRevoke { dry_run: false, .. }
+            | AdminRequest::KeyRevoke { dry_run: false, .. }
+            | AdminRequest::KeyRetire { dry_run: false, .. }
+    );
+    let _hold = restricts.then(|| app.barrier.write().unwrap_or_else(std::sync::PoisonError::into_inner));
     let result = {
         let mut store = app.store();
         let mut ctx = AdminContext {

@@ -180,6 +180,10 @@ pub struct App {
     pub limiter: RateLimiter,
     /// Per-MP batches streaming now.
     pub batches: Arc<BatchSlots>,
+    /// Taken exclusively by a change that takes authority away, while it is recorded and taken
+    /// up: no token is signed under the old state after the change's record (see
+    /// [`crate::pipeline::WorkerContext::barrier`]).
+    pub barrier: Arc<std::sync::RwLock<()>>,
     /// Who gets a TLS handshake on the API listener.
     pub admission: Admission,
     /// What every handshake signature goes through.
@@ -225,7 +229,9 @@ impl App {
             None => 1,
         };
         let signing = Arc::new(ArcSwap::from_pointee(Signing { state: Arc::new(state), signers }));
+        let barrier = Arc::new(std::sync::RwLock::new(()));
         let context = WorkerContext {
+            barrier: Arc::clone(&barrier),
             signing: Arc::clone(&signing),
             audit: audit.clone(),
             metrics: Arc::clone(&metrics),
@@ -248,6 +254,7 @@ impl App {
             health,
             limiter,
             batches: Arc::default(),
+            barrier,
             admission,
             observer,
             state_fresh: AtomicBool::new(true),

@@ -36,7 +36,7 @@ use super::error::ApiError;
 use super::limits::BatchSlot;
 use super::tls::Caller;
 use super::tokens::{parse, prepare_client};
-use crate::pipeline::{GROUP, Item, PipelineError, Ticket};
+use crate::pipeline::{GROUP, Item, PipelineError, Requester, Ticket};
 use crate::policy::ClientTokenRequest;
 
 /// Largest line of a batch (and largest JSON body of the single-token endpoints).
@@ -75,7 +75,14 @@ impl LineSplitter {
     pub fn push(&mut self, chunk: &[u8]) -> Vec<Line> {
         let mut out = Vec::new();
         let mut rest = chunk;
-        while let Some(at) = memchr::memchr(b'\n', rest) {
+        loop {
+            // At a line's start, blank lines and leading white space are skipped in one tight
+            // scan (a flood of newlines costs one pass, not a search per newline).
+            if self.partial.is_empty() && !self.skipping {
+                let blank = rest.iter().take_while(|b| b.is_ascii_whitespace()).count();
+                rest = &rest[blank..];
+            }
+            let Some(at) = memchr::memchr(b'\n', rest) else { break };
             let (head, tail) = (&rest[..at], &rest[at + 1..]);
             rest = tail;
             if std::mem::take(&mut self.skipping) || self.partial.len() + head.len() > LINE_LIMIT {
@@ -196,12 +203,29 @@ async fn read(
                 .await;
             }
         };
-        let (bytes, end) = match chunk {
+        let (first, mut end) = match chunk {
             Some(Ok(bytes)) => (bytes, false),
             Some(Err(e)) => return cut(&checked_tx, ApiError::BadRequest(format!("request stream: {e}"))).await,
             None => (Bytes::new(), true),
         };
-        received += bytes.len() as u64;
+        // What else has arrived already goes along (up to 256 KiB): one trip to the blocking
+        // pool per read, not per TLS record.
+        let mut chunks = vec![first];
+        let mut size = chunks[0].len();
+        while !end && size < 256 * 1024 {
+            match futures_util::FutureExt::now_or_never(stream.next()) {
+                Some(Some(Ok(bytes))) => {
+                    size += bytes.len();
+                    chunks.push(bytes);
+                }
+                Some(Some(Err(e))) => {
+                    return cut(&checked_tx, ApiError::BadRequest(format!("request stream: {e}"))).await;
+                }
+                Some(None) => end = true,
+                None => break,
+            }
+        }
+        received += size as u64;
         if received > cap {
             let mb = cap >> 20;
             let error = ApiError::TooLarge {
@@ -222,7 +246,7 @@ async fn read(
         // Splitting scans every byte: on the blocking pool, not the runtime's threads.
         let Some(mut s) = splitter.take() else { return };
         let split = tokio::task::spawn_blocking(move || {
-            let mut lines = s.push(&bytes);
+            let mut lines: Vec<Line> = chunks.iter().flat_map(|c| s.push(c)).collect();
             if end {
                 lines.extend(s.finish());
             }
@@ -259,44 +283,73 @@ async fn submit(
     mut checked_rx: tokio::sync::mpsc::Receiver<tokio::task::JoinHandle<Checked>>,
     slot_tx: tokio::sync::mpsc::Sender<Slot>,
 ) {
-    let caller_id: Arc<str> = Arc::from(caller.identity().as_str());
+    let requester = caller.requester();
+    let caller_id = &requester;
+    // Consecutive good lines go to the workers in groups; a bad line keeps its place.
+    let mut group: Vec<Item> = Vec::with_capacity(GROUP);
     while let Some(handle) = checked_rx.recv().await {
         let checked = handle.await.unwrap_or_else(|e| vec![Err(ApiError::Internal(e.to_string()))]);
-        // Consecutive good lines go to the workers in groups; a bad line keeps its place.
-        let mut group: Vec<Item> = Vec::with_capacity(GROUP);
-        let mut checked = checked.into_iter().peekable();
-        while let Some(item) = checked.next() {
-            let mut slots = Vec::with_capacity(2);
+        for item in checked {
             match item {
-                Ok(ok) => group.push(ok),
-                Err(e) => slots.push(Slot::Failed(e)),
-            }
-            let flush = group.len() == GROUP || !slots.is_empty() || checked.peek().is_none_or(Result::is_err);
-            if flush && !group.is_empty() {
-                let items = std::mem::replace(&mut group, Vec::with_capacity(GROUP));
-                let n = items.len();
-                // Every line draws on the caller's rate: the batch waits for its share.
-                let wait = app.limiter.reserve(&caller_id, u32::try_from(n).unwrap_or(u32::MAX));
-                if !wait.is_zero() {
-                    tokio::time::sleep(wait).await;
+                Ok(ok) => {
+                    // Every line draws on the caller's rate. When the bucket is empty, what is
+                    // grouped goes now and the batch waits for the next line's share.
+                    let wait = app.limiter.reserve(&caller_id.identity, 1);
+                    if !wait.is_zero() {
+                        if !flush(&app, caller_id, &mut group, &slot_tx).await {
+                            return;
+                        }
+                        tokio::time::sleep(wait).await;
+                    }
+                    group.push(ok);
+                    if group.len() == GROUP && !flush(&app, caller_id, &mut group, &slot_tx).await {
+                        return;
+                    }
                 }
-                match app.pipeline.submit(items, Arc::clone(&caller_id)).await {
-                    Ok(ticket) => slots.insert(0, Slot::Group(ticket, n)),
-                    // Every line of the group gets its answer.
-                    Err(e) => {
-                        tracing::warn!(error = %e, "batch group not queued");
-                        let failed = (0..n).map(|_| Slot::Failed(ApiError::from(PipelineError::Stopped)));
-                        slots.splice(0..0, failed);
+                Err(e) => {
+                    if !flush(&app, caller_id, &mut group, &slot_tx).await
+                        || slot_tx.send(Slot::Failed(e)).await.is_err()
+                    {
+                        return;
                     }
                 }
             }
-            for slot in slots {
-                if slot_tx.send(slot).await.is_err() {
-                    return; // the client went away
-                }
-            }
+        }
+        // Nothing more is ready: what is grouped goes now rather than wait for more lines.
+        if checked_rx.is_empty() && !flush(&app, caller_id, &mut group, &slot_tx).await {
+            return;
         }
     }
+    let _ = flush(&app, caller_id, &mut group, &slot_tx).await;
+}
+
+/// Queues the grouped lines for signing (waiting for room: backpressure) and passes their slot
+/// on; false once the client has gone away.
+async fn flush(
+    app: &App,
+    requester: &Requester,
+    group: &mut Vec<Item>,
+    slot_tx: &tokio::sync::mpsc::Sender<Slot>,
+) -> bool {
+    if group.is_empty() {
+        return true;
+    }
+    let items = std::mem::replace(group, Vec::with_capacity(GROUP));
+    let n = items.len();
+    let slots = match app.pipeline.submit(items, requester.clone()).await {
+        Ok(ticket) => vec![Slot::Group(ticket, n)],
+        // Every line of the group gets its answer.
+        Err(e) => {
+            tracing::warn!(error = %e, "batch group not queued");
+            (0..n).map(|_| Slot::Failed(ApiError::from(PipelineError::Stopped))).collect()
+        }
+    };
+    for slot in slots {
+        if slot_tx.send(slot).await.is_err() {
+            return false;
+        }
+    }
+    true
 }
 
 /// The writer: awaits each slot in order and streams its lines.

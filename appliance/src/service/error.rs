@@ -107,6 +107,7 @@ impl From<PipelineError> for ApiError {
             PipelineError::Busy => ApiError::Unavailable("the signing queue is full; retry shortly".into()),
             PipelineError::Stopped => ApiError::Unavailable("the service is stopping".into()),
             PipelineError::NoActiveKey => ApiError::NoActiveKey(e.to_string()),
+            PipelineError::CallerRefused => ApiError::CallerRefused,
             PipelineError::NoLongerAuthorised(what) => ApiError::ProofRejected(Rejection::new(
                 Reason::Blocked,
                 format!("{what} was blocked while the request waited to be signed"),

@@ -2,6 +2,7 @@
 //! plain-HTTP ops listener. Both stop accepting on the stop signal; the API finishes the requests
 //! in flight (for at most 30 s).
 
+use std::os::fd::AsFd as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -80,6 +81,10 @@ pub async fn serve_api(listener: TcpListener, app: Arc<App>, stop: tokio::sync::
                 }
             };
             drop(handshake);
+            // Acknowledge the first request's pieces at once: a client that leaves Nagle's
+            // algorithm on and writes headers and body apart would otherwise wait for our
+            // delayed ACK (~40 ms) before sending the body.
+            let _ = rustix::net::sockopt::set_tcp_quickack(tls.get_ref().0.as_fd(), true);
             let Some(caller) = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| Caller::of(c))
             else {
                 app.admission.handshake_ended(Outcome::Failed);

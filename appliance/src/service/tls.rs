@@ -50,6 +50,15 @@ impl Caller {
     pub fn identity(&self) -> String {
         format!("{} (serial {})", self.subject, self.serial)
     }
+
+    /// The requester of its tokens in the signing pipeline (whose serial is checked again when
+    /// each token is signed).
+    pub fn requester(&self) -> crate::pipeline::Requester {
+        crate::pipeline::Requester {
+            identity: Arc::from(self.identity().as_str()),
+            serial: Some(Arc::from(self.serial.as_str())),
+        }
+    }
 }
 
 /// What every handshake signature goes through: the gate that keeps handshakes to their share

@@ -49,7 +49,7 @@ pub(super) fn prepare_client(app: &App, req: &ClientTokenRequest) -> Result<Item
 /// Signs through the pipeline (a single request: busy if the queue is full) and waits for the
 /// token, released only once its audit record is durable.
 async fn sign(app: &App, caller: &Caller, item: Item) -> Result<IssuedToken, ApiError> {
-    let ticket = app.pipeline.try_submit(item, Arc::from(caller.identity().as_str()))?;
+    let ticket = app.pipeline.try_submit(item, caller.requester())?;
     let mut results = ticket.await.map_err(|_| ApiError::Unavailable("the service is stopping".into()))?;
     results.pop().ok_or_else(|| ApiError::Internal("no result".into()))?.map_err(ApiError::from)
 }
