@@ -538,18 +538,40 @@ impl crate::policy::IssuedTokens for Lookup {
     }
 }
 
-/// How many records the log in `dir` holds, and the stored hash of record `seq` if it holds
-/// one (an absent log holds none).
-pub fn record_hash_at(dir: &Path, seq: i64) -> Result<(i64, Option<String>), AuditError> {
+/// What the log in `dir` holds around record `seq`: how many records, the highest `seq`, and
+/// records `seq - 1` and `seq` if it holds them (an absent log holds none).
+pub fn records_around(dir: &Path, seq: i64) -> Result<(i64, i64, Vec<AuditRecord>), AuditError> {
     read_only(dir, |conn| {
         let has: bool =
             conn.query_row("SELECT count(*) FROM sqlite_master WHERE name = 'audit'", [], |r| r.get::<_, i64>(0))? > 0;
         if !has {
-            return Ok((0, None));
+            return Ok((0, 0, Vec::new()));
         }
-        let count: i64 = conn.query_row("SELECT count(*) FROM audit", [], |r| r.get(0))?;
-        let hash = conn.query_row("SELECT hash FROM audit WHERE seq = ?1", [seq], |r| r.get(0)).optional()?;
-        Ok((count, hash))
+        let (count, max): (i64, i64) =
+            conn.query_row("SELECT count(*), coalesce(max(seq), 0) FROM audit", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let mut stmt = conn.prepare(
+            "SELECT seq, time, caller, kind, subject, key_id, sha256, prev, hash, detail FROM audit
+             WHERE seq BETWEEN ?1 AND ?2 ORDER BY seq",
+        )?;
+        let rows = stmt.query_map([seq - 1, seq], record_of)?.collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok((count, max, rows))
+    })
+}
+
+fn record_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRecord> {
+    Ok(AuditRecord {
+        seq: r.get(0)?,
+        event: AuditEvent {
+            time: r.get(1)?,
+            caller: r.get(2)?,
+            kind: r.get(3)?,
+            subject: r.get(4)?,
+            key_id: r.get(5)?,
+            sha256: r.get(6)?,
+            detail: r.get(9)?,
+        },
+        prev: r.get(7)?,
+        hash: r.get(8)?,
     })
 }
 
@@ -559,22 +581,7 @@ pub fn read_all(dir: &Path) -> Result<Vec<AuditRecord>, AuditError> {
         let mut stmt = conn.prepare(
             "SELECT seq, time, caller, kind, subject, key_id, sha256, prev, hash, detail FROM audit ORDER BY rowid",
         )?;
-        let rows = stmt.query_map([], |r| {
-            Ok(AuditRecord {
-                seq: r.get(0)?,
-                event: AuditEvent {
-                    time: r.get(1)?,
-                    caller: r.get(2)?,
-                    kind: r.get(3)?,
-                    subject: r.get(4)?,
-                    key_id: r.get(5)?,
-                    sha256: r.get(6)?,
-                    detail: r.get(9)?,
-                },
-                prev: r.get(7)?,
-                hash: r.get(8)?,
-            })
-        })?;
+        let rows = stmt.query_map([], record_of)?;
         rows.collect()
     })
 }

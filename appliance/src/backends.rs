@@ -65,21 +65,17 @@ impl Backends {
         Ok(Backends { open, handshake: BTreeMap::new() })
     }
 
-    /// Opens, for every PKCS#11 backend, a second instance with `sessions` device sessions of its
-    /// own, where the TLS key signs handshakes: a flood of handshakes then waits for those
-    /// sessions and never for the token-signing workers'. (A TPM has one connection; there the
-    /// handshakes' share is kept by the service's handshake gate alone.)
-    pub fn open_handshake_lanes(&mut self, config: &Config, sessions: usize) -> Result<(), BackendError> {
-        for (name, backend) in &config.backends {
-            if let hsm_adapters::BackendConfig::Pkcs11(c) = backend {
-                let mut lane = c.clone();
-                lane.sessions = std::num::NonZeroUsize::new(sessions).unwrap_or(std::num::NonZeroUsize::MIN);
-                let b = hsm_adapters::open(&hsm_adapters::BackendConfig::Pkcs11(lane))
-                    .map_err(|source| BackendError::Device { backend: name.clone(), source })?;
-                self.handshake.insert(name.clone(), b);
+    /// Sets apart, in every backend that can (PKCS#11), `sessions` device sessions of their own
+    /// where the TLS key signs handshakes — same module, login and recovery: a flood of
+    /// handshakes then waits for those sessions and never for the token-signing workers'. (A TPM
+    /// has one connection; there the handshakes' share is kept by the service's handshake gate
+    /// alone.)
+    pub fn open_handshake_lanes(&mut self, sessions: usize) {
+        for (name, backend) in &self.open {
+            if let Some(lane) = backend.lane(sessions) {
+                self.handshake.insert(name.clone(), lane);
             }
         }
-        Ok(())
     }
 
     /// The backend named `name`.

@@ -105,7 +105,11 @@ impl State {
             generation,
             at: now,
             next_change: keys::next_change_after(&keys, now),
-            policy: VerifyPolicy { hierarchy, skew: config.tokens.clock_skew_seconds },
+            policy: VerifyPolicy {
+                hierarchy,
+                skew: config.tokens.clock_skew_seconds,
+                high_s_before: store.meta("low_s_since")?.and_then(|t| t.parse().ok()),
+            },
             renew_after: config.tokens.renew_after_days * 86_400,
             keys,
             ring,

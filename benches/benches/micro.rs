@@ -91,7 +91,7 @@ fn main() {
         certificates: vec![cert],
     };
     let ring = KeyRing::from_records(&[record]).unwrap();
-    let policy = VerifyPolicy { hierarchy, skew: 300 };
+    let policy = VerifyPolicy { hierarchy, skew: 300, high_s_before: None };
     let audit = AuditLog::open(&root.join("audit"), None).unwrap();
     let event = AuditEvent {
         time: now,

@@ -32,6 +32,14 @@ pub trait KeyBackend: Send + Sync + fmt::Debug {
     /// [`Error::KeyAmbiguous`](crate::Error::KeyAmbiguous) if the URI names no key or several, and
     /// with [`Error::InvalidUri`](crate::Error::InvalidUri) if it is for another kind of backend.
     fn find_key(&self, uri: &KeyUri) -> Result<Arc<dyn SigningKey>>;
+
+    /// The same device with `sessions` sessions of its own (same module, login and recovery),
+    /// for work that must never wait for this backend's sessions nor hold them up; `None` where
+    /// the device has no sessions to set apart (a TPM has one connection).
+    fn lane(&self, sessions: usize) -> Option<Arc<dyn KeyBackend>> {
+        let _ = sessions;
+        None
+    }
 }
 
 /// A private key inside a device, ready to sign.

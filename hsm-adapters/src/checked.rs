@@ -44,6 +44,11 @@ impl KeyBackend for CheckedBackend {
     fn find_key(&self, uri: &KeyUri) -> Result<Arc<dyn SigningKey>> {
         Ok(Arc::new(CheckedKey::new(self.inner.find_key(uri)?)?))
     }
+
+    fn lane(&self, sessions: usize) -> Option<Arc<dyn KeyBackend>> {
+        let lane = self.inner.lane(sessions)?;
+        Some(Arc::new(CheckedBackend::new(lane)))
+    }
 }
 
 /// A device key whose every signature is verified on the host (and, for ECDSA, made low-S)

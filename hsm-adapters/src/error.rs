@@ -288,6 +288,14 @@ impl Error {
         }
     }
 
+    /// The error under any recovery wrapper: what the device finally answered.
+    pub fn root(&self) -> &Error {
+        match self {
+            Error::RecoveryExhausted { last, .. } => last.root(),
+            other => other,
+        }
+    }
+
     /// A short, stable identifier of this error for logs, metrics and API error codes.
     pub fn code(&self) -> &'static str {
         match self {

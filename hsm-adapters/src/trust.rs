@@ -8,7 +8,10 @@ use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
 
 /// Why `path` cannot be trusted, if it cannot: a file or folder that a user other than root
-/// and this process's own can write (the file itself, or its folder without the sticky bit).
+/// and this process's own can write — the file itself, or any folder above it (without the
+/// sticky bit), on the path as given (where its symbolic links live) and on the path they lead
+/// to. With all of them closed to others, nobody else can swap the file between this check and
+/// its use either.
 pub fn untrusted(path: &Path) -> Option<String> {
     let euid = rustix::process::geteuid().as_raw();
     let check = |p: &Path, what: &str| -> Option<String> {
@@ -35,14 +38,14 @@ pub fn untrusted(path: &Path) -> Option<String> {
         None
     };
     let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
-    for (p, what) in [(path, "file"), (real.as_path(), "file")] {
-        if let Some(problem) = check(p, what) {
+    for p in [path, real.as_path()] {
+        if let Some(problem) = check(p, "file") {
             return Some(problem);
         }
-        if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty())
-            && let Some(problem) = check(dir, "folder")
-        {
-            return Some(problem);
+        for dir in p.ancestors().skip(1).filter(|d| !d.as_os_str().is_empty()) {
+            if let Some(problem) = check(dir, "folder") {
+                return Some(problem);
+            }
         }
     }
     None
@@ -70,5 +73,21 @@ mod tests {
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
         assert_eq!(untrusted(&file), None, "a sticky folder (like /tmp) keeps others' hands off the file");
         assert!(untrusted(&dir.path().join("absent")).is_some());
+        // A folder further up that others may write lets them swap the folders below.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let deep = dir.path().join("a/b");
+        std::fs::create_dir_all(&deep).unwrap();
+        std::fs::set_permissions(dir.path().join("a"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&deep, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(deep.join("m.so"), b"x").unwrap();
+        std::fs::set_permissions(deep.join("m.so"), std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(untrusted(&deep.join("m.so")).unwrap().contains("mode 0777"), "{:?}", untrusted(&deep.join("m.so")));
+        // And a symbolic link in such a folder, to a file that is fine itself.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let open = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(open.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        std::os::unix::fs::symlink(deep.join("m.so"), open.path().join("link.so")).unwrap();
+        assert_eq!(untrusted(&deep.join("m.so")), None);
+        assert!(untrusted(&open.path().join("link.so")).is_some(), "the link's folder may be changed by others");
     }
 }

@@ -140,6 +140,11 @@ fn a_log_cut_short_emptied_or_deleted_is_refused_never_silently_restarted() {
     assert!(v["break"]["problem"].as_str().unwrap().contains("witnesses"), "{v}");
     refused_start("cut short");
     assert!(!a.cli(&["bulk-token", "new"]).status.success(), "nothing is appended to a log cut short");
+    // 1b. A record from the middle deleted, the witnessed one kept: the start-up check sees the
+    // gap (the whole chain is `audit verify`'s job).
+    restore();
+    sqlite(&db, "DELETE FROM audit WHERE seq = 2;");
+    refused_start("with a record deleted from its middle");
     // 2. The log deleted.
     restore();
     for ext in ["", "-wal", "-shm"] {

@@ -349,15 +349,33 @@ pub fn witness_head(ctx: &mut AdminContext<'_>) {
 
 /// Executes `request`; after a change, witnesses the audit log's new head.
 pub fn execute(ctx: &mut AdminContext<'_>, request: &AdminRequest) -> Result<AdminResponse, AdminError> {
-    let response = run(ctx, request)?;
-    let listing = matches!(request, AdminRequest::BulkList | AdminRequest::CertList | AdminRequest::KeysList);
-    if !listing && !matches!(response, AdminResponse::Plan { done: false, .. }) {
+    let response = apply(ctx, request)?;
+    if changed(request, &response) {
         witness_head(ctx);
     }
     Ok(response)
 }
 
-fn run(ctx: &mut AdminContext<'_>, request: &AdminRequest) -> Result<AdminResponse, AdminError> {
+/// Whether `request`, answered `response`, changed something (and wrote audit records).
+pub fn changed(request: &AdminRequest, response: &AdminResponse) -> bool {
+    let listing = matches!(request, AdminRequest::BulkList | AdminRequest::CertList | AdminRequest::KeysList);
+    !listing && !matches!(response, AdminResponse::Plan { done: false, .. })
+}
+
+/// Whether `request` takes authority away (a bulk token blocked, a certificate or key revoked,
+/// a key retired): the service records and takes it up with its signing workers held off.
+pub fn restricts(request: &AdminRequest) -> bool {
+    matches!(
+        request,
+        AdminRequest::BulkBlock { .. }
+            | AdminRequest::CertRevoke { dry_run: false, .. }
+            | AdminRequest::KeyRevoke { dry_run: false, .. }
+            | AdminRequest::KeyRetire { dry_run: false, .. }
+    )
+}
+
+/// Executes `request` without witnessing the audit head afterwards ([`execute`] does both).
+pub fn apply(ctx: &mut AdminContext<'_>, request: &AdminRequest) -> Result<AdminResponse, AdminError> {
     Ok(match request {
         AdminRequest::BulkNew { lifetime_minutes } => {
             AdminResponse::BulkTokenCreated(bulk::new(ctx, *lifetime_minutes)?)

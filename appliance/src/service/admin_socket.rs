@@ -122,33 +122,43 @@ async fn connection(stream: UnixStream, app: Arc<App>) {
     let _ = writer.write_all(text.as_bytes()).await;
 }
 
+fn admin_context<'a>(app: &'a App, store: &'a mut crate::store::Store, actor: &'a str) -> AdminContext<'a> {
+    AdminContext {
+        config: &app.config,
+        store,
+        backends: &app.backends,
+        audit: &app.audit,
+        actor,
+        now: crate::time::now_unix(),
+    }
+}
+
 /// Runs one admin request on the service's devices, store and audit log, then follows the store
 /// so that the change is in effect before the answer goes back.
 fn execute(app: &App, request: &AdminRequest, actor: &str) -> Value {
     // A change that takes authority away holds the signing workers off while it is recorded and
-    // taken up: no token is signed under the old state after its audit record.
-    let restricts = matches!(
-        request,
-        AdminRequest::BulkBlock { .. }
-            | AdminRequest::CertRevoke { dry_run: false, .. }
-            | AdminRequest::KeyRevoke { dry_run: false, .. }
-            | AdminRequest::KeyRetire { dry_run: false, .. }
-    );
-    let _hold = restricts.then(|| app.barrier.write().unwrap_or_else(std::sync::PoisonError::into_inner));
+    // taken up: no token is signed under the old state after its audit record. If it cannot be
+    // taken up, signing stays held until the watcher can (fail closed).
+    let hold =
+        admin::restricts(request).then(|| app.barrier.write().unwrap_or_else(std::sync::PoisonError::into_inner));
     let result = {
         let mut store = app.store();
-        let mut ctx = AdminContext {
-            config: &app.config,
-            store: &mut store,
-            backends: &app.backends,
-            audit: &app.audit,
-            actor,
-            now: crate::time::now_unix(),
-        };
-        admin::execute(&mut ctx, request)
+        let mut ctx = admin_context(app, &mut store, actor);
+        admin::apply(&mut ctx, request)
     };
     if let Err(e) = app.follow_store() {
         tracing::error!(error = %e, "the state changed but could not be taken up; the watcher retries");
+        if hold.is_some() {
+            app.hold_signing_until_followed();
+        }
+    }
+    drop(hold);
+    // The audit head is witnessed (a device signature, an fsync) after the workers go on.
+    if let Ok(response) = &result
+        && admin::changed(request, response)
+    {
+        let mut store = app.store();
+        admin::witness_head(&mut admin_context(app, &mut store, actor));
     }
     match result {
         Ok(response) => {

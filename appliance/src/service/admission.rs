@@ -4,9 +4,10 @@
 //! before it sees the client's certificate, so every handshake costs a device signature, even an
 //! anonymous one. Before a connection gets one:
 //! - at most `max_connections` connections are open at once;
-//! - at most `max_handshakes` handshakes are in progress, and at most a quarter of them from one
-//!   source (an IPv4 address, an IPv6 /64), so one source holding idle connections cannot take
-//!   every slot;
+//! - at most `max_handshakes` handshakes are in progress, and at most an eighth of them from one
+//!   source (an IPv4 address, an IPv6 /56: one customer's allocation), so one source holding
+//!   connections open cannot take every slot — and a connection that sends no ClientHello within
+//!   3 s gives its slot back;
 //! - each source may start `handshakes_per_second_per_source` handshakes a second, in bursts of
 //!   five times that;
 //!
@@ -105,8 +106,8 @@ pub enum Outcome {
     Timeout,
 }
 
-/// The rate-limit key of a source address: the address, or an IPv6 address's /64 (one
-/// customer's allocation; its 2^64 addresses must not be 2^64 buckets).
+/// The key of a source address: the address, or an IPv6 address's /56 (one customer's usual
+/// allocation; its 2^72 addresses must not be 2^72 buckets).
 fn source_key(ip: IpAddr) -> String {
     match ip {
         IpAddr::V4(v4) => v4.to_string(),
@@ -114,7 +115,7 @@ fn source_key(ip: IpAddr) -> String {
             Some(v4) => v4.to_string(),
             None => {
                 let s = v6.segments();
-                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+                format!("{:x}:{:x}:{:x}:{:x}::/56", s[0], s[1], s[2], s[3] & 0xff00)
             }
         },
     }
@@ -128,7 +129,7 @@ impl Admission {
             max_connections: config.max_connections,
             open: Arc::default(),
             handshakes: Arc::new(Semaphore::new(config.max_handshakes)),
-            per_source_max: (config.max_handshakes / 4).max(1),
+            per_source_max: (config.max_handshakes / 8).max(1),
             in_progress: Arc::default(),
             per_source: RateLimiter::new(rate, rate.saturating_mul(5)),
             metrics,
@@ -261,10 +262,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ipv6_sources_are_counted_by_their_64() {
-        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
-        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
-        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+    fn ipv6_sources_are_counted_by_their_56() {
+        let a: IpAddr = "2001:db8:1:2aa:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2ff:bbbb::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:302::1".parse().unwrap();
         assert_eq!(source_key(a), source_key(b));
         assert_ne!(source_key(a), source_key(c));
         assert_eq!(source_key("::ffff:10.0.0.1".parse().unwrap()), "10.0.0.1");

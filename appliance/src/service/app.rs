@@ -82,10 +82,31 @@ impl StartError {
         }
     }
 
+    /// The device error underneath, if it is one (through recovery wrappers).
+    pub fn device_error(&self) -> Option<&hsm_adapters::Error> {
+        let e = match self {
+            StartError::Backend(e) => e.device_error(),
+            StartError::SelfTest(crate::selftest::SelfTestError::Backend(e)) => Some(e),
+            StartError::Issue(crate::token::issue::IssueError::Backend(e)) => Some(e),
+            _ => None,
+        };
+        e.map(hsm_adapters::Error::root)
+    }
+
     /// Whether a device refused the configured secret (PIN, auth value) or is locked out:
     /// trying again would only count towards the device's lockout.
     pub fn is_secret_refused(&self) -> bool {
-        matches!(self.code(), "pin_incorrect" | "tpm_auth_failed" | "tpm_lockout")
+        self.device_error().is_some_and(|e| matches!(e.code(), "pin_incorrect" | "tpm_auth_failed" | "tpm_lockout"))
+    }
+
+    /// Whether the service cannot work with what it was given until someone changes it — the
+    /// configuration, a file others may change, an audit log that is not the one witnessed, a
+    /// key that is not its certificate's — so restarting would not help.
+    pub fn needs_an_administrator(&self) -> bool {
+        matches!(
+            self.code(),
+            "pin_file" | "config" | "backend_module" | "audit_truncated" | "audit_anchor" | "key_mismatch"
+        ) || self.device_error().is_some_and(|e| matches!(e.code(), "pin_file" | "backend_module"))
     }
 }
 
@@ -204,7 +225,7 @@ impl App {
         let store = Store::open(&config.state_dir)?;
         let reader = Store::open(&config.state_dir)?;
         let mut backends = Backends::open(&config)?;
-        backends.open_handshake_lanes(&config, config.service.tls_sessions)?;
+        backends.open_handshake_lanes(config.service.tls_sessions);
         let metrics = Arc::new(Metrics::default());
         // Never a log shorter than its witnessed head: the service refuses to start on it.
         let audit = crate::witness::open_log(&config, &store, AuditStats::for_metrics(&metrics))?;
@@ -291,6 +312,24 @@ impl App {
     /// due, rebuilds the state, the token signer and (when what it depends on changed) the TLS
     /// configuration, and swaps them in. Returns whether anything changed. A failure keeps the
     /// current state in use, marks the service not ready, and is retried on the next call.
+    /// After a change that takes authority away could not be taken up: signs nothing until the
+    /// watcher takes the store's state up (fail closed) — unless the live state is already the
+    /// store's. True if signing was held.
+    pub fn hold_signing_until_followed(&self) -> bool {
+        let current = self.signing.load_full();
+        let behind = self.reader.lock().unwrap_or_else(PoisonError::into_inner).generation().is_ok_and(|g| g > current.state.generation)
+            // The store cannot even be read: hold too.
+            || self.reader.lock().unwrap_or_else(PoisonError::into_inner).generation().is_err();
+        if behind {
+            self.signing.store(Arc::new(Signing { state: Arc::clone(&current.state), signers: Vec::new() }));
+            tracing::error!(
+                "a restricting change could not be taken up: signing held until the state store is followed again"
+            );
+        }
+        behind
+    }
+
+    /// Takes up the state store's current state if it changed (see [`App::reload`]).
     pub fn follow_store(&self) -> Result<bool, StartError> {
         let _one = self.reloading.lock().unwrap_or_else(PoisonError::into_inner);
         let result = self.reload();

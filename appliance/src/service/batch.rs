@@ -39,6 +39,9 @@ use super::tokens::{parse, prepare_client};
 use crate::pipeline::{GROUP, Item, PipelineError, Requester, Ticket};
 use crate::policy::ClientTokenRequest;
 
+/// Most bytes of a refused batch read and discarded so that its sender gets to read the answer.
+const DRAIN_LIMIT: u64 = 64 << 20;
+
 /// Largest line of a batch (and largest JSON body of the single-token endpoints).
 pub const LINE_LIMIT: usize = 16 * 1024;
 /// Most results a batch keeps in flight (signing or waiting for the audit commit) before it stops
@@ -139,8 +142,8 @@ pub(super) async fn post_batch(
     let (checked_tx, checked_rx) = tokio::sync::mpsc::channel::<tokio::task::JoinHandle<Checked>>(validating());
     let (done_tx, done_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(write(Arc::clone(&app), slot_rx, out_tx, slot, done_tx));
-    tokio::spawn(submit(Arc::clone(&app), caller, checked_rx, slot_tx));
-    tokio::spawn(read(app, body, checked_tx, done_rx));
+    tokio::spawn(submit(Arc::clone(&app), caller.requester(), checked_rx, slot_tx));
+    tokio::spawn(read(app, caller.identity(), body, checked_tx, done_rx));
     let stream = futures_util::stream::unfold(out_rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
     let mut response = Response::new(Body::from_stream(stream));
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
@@ -182,6 +185,7 @@ async fn cut(checked_tx: &tokio::sync::mpsc::Sender<tokio::task::JoinHandle<Chec
 /// pool, in order; cut off when the sender stalls or sends too much.
 async fn read(
     app: Arc<App>,
+    identity: String,
     body: Body,
     checked_tx: tokio::sync::mpsc::Sender<tokio::task::JoinHandle<Checked>>,
     mut answered: tokio::sync::watch::Receiver<bool>,
@@ -241,7 +245,7 @@ async fn read(
                 let _ = tokio::time::timeout(Duration::from_secs(30), answered.wait_for(|done| *done)).await;
                 tokio::time::sleep(Duration::from_secs(1)).await;
             };
-            return drain(stream, until, cap).await;
+            return drain(stream, until, DRAIN_LIMIT).await;
         }
         // Splitting scans every byte: on the blocking pool, not the runtime's threads.
         let Some(mut s) = splitter.take() else { return };
@@ -254,21 +258,26 @@ async fn read(
         });
         let Ok((s, lines)) = split.await else { return };
         splitter = Some(s);
-        if !lines.is_empty() {
-            deadline = tokio::time::Instant::now() + patience;
-            let a = Arc::clone(&app);
-            let handle = tokio::task::spawn_blocking(move || {
-                lines
-                    .into_iter()
-                    .map(|line| match line {
-                        None => Err(ApiError::BadRequest(format!("a line is longer than {LINE_LIMIT} bytes"))),
-                        Some(l) => prepare_client(&a, &parse::<ClientTokenRequest>(&l)?),
-                    })
-                    .collect::<Checked>()
-            });
-            if checked_tx.send(handle).await.is_err() {
+        // Every line draws on the caller's rate — valid or not — before it is validated: what
+        // the bucket allows goes on at once, the rest after the wait (the batch slows, nothing
+        // fails). Time spent waiting here or on our own backpressure is not the client's.
+        let mut lines = lines.into_iter().peekable();
+        while lines.peek().is_some() {
+            let mut allowed = Vec::new();
+            let mut wait = Duration::ZERO;
+            while wait.is_zero()
+                && let Some(line) = lines.next()
+            {
+                allowed.push(line);
+                wait = app.limiter.reserve(&identity, 1);
+            }
+            if !validate(&app, allowed, &checked_tx).await {
                 return;
             }
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+            deadline = tokio::time::Instant::now() + patience;
         }
         if end {
             return;
@@ -276,15 +285,36 @@ async fn read(
     }
 }
 
+/// Validates `lines` on the blocking pool and queues the result, in order; false once the
+/// batch has gone away.
+async fn validate(
+    app: &Arc<App>,
+    lines: Vec<Line>,
+    checked_tx: &tokio::sync::mpsc::Sender<tokio::task::JoinHandle<Checked>>,
+) -> bool {
+    if lines.is_empty() {
+        return true;
+    }
+    let a = Arc::clone(app);
+    let handle = tokio::task::spawn_blocking(move || {
+        lines
+            .into_iter()
+            .map(|line| match line {
+                None => Err(ApiError::BadRequest(format!("a line is longer than {LINE_LIMIT} bytes"))),
+                Some(l) => prepare_client(&a, &parse::<ClientTokenRequest>(&l)?),
+            })
+            .collect::<Checked>()
+    });
+    checked_tx.send(handle).await.is_ok()
+}
+
 /// The submitter: validated lines → pipeline in groups (waiting for room: backpressure), in order.
 async fn submit(
     app: Arc<App>,
-    caller: Caller,
+    requester: Requester,
     mut checked_rx: tokio::sync::mpsc::Receiver<tokio::task::JoinHandle<Checked>>,
     slot_tx: tokio::sync::mpsc::Sender<Slot>,
 ) {
-    let requester = caller.requester();
-    let caller_id = &requester;
     // Consecutive good lines go to the workers in groups; a bad line keeps its place.
     let mut group: Vec<Item> = Vec::with_capacity(GROUP);
     while let Some(handle) = checked_rx.recv().await {
@@ -292,22 +322,13 @@ async fn submit(
         for item in checked {
             match item {
                 Ok(ok) => {
-                    // Every line draws on the caller's rate. When the bucket is empty, what is
-                    // grouped goes now and the batch waits for the next line's share.
-                    let wait = app.limiter.reserve(&caller_id.identity, 1);
-                    if !wait.is_zero() {
-                        if !flush(&app, caller_id, &mut group, &slot_tx).await {
-                            return;
-                        }
-                        tokio::time::sleep(wait).await;
-                    }
                     group.push(ok);
-                    if group.len() == GROUP && !flush(&app, caller_id, &mut group, &slot_tx).await {
+                    if group.len() == GROUP && !flush(&app, &requester, &mut group, &slot_tx).await {
                         return;
                     }
                 }
                 Err(e) => {
-                    if !flush(&app, caller_id, &mut group, &slot_tx).await
+                    if !flush(&app, &requester, &mut group, &slot_tx).await
                         || slot_tx.send(Slot::Failed(e)).await.is_err()
                     {
                         return;
@@ -316,11 +337,11 @@ async fn submit(
             }
         }
         // Nothing more is ready: what is grouped goes now rather than wait for more lines.
-        if checked_rx.is_empty() && !flush(&app, caller_id, &mut group, &slot_tx).await {
+        if checked_rx.is_empty() && !flush(&app, &requester, &mut group, &slot_tx).await {
             return;
         }
     }
-    let _ = flush(&app, caller_id, &mut group, &slot_tx).await;
+    let _ = flush(&app, &requester, &mut group, &slot_tx).await;
 }
 
 /// Queues the grouped lines for signing (waiting for room: backpressure) and passes their slot

@@ -190,7 +190,7 @@ impl IntoResponse for ApiError {
         } else if matches!(self, ApiError::Timeout(_) | ApiError::TooLarge { .. }) {
             // The rest of the body is not read: the connection cannot carry another request.
             response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-        } else if status == StatusCode::SERVICE_UNAVAILABLE {
+        } else if status == StatusCode::SERVICE_UNAVAILABLE || matches!(self, ApiError::TooManyBatches(_)) {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER));
         }
         response

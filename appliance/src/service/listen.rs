@@ -8,13 +8,16 @@ use std::time::Duration;
 
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
 
 use super::admission::Outcome;
 use super::app::App;
 use super::routes;
 use super::tls::Caller;
+
+/// How long a new connection may take to send its ClientHello (it holds a handshake slot
+/// meanwhile; a real client sends it at once).
+const CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How long a request's headers may take on the ops listener.
 const OPS_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -58,16 +61,36 @@ pub async fn serve_api(listener: TcpListener, app: Arc<App>, stop: tokio::sync::
         let Ok(admitted) = app.admission.admit(peer.ip()) else { continue };
         // Small requests and answers: no waiting for Nagle's algorithm.
         let _ = stream.set_nodelay(true);
-        // The configuration of this handshake: a rotation or revocation swapped in since takes
-        // effect here, connections already open keep theirs.
-        let acceptor = TlsAcceptor::from(Arc::clone(&app.tls.load().config));
         let router = router.clone();
         let watcher = graceful.watcher();
         let app = Arc::clone(&app);
         tokio::spawn(async move {
             let super::admission::Admitted { connection: _connection, handshake } = admitted;
-            // The handshake must finish in time (a slow client cannot hold a slot).
-            let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+            // The ClientHello must come at once — a connection that sends nothing holds its
+            // handshake slot for CLIENT_HELLO_TIMEOUT at most — and the whole handshake within
+            // the handshake deadline.
+            let started = tokio::time::Instant::now();
+            let hello = tokio::time::timeout(
+                CLIENT_HELLO_TIMEOUT.min(handshake_timeout),
+                tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream),
+            );
+            let start = match hello.await {
+                Ok(Ok(start)) => start,
+                Ok(Err(e)) => {
+                    app.admission.handshake_ended(Outcome::Failed);
+                    tracing::debug!(%peer, error = %e, "TLS handshake refused");
+                    return;
+                }
+                Err(_) => {
+                    app.admission.handshake_ended(Outcome::Timeout);
+                    tracing::debug!(%peer, "no ClientHello in time");
+                    return;
+                }
+            };
+            // The configuration of this handshake: a rotation or revocation swapped in since
+            // takes effect here, connections already open keep theirs.
+            let config = Arc::clone(&app.tls.load().config);
+            let tls = match tokio::time::timeout_at(started + handshake_timeout, start.into_stream(config)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
                     app.admission.handshake_ended(Outcome::Failed);

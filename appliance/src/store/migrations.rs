@@ -114,8 +114,10 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER meta_upd AFTER UPDATE ON meta BEGIN UPDATE generation SET value = value + 1; END;",
     // 4: the audit log's head as last witnessed (a signed checkpoint), outside the log: a log
     // found shorter than this, or without this record, is refused (SPEC §8). No trigger: a new
-    // witness is not a change of the state the service follows.
-    "CREATE TABLE audit_witness (
+    // witness is not a change of the state the service follows. And since when ES256 signatures
+    // are low-S: tokens issued before keep being accepted until they expire (no lock-out).
+    "INSERT INTO meta (name, value) VALUES ('low_s_since', CAST(strftime('%s', 'now') AS TEXT));
+    CREATE TABLE audit_witness (
         id        INTEGER PRIMARY KEY CHECK (id = 1),
         seq       INTEGER NOT NULL,
         hash      TEXT NOT NULL,

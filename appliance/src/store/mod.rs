@@ -602,8 +602,8 @@ impl Store {
     }
 
     /// Records `cp` as the audit log's witnessed head, unless a later one is recorded already
-    /// (the witness never goes back; see [`Store::replace_audit_witness`]).
-    pub fn witness_audit_head(&mut self, cp: &crate::audit::Checkpoint) -> Result<(), StoreError> {
+    /// (the witness never goes back; see [`Store::replace_audit_witness`]); whether it did.
+    pub fn witness_audit_head(&mut self, cp: &crate::audit::Checkpoint) -> Result<bool, StoreError> {
         self.conn
             .execute(
                 "INSERT INTO audit_witness (id, seq, hash, time, key_id, signature) VALUES (1, ?1, ?2, ?3, ?4, ?5)
@@ -612,7 +612,7 @@ impl Store {
                  WHERE excluded.seq > audit_witness.seq",
                 params![cp.seq, cp.hash, cp.time, cp.key_id, cp.signature],
             )
-            .map(|_| ())
+            .map(|changed| changed > 0)
             .map_err(self.err())
     }
 

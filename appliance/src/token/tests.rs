@@ -153,7 +153,7 @@ fn fixture_with(key: Arc<dyn SigningKey>, status: KeyStatus) -> Fixture {
         cert,
         ring,
         registry: Registry::default(),
-        policy: VerifyPolicy { hierarchy, skew: DEFAULT_SKEW },
+        policy: VerifyPolicy { hierarchy, skew: DEFAULT_SKEW, high_s_before: None },
     }
 }
 
@@ -315,6 +315,38 @@ fn es256_keys_sign_and_verify_with_raw_r_s() {
     assert!(parts(&token)[0].contains(r#""alg":"ES256""#));
     assert_eq!(b64::decode(token.rsplit('.').next().unwrap()).unwrap().len(), 64);
     assert_eq!(f.check(&token, None, NOW).unwrap().kind, TokenKind::Bulk);
+}
+
+/// `s` replaced by `n − s`: the other valid ECDSA signature of the same token.
+fn high_s_twin(token: &str) -> String {
+    let (input, sig) = token.rsplit_once('.').unwrap();
+    let mut sig = b64::decode(sig).unwrap();
+    let n = hex::decode("ffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551").unwrap();
+    let mut borrow = 0i16;
+    for i in (0..32).rev() {
+        let d = i16::from(n[i]) - i16::from(sig[32 + i]) - borrow;
+        borrow = i16::from(d < 0);
+        sig[32 + i] = d.rem_euclid(256) as u8;
+    }
+    format!("{input}.{}", b64::encode(&sig))
+}
+
+#[test]
+fn es256_is_low_s_and_high_s_is_refused_except_on_tokens_from_before_low_s() {
+    let mut f = fixture_with(ec_key(), KeyStatus::Active);
+    for _ in 0..8 {
+        let (_, token) = f.bulk();
+        let sig = b64::decode(token.rsplit('.').next().unwrap()).unwrap();
+        assert!(hsm_adapters::checked::ecdsa_is_low_s(&sig), "sitesign signs low-S");
+        let twin = high_s_twin(&token);
+        assert_eq!(f.check(&twin, None, NOW).unwrap_err(), Reason::NonCanonicalSignature);
+        // A token issued (nbf) before the appliance's signatures became low-S keeps working.
+        f.policy.high_s_before = Some(NOW + 1);
+        assert_eq!(f.check(&twin, None, NOW).unwrap().kind, TokenKind::Bulk);
+        f.policy.high_s_before = Some(NOW);
+        assert_eq!(f.check(&twin, None, NOW).unwrap_err(), Reason::NonCanonicalSignature);
+        f.policy.high_s_before = None;
+    }
 }
 
 #[test]

@@ -119,6 +119,9 @@ pub struct VerifyPolicy {
     pub hierarchy: Guid,
     /// Allowed clock skew on `nbf`/`exp`/`iat`, seconds.
     pub skew: i64,
+    /// ES256 tokens issued (`iat`) before this time may carry a high `s`: they were signed before
+    /// sitesign made its signatures low-S, and stay valid until they expire. `None`: none may.
+    pub high_s_before: Option<i64>,
 }
 
 /// A token that passed every check.
@@ -252,8 +255,11 @@ pub fn verify(with: Verifier<'_>, presented: Presented<'_>, now: i64) -> Result<
 
     // 5. The signature: ES256 only in its low-S form (sitesign signs nothing else; n − s would
     // be a second valid encoding of the same token).
-    if key.scheme == SignatureScheme::EcdsaP256Sha256 && !hsm_adapters::checked::ecdsa_is_low_s(&sig) {
-        return Err(reject(Reason::NonCanonicalSignature, String::from("the ES256 signature is not low-S (s > n/2)")));
+    let high_s = key.scheme == SignatureScheme::EcdsaP256Sha256 && !hsm_adapters::checked::ecdsa_is_low_s(&sig);
+    let non_canonical =
+        || reject(Reason::NonCanonicalSignature, String::from("the ES256 signature is not low-S (s > n/2)"));
+    if high_s && policy.high_s_before.is_none() {
+        return Err(non_canonical());
     }
     let signing_input = &token[..header.len() + 1 + payload.len()];
     if !hsm_adapters::checked::verify_raw(key.scheme, &key.public, signing_input.as_bytes(), &sig) {
@@ -263,6 +269,11 @@ pub fn verify(with: Verifier<'_>, presented: Presented<'_>, now: i64) -> Result<
     // 6. The claims.
     let claims = claims::read(parse_part(&payload_bytes, "claim set")?)?;
     let kind = claims.kind();
+    // A high-S signature only on a token issued before sitesign's signatures were made low-S.
+    let issued = claims.issued_at().unwrap_or(claims.window().0);
+    if high_s && policy.high_s_before.is_none_or(|cutoff| issued >= cutoff) {
+        return Err(non_canonical());
+    }
 
     // 7. Time.
     let (nbf, exp) = claims.window();

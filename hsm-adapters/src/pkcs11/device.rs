@@ -1,6 +1,7 @@
 //! The connection to one PKCS#11 token: the shared `Pkcs11` context (initialised with OS locking),
-//! a pool of sessions — one per worker thread, since a `Session` is `Send` but not `Sync` — and
-//! recovery.
+//! pools of sessions — one session per worker thread, since a `Session` is `Send` but not
+//! `Sync`; a [`Lane`] is the device seen through one pool, and a device may have several (work
+//! that must never wait for another's sessions gets a lane of its own) — and recovery.
 //!
 //! Every device call runs under a read guard of [`Device::state`]; re-initialising the module takes
 //! the write guard, so `C_Finalize` never runs while another thread is inside the library (PKCS#11
@@ -11,7 +12,7 @@
 //! again by label or serial and logs in; both retry the operation at most [`MAX_ATTEMPTS`] times.
 //! A wrong or locked PIN is fatal at once: never an authentication retry loop.
 
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, Weak};
 use std::time::{Duration, Instant};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Function, Pkcs11};
@@ -44,14 +45,80 @@ struct PoolInner {
     open: usize,
 }
 
+/// Sessions on a device, at most `capacity` open.
+#[derive(Debug)]
+pub(crate) struct Pool {
+    inner: Mutex<PoolInner>,
+    freed: Condvar,
+    capacity: usize,
+}
+
+impl Pool {
+    fn new(capacity: usize) -> Pool {
+        Pool { inner: Mutex::default(), freed: Condvar::new(), capacity: capacity.max(1) }
+    }
+}
+
+/// A device seen through one pool of sessions: what a backend and its keys hold.
+#[derive(Debug, Clone)]
+pub(crate) struct Lane {
+    // Dropped first: the pool's sessions close while the device is still there.
+    pool: Arc<Pool>,
+    pub device: Arc<Device>,
+}
+
+impl std::ops::Deref for Lane {
+    type Target = Device;
+    fn deref(&self) -> &Device {
+        &self.device
+    }
+}
+
+impl Lane {
+    /// Loads the module, initialises it, finds the token, and opens and logs in the first
+    /// session of a pool of `config.sessions`.
+    pub fn open(config: Pkcs11Config) -> Result<Lane> {
+        let capacity = config.sessions.get();
+        let device = Arc::new(Device::open(config)?);
+        let lane = device.lane(capacity);
+        // Open the first session now so that a wrong PIN or a broken token fails at start-up.
+        {
+            let state = device.read_state();
+            let first = device.checkout(&lane.pool, &state)?;
+            drop(first);
+        }
+        Ok(lane)
+    }
+
+    /// The same device through a new pool of `capacity` sessions.
+    pub fn another(&self, capacity: usize) -> Lane {
+        self.device.lane(capacity)
+    }
+
+    /// Sessions open in this lane's pool (at most its capacity).
+    pub fn sessions_open(&self) -> usize {
+        lock(&self.pool.inner).open
+    }
+
+    /// Sessions this lane may open.
+    pub fn capacity(&self) -> usize {
+        self.pool.capacity
+    }
+
+    /// [`Device::with_session`] on this lane's pool.
+    pub fn with_session<T>(&self, op: impl FnMut(&Session, u64) -> Result<T>, on_key_error: impl Fn()) -> Result<T> {
+        self.device.with_session(&self.pool, op, on_key_error)
+    }
+}
+
 /// One PKCS#11 token reached through one module.
 #[derive(Debug)]
 pub(crate) struct Device {
     ctx: Pkcs11,
     pub config: Pkcs11Config,
     state: RwLock<DeviceState>,
-    pool: Mutex<PoolInner>,
-    session_freed: Condvar,
+    /// Every pool of this device, so that re-initialisation can close their idle sessions.
+    pools: Mutex<Vec<Weak<Pool>>>,
     /// Serialises re-initialisation so that concurrent failures trigger it once.
     reinit: Mutex<()>,
     pub mechanisms: Vec<MechanismType>,
@@ -144,9 +211,9 @@ fn needs_reinit(e: &Error) -> bool {
     )
 }
 
-/// A session checked out of the pool; returned to it on drop unless discarded.
+/// A session checked out of a pool; returned to it on drop unless discarded.
 pub(crate) struct PooledSession<'a> {
-    device: &'a Device,
+    pool: &'a Pool,
     session: Option<Session>,
 }
 
@@ -160,8 +227,8 @@ impl PooledSession<'_> {
     fn discard(mut self) {
         if let Some(s) = self.session.take() {
             drop(s);
-            lock(&self.device.pool).open -= 1;
-            self.device.session_freed.notify_one();
+            lock(&self.pool.inner).open -= 1;
+            self.pool.freed.notify_one();
         }
     }
 }
@@ -169,15 +236,15 @@ impl PooledSession<'_> {
 impl Drop for PooledSession<'_> {
     fn drop(&mut self) {
         if let Some(s) = self.session.take() {
-            lock(&self.device.pool).idle.push(s);
-            self.device.session_freed.notify_one();
+            lock(&self.pool.inner).idle.push(s);
+            self.pool.freed.notify_one();
         }
     }
 }
 
 impl Device {
-    /// Loads the module, initialises it, finds the token, opens and logs in one session.
-    pub fn open(config: Pkcs11Config) -> Result<Self> {
+    /// Loads the module, initialises it and finds the token.
+    fn open(config: Pkcs11Config) -> Result<Self> {
         // The module runs inside this process with the PIN: nobody else may be able to swap it.
         if let Some(reason) = crate::trust::untrusted(&config.module) {
             return Err(Error::Module { module: config.module.clone(), reason: format!("refused: {reason}") });
@@ -189,23 +256,24 @@ impl Device {
         initialize(&ctx)?;
         let (slot, token_description) = find_slot(&ctx, &config)?;
         let mechanisms = ctx.get_mechanism_list(slot).map_err(Error::from_cryptoki)?;
-        let device = Device {
+        Ok(Device {
             ctx,
             config,
             state: RwLock::new(DeviceState { slot, generation: 0 }),
-            pool: Mutex::new(PoolInner::default()),
-            session_freed: Condvar::new(),
+            pools: Mutex::default(),
             reinit: Mutex::new(()),
             mechanisms,
             token_description,
-        };
-        // Open the first session now so that a wrong PIN or a broken token fails at start-up.
-        {
-            let state = device.read_state();
-            let first = device.checkout(&state)?;
-            drop(first);
-        }
-        Ok(device)
+        })
+    }
+
+    /// A new pool of `capacity` sessions on this device.
+    fn lane(self: &Arc<Self>, capacity: usize) -> Lane {
+        let pool = Arc::new(Pool::new(capacity));
+        let mut pools = lock(&self.pools);
+        pools.retain(|p| p.strong_count() > 0);
+        pools.push(Arc::downgrade(&pool));
+        Lane { pool, device: Arc::clone(self) }
     }
 
     fn read_state(&self) -> RwLockReadGuard<'_, DeviceState> {
@@ -217,32 +285,27 @@ impl Device {
         self.read_state().generation
     }
 
-    /// How many sessions are open now (for metrics and tests).
-    pub fn sessions_open(&self) -> usize {
-        lock(&self.pool).open
-    }
-
-    /// Takes an idle session, opens a new one (up to the configured count), or waits.
-    fn checkout<'a>(&'a self, state: &DeviceState) -> Result<PooledSession<'a>> {
-        let capacity = self.config.sessions.get();
+    /// Takes an idle session of `pool`, opens a new one (up to its capacity), or waits.
+    fn checkout<'a>(&self, pool: &'a Pool, state: &DeviceState) -> Result<PooledSession<'a>> {
+        let capacity = pool.capacity;
         let started = Instant::now();
-        let mut pool = lock(&self.pool);
+        let mut inner = lock(&pool.inner);
         loop {
-            if let Some(session) = pool.idle.pop() {
-                return Ok(PooledSession { device: self, session: Some(session) });
+            if let Some(session) = inner.idle.pop() {
+                return Ok(PooledSession { pool, session: Some(session) });
             }
-            if pool.open < capacity {
-                pool.open += 1;
-                drop(pool);
+            if inner.open < capacity {
+                inner.open += 1;
+                drop(inner);
                 let opened = self.ctx.open_rw_session(state.slot).map_err(Error::from_cryptoki).and_then(|s| {
                     login(&s, &self.config)?;
                     Ok(s)
                 });
                 return match opened {
-                    Ok(session) => Ok(PooledSession { device: self, session: Some(session) }),
+                    Ok(session) => Ok(PooledSession { pool, session: Some(session) }),
                     Err(e) => {
-                        lock(&self.pool).open -= 1;
-                        self.session_freed.notify_one();
+                        lock(&pool.inner).open -= 1;
+                        pool.freed.notify_one();
                         Err(e)
                     }
                 };
@@ -251,8 +314,7 @@ impl Device {
             if waited >= SESSION_WAIT {
                 return Err(Error::Busy { sessions: capacity, waited_ms: waited.as_millis() as u64 });
             }
-            pool =
-                self.session_freed.wait_timeout(pool, SESSION_WAIT - waited).unwrap_or_else(PoisonError::into_inner).0;
+            inner = pool.freed.wait_timeout(inner, SESSION_WAIT - waited).unwrap_or_else(PoisonError::into_inner).0;
         }
     }
 
@@ -260,8 +322,9 @@ impl Device {
     ///
     /// `op` gets the session and the module generation (for handle caches); `on_key_error` is
     /// called when a handle turned out stale, before the retry.
-    pub fn with_session<T>(
+    fn with_session<T>(
         &self,
+        pool: &Pool,
         mut op: impl FnMut(&Session, u64) -> Result<T>,
         on_key_error: impl Fn(),
     ) -> Result<T> {
@@ -274,7 +337,7 @@ impl Device {
             let (generation, err) = {
                 let state = self.read_state();
                 let generation = state.generation;
-                let result = self.checkout(&state).and_then(|pooled| {
+                let result = self.checkout(pool, &state).and_then(|pooled| {
                     let r = if relogin { login(pooled.session(), &self.config) } else { Ok(()) }
                         .and_then(|()| op(pooled.session(), generation));
                     match &r {
@@ -331,11 +394,11 @@ impl Device {
             return Ok(());
         }
         // No thread is inside the library now (they all hold read guards while calling), so every
-        // session is idle: close them while the module can still do so.
-        {
-            let mut pool = lock(&self.pool);
-            let idle = std::mem::take(&mut pool.idle);
-            pool.open -= idle.len();
+        // session of every pool is idle: close them while the module can still do so.
+        for pool in lock(&self.pools).iter().filter_map(Weak::upgrade) {
+            let mut inner = lock(&pool.inner);
+            let idle = std::mem::take(&mut inner.idle);
+            inner.open -= idle.len();
             drop(idle);
         }
         if let Err(e) = self.ctx.clone().finalize() {
@@ -350,11 +413,7 @@ impl Device {
     }
 }
 
-impl Drop for Device {
-    fn drop(&mut self) {
-        // Close our sessions (the token logs the application out with the last one). The module
-        // stays initialised: it is process-wide state that another backend in this process may be
-        // using, and finalising it under that backend would break its sessions.
-        lock(&self.pool).idle.clear();
-    }
-}
+// Dropping a device closes nothing by itself: its pools' sessions close with the pools (the
+// token logs the application out with the last one). The module stays initialised: it is
+// process-wide state that another backend in this process may be using, and finalising it under
+// that backend would break its sessions.

@@ -1,6 +1,6 @@
 //! Keys inside a PKCS#11 token: generation templates, lookup, signing and the protection check.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 
 use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsPssParams};
 use cryptoki::mechanism::{Mechanism, MechanismType};
@@ -10,7 +10,7 @@ use der::Decode;
 use der::asn1::OctetString;
 use sha2::{Digest, Sha256};
 
-use super::device::Device;
+use super::device::Lane;
 use super::{Hashing, Pkcs11Backend};
 use crate::backend::SigningKey;
 use crate::error::{Error, Result};
@@ -44,7 +44,7 @@ fn ck<T>(r: cryptoki::error::Result<T>) -> Result<T> {
 /// A private key in a PKCS#11 token.
 #[derive(Debug)]
 pub struct Pkcs11Key {
-    device: Arc<Device>,
+    device: Lane,
     uri: KeyUri,
     /// The search template that finds this key again after recovery.
     template: Vec<Attribute>,
@@ -154,7 +154,7 @@ fn read_public_key(session: &Session, private: ObjectHandle) -> Result<PublicKey
 }
 
 /// Generates a key pair named `name` in the token.
-pub(super) fn generate(device: &Arc<Device>, uri: Pkcs11Uri, name: &str, algorithm: KeyAlgorithm) -> Result<Pkcs11Key> {
+pub(super) fn generate(device: &Lane, uri: Pkcs11Uri, name: &str, algorithm: KeyAlgorithm) -> Result<Pkcs11Key> {
     let label = name.as_bytes().to_vec();
     let (public, handle, id) = device.with_session(
         |session, generation| {
@@ -188,7 +188,7 @@ pub(super) fn generate(device: &Arc<Device>, uri: Pkcs11Uri, name: &str, algorit
     )?;
     let template = vec![Attribute::Class(ObjectClass::PRIVATE_KEY), Attribute::Label(label), Attribute::Id(id)];
     Ok(Pkcs11Key {
-        device: Arc::clone(device),
+        device: device.clone(),
         uri: KeyUri::Pkcs11(uri),
         template,
         public,
@@ -207,7 +207,7 @@ fn find_one(session: &Session, template: &[Attribute], uri: &KeyUri) -> Result<O
 }
 
 /// Finds the key named by `uri` (whose search template is `template`).
-pub(super) fn find(device: &Arc<Device>, uri: Pkcs11Uri, template: Vec<Attribute>) -> Result<Pkcs11Key> {
+pub(super) fn find(device: &Lane, uri: Pkcs11Uri, template: Vec<Attribute>) -> Result<Pkcs11Key> {
     let key_uri = KeyUri::Pkcs11(uri);
     let (public, handle) = device.with_session(
         |session, generation| {
@@ -216,7 +216,7 @@ pub(super) fn find(device: &Arc<Device>, uri: Pkcs11Uri, template: Vec<Attribute
         },
         || {},
     )?;
-    Ok(Pkcs11Key { device: Arc::clone(device), uri: key_uri, template, public, handle: Mutex::new(Some(handle)) })
+    Ok(Pkcs11Key { device: device.clone(), uri: key_uri, template, public, handle: Mutex::new(Some(handle)) })
 }
 
 impl Pkcs11Key {

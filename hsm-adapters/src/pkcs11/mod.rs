@@ -15,8 +15,8 @@ use std::sync::Arc;
 use cryptoki::mechanism::MechanismType;
 use cryptoki::object::{Attribute, ObjectClass};
 
-use device::Device;
 pub use device::MAX_ATTEMPTS;
+use device::{Device, Lane};
 pub use key::Pkcs11Key;
 
 use crate::backend::{KeyBackend, SigningKey};
@@ -35,7 +35,7 @@ pub(crate) enum Hashing {
 /// A PKCS#11 token as a [`KeyBackend`].
 #[derive(Debug, Clone)]
 pub struct Pkcs11Backend {
-    device: Arc<Device>,
+    device: Lane,
     capabilities: Capabilities,
 }
 
@@ -46,9 +46,17 @@ impl Pkcs11Backend {
     /// Fails with [`Error::Module`] if the module cannot be loaded, [`Error::TokenNotFound`] if no
     /// token matches, [`Error::PinFile`] or [`Error::PinIncorrect`] for PIN problems.
     pub fn open(config: Pkcs11Config) -> Result<Self> {
-        let device = Arc::new(Device::open(config)?);
+        let device = Lane::open(config)?;
         let capabilities = capabilities(&device);
         Ok(Pkcs11Backend { device, capabilities })
+    }
+
+    /// The same token through `sessions` sessions of its own (same module, same login, same
+    /// recovery): work that must never wait for this backend's sessions, nor hold them.
+    pub fn another_lane(&self, sessions: usize) -> Pkcs11Backend {
+        let device = self.device.another(sessions);
+        let capabilities = capabilities(&device);
+        Pkcs11Backend { device, capabilities }
     }
 
     /// The token label or serial this backend is bound to.
@@ -109,7 +117,7 @@ impl Pkcs11Backend {
     }
 }
 
-fn capabilities(device: &Device) -> Capabilities {
+fn capabilities(device: &Lane) -> Capabilities {
     let has = |m: MechanismType| device.mechanisms.contains(&m);
     let mut key_algorithms = Vec::new();
     if has(MechanismType::RSA_PKCS_KEY_PAIR_GEN) {
@@ -127,13 +135,17 @@ fn capabilities(device: &Device) -> Capabilities {
         key_algorithms,
         schemes,
         host_side_hashing,
-        max_concurrency: device.config.sessions.get(),
+        max_concurrency: device.capacity(),
     }
 }
 
 impl KeyBackend for Pkcs11Backend {
     fn capabilities(&self) -> &Capabilities {
         &self.capabilities
+    }
+
+    fn lane(&self, sessions: usize) -> Option<Arc<dyn KeyBackend>> {
+        Some(Arc::new(self.another_lane(sessions)))
     }
 
     fn generate_key(&self, name: &str, algorithm: KeyAlgorithm) -> Result<Arc<dyn SigningKey>> {

@@ -47,8 +47,9 @@ fn harden() {
 /// out: the unit's `RestartPreventExitStatus=` keeps systemd from retrying towards the device's
 /// lockout (EX_NOPERM).
 const EXIT_SECRET_REFUSED: u8 = 77;
-/// Exit status of a configuration that cannot work as it is (EX_CONFIG): restarting will not help
-/// either.
+/// Exit status of a configuration — or a state (an audit log that is not the one witnessed, a
+/// key that is not its certificate's) — that cannot work as it is (EX_CONFIG): restarting will
+/// not help either.
 const EXIT_CONFIG: u8 = 78;
 
 fn fail(code: &str, message: impl std::fmt::Display) -> ExitCode {
@@ -105,7 +106,7 @@ fn main() -> ExitCode {
                 ),
             )
         }
-        Err(e) if matches!(e.code(), "pin_file" | "config" | "backend_module") => {
+        Err(e) if e.needs_an_administrator() => {
             tracing::error!(code = e.code(), error = %e, "sitesignd cannot run: configuration");
             fail_with(EXIT_CONFIG, e.code(), e)
         }

@@ -42,6 +42,7 @@ const TESTS: &[Test] = tests![
     SoftHsm pkcs11::unknown_token_and_module_give_clear_errors,
     SoftHsm pkcs11::survives_token_reinitialised_while_open,
     SoftHsm pkcs11::survives_being_logged_out_behind_its_back,
+    SoftHsm pkcs11::a_second_lane_has_sessions_of_its_own_and_recovers_with_the_first,
     SoftHsm kat::rfc7520_signature_is_reproduced_by_an_imported_key,
     // TPM 2.0 on swtpm.
     Swtpm tpm::wrapped_keys_load_and_sign_with_tpm2_tools,

@@ -239,3 +239,41 @@ pub fn survives_being_logged_out_behind_its_back(hsm: &SoftHsm) {
     }
     assert_eq!(backend.reinitialisations(), 0);
 }
+
+pub fn a_second_lane_has_sessions_of_its_own_and_recovers_with_the_first(hsm: &SoftHsm) {
+    let backend = hsm.backend();
+    let lane = backend.another_lane(1);
+    let key = backend.generate_key("ts", KeyAlgorithm::EcP256).unwrap();
+    let in_lane = lane.find_key(key.uri()).unwrap();
+    // Both sign at once from many threads; each stays within its own sessions.
+    std::thread::scope(|scope| {
+        for t in 0..8 {
+            let k = if t % 2 == 0 { std::sync::Arc::clone(&key) } else { std::sync::Arc::clone(&in_lane) };
+            scope.spawn(move || {
+                for i in 0..20 {
+                    let msg = format!("thread {t} message {i}");
+                    let sig = k.sign(SignatureScheme::EcdsaP256Sha256, msg.as_bytes()).unwrap();
+                    device_tests::verify::ring_verify(
+                        k.public_key(),
+                        SignatureScheme::EcdsaP256Sha256,
+                        msg.as_bytes(),
+                        &sig,
+                    )
+                    .unwrap();
+                }
+            });
+        }
+    });
+    assert!(backend.sessions_open() <= 2, "{}", backend.sessions_open());
+    assert_eq!(lane.sessions_open(), 1);
+    // The token re-initialised behind both: one recovery (one module re-initialisation, the
+    // device's) serves both lanes, and neither finalises the module under the other.
+    hsm.run_helper("recreate-token-with-new-key");
+    let _ = key.sign(SignatureScheme::EcdsaP256Sha256, MESSAGE);
+    let new = backend.find_key(key.uri()).unwrap();
+    let new_in_lane = lane.find_key(new.uri()).unwrap();
+    assert_eq!(new.public_key(), new_in_lane.public_key());
+    let sig = new_in_lane.sign(SignatureScheme::RsaPkcs1Sha256, MESSAGE).unwrap();
+    assert_verifies(hsm, new_in_lane.as_ref(), SignatureScheme::RsaPkcs1Sha256, MESSAGE, &sig);
+    assert_eq!(backend.reinitialisations(), lane.reinitialisations(), "one device, one recovery count");
+}
