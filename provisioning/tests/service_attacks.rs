@@ -30,13 +30,13 @@ fn slow_and_stalled_bodies_are_cut_at_their_deadline() {
         (Some(408), Some("request_timeout")),
         "{trickle}"
     );
-    assert!(trickle["seconds"].as_f64().unwrap() < 6.0, "{trickle}");
-    assert!(trickle["sent"].as_u64().unwrap() <= 6, "{trickle}");
+    assert!(trickle["seconds"].as_f64().unwrap() < 10.0, "{trickle}");
+    assert!(trickle["sent"].as_u64().unwrap() <= 10, "{trickle}");
     assert_eq!(trickle["closed"], true, "the connection is closed after the refusal: {trickle}");
     // A body that stops.
     let stall = s.hostile("stall", &["/v1/access-tokens"]);
     assert_eq!((stall["status"].as_u64(), stall["code"].as_str()), (Some(408), Some("request_timeout")), "{stall}");
-    assert!(stall["seconds"].as_f64().unwrap() < 6.0 && stall["closed"] == true, "{stall}");
+    assert!(stall["seconds"].as_f64().unwrap() < 10.0 && stall["closed"] == true, "{stall}");
     // A batch whose next line never completes: the lines before it are answered, then the cut.
     let line = client_request(1, json!({"kind": "internal"})).to_string();
     let cut = s.hostile("batch-stall", &[&line]);
@@ -44,13 +44,13 @@ fn slow_and_stalled_bodies_are_cut_at_their_deadline() {
     assert_eq!(lines.len(), 2, "{cut}");
     assert!(lines[0]["token"].is_string(), "{cut}");
     assert_eq!(code(&lines[1]), "request_timeout", "{cut}");
-    assert!(cut["seconds"].as_f64().unwrap() < 8.0, "{cut}");
+    assert!(cut["seconds"].as_f64().unwrap() < 12.0, "{cut}");
     // A batch trickled a byte a second never completes a line.
     let trickled = s.hostile("batch-trickle", &["30"]);
     let lines = trickled["lines"].as_array().unwrap();
     assert_eq!(lines.len(), 1, "{trickled}");
     assert_eq!(code(&lines[0]), "request_timeout", "{trickled}");
-    assert!(trickled["seconds"].as_f64().unwrap() < 8.0, "{trickled}");
+    assert!(trickled["seconds"].as_f64().unwrap() < 12.0, "{trickled}");
     // The service is fine.
     assert_eq!(register(&s, 2, json!({"kind": "internal"})).0, 200);
 }
@@ -68,9 +68,15 @@ fn batch_lines_draw_on_the_rate_limit() {
     let results = std::thread::scope(|scope| {
         let batch = scope.spawn(|| s.batch("rate", &lines));
         // While the batch draws on the bucket, this MP's single requests find it empty.
-        std::thread::sleep(Duration::from_millis(1500));
-        let (status, e) = register(&s, 500, json!({"kind": "internal"}));
-        assert_eq!((status, code(&e)), (429, "rate_limited"), "{e}");
+        let mut refused = None;
+        while refused.is_none() && !batch.is_finished() {
+            std::thread::sleep(Duration::from_millis(200));
+            let (status, e) = register(&s, 500, json!({"kind": "internal"}));
+            if status != 200 {
+                refused = Some((status, code(&e).to_owned()));
+            }
+        }
+        assert_eq!(refused, Some((429, "rate_limited".to_owned())));
         batch.join().unwrap()
     });
     let took = started.elapsed();

@@ -240,10 +240,12 @@ async fn read(
             };
             cut(&checked_tx, error).await;
             drop(checked_tx);
-            // The client is still sending: let it read the answer to the end first.
+            // The client is still sending: let it finish (up to DRAIN_LIMIT bytes, 10 s after the
+            // answer is complete) and read the answer to the end — closing a socket with unread
+            // data resets it, and the client could lose the answer's last lines.
             let until = async {
                 let _ = tokio::time::timeout(Duration::from_secs(30), answered.wait_for(|done| *done)).await;
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                tokio::time::sleep(Duration::from_secs(10)).await;
             };
             return drain(stream, until, DRAIN_LIMIT).await;
         }

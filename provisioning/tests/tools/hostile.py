@@ -30,6 +30,7 @@ point's own address.
 import itertools
 import os
 import json
+import select
 import socket
 import ssl
 import sys
@@ -63,77 +64,87 @@ def connect(timeout=120):
     return context().wrap_socket(raw, server_hostname=host)
 
 
-def read_response(sock, deadline=120):
-    """Reads one HTTP/1.1 response: (status, headers, body, closed). Handles content-length,
-    chunked and read-to-close bodies."""
-    sock.settimeout(deadline)
-    data = b""
-    closed = False
-    while b"\r\n\r\n" not in data:
-        try:
-            chunk = sock.recv(65536)
-        except (ConnectionError, ssl.SSLError, socket.timeout):
-            chunk = b""
-        if not chunk:
-            return 0, {}, b"", True
-        data += chunk
+def parse_response(data):
+    """Parses what arrived of one HTTP/1.1 response: (status, headers, body, complete). Handles
+    content-length, chunked and read-to-close bodies."""
+    if b"\r\n\r\n" not in data:
+        return 0, {}, b"", False
     head, rest = data.split(b"\r\n\r\n", 1)
     lines = head.decode("latin-1").split("\r\n")
     status = int(lines[0].split()[1])
     headers = {k.strip().lower(): v.strip() for k, v in (l.split(":", 1) for l in lines[1:] if ":" in l)}
-
-    def more():
-        try:
-            return sock.recv(65536)
-        except (ConnectionError, ssl.SSLError, socket.timeout):
-            return b""
-
     if "content-length" in headers:
         n = int(headers["content-length"])
-        while len(rest) < n:
-            chunk = more()
-            if not chunk:
-                closed = True
-                break
-            rest += chunk
-        body = rest[:n]
-    elif headers.get("transfer-encoding") == "chunked":
+        return status, headers, rest[:n], len(rest) >= n
+    if headers.get("transfer-encoding") == "chunked":
         body = b""
-        while True:
-            while b"\r\n" not in rest:
-                chunk = more()
-                if not chunk:
-                    return status, headers, body, True
-                rest += chunk
-            size_line, rest = rest.split(b"\r\n", 1)
+        while b"\r\n" in rest:
+            size_line, after = rest.split(b"\r\n", 1)
             size = int(size_line.split(b";")[0], 16)
-            while len(rest) < size + 2:
-                chunk = more()
-                if not chunk:
-                    return status, headers, body + rest, True
-                rest += chunk
-            body += rest[:size]
-            rest = rest[size + 2:]
+            if len(after) < size + 2:
+                break
+            body += after[:size]
+            rest = after[size + 2:]
             if size == 0:
+                return status, headers, body, True
+        return status, headers, body, False
+    return status, headers, rest, False
+
+
+def exchange(sock, outgoing, deadline=120):
+    """Sends `outgoing` (a sequence of byte strings to send and numbers of seconds to pause) while
+    reading the answer, on one thread: an SSL socket must not be read and written from two
+    threads at once. Returns (status, headers, body, closed, sent): `closed` if the server closed
+    the connection (at once, or within 2 s of a complete answer); `sent` the bytes sent."""
+    sock.setblocking(False)
+    started = time.monotonic()
+    outgoing = iter(outgoing)
+    pending, resume_at, sending = b"", 0.0, True
+    received, sent, closed, complete_at = bytearray(), 0, False, None
+    while time.monotonic() - started < deadline:
+        now = time.monotonic()
+        while sending and not pending and now >= resume_at:
+            item = next(outgoing, None)
+            if item is None:
+                sending = False
+            elif isinstance(item, (int, float)):
+                resume_at = now + item
+            else:
+                pending = item
+        waits = [x for x in (resume_at - now if sending and not pending else None,
+                             2.0 - (now - complete_at) if complete_at is not None else None) if x is not None]
+        timeout = max(0.0, min(waits + [1.0]))
+        readable, writable, _ = select.select([sock], [sock] if pending else [], [], 0 if sock.pending() else timeout)
+        if readable or sock.pending():
+            try:
+                while True:
+                    data = sock.recv(65536)
+                    if not data:
+                        closed = True
+                        break
+                    received += data
+                    if not sock.pending():
+                        break
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+                pass
+            except (ConnectionError, ssl.SSLError, OSError):
+                closed = True
+            if closed:
                 break
-    else:
-        body = rest
-        while True:
-            chunk = more()
-            if not chunk:
-                break
-            body += chunk
-        closed = True
-    if not closed:
-        # Does the server close the connection now (it should, after refusing a body)?
-        sock.settimeout(2)
-        try:
-            closed = sock.recv(1) == b""
-        except socket.timeout:
-            closed = False
-        except (ConnectionError, ssl.SSLError):
-            closed = True
-    return status, headers, body, closed
+            if complete_at is None and parse_response(bytes(received))[3]:
+                complete_at = time.monotonic()
+        if complete_at is not None and time.monotonic() - complete_at >= 2.0:
+            break  # complete, and the server kept the connection open
+        if writable and pending:
+            try:
+                n = sock.send(pending[:65536])
+                pending, sent = pending[n:], sent + n
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+                pass
+            except (ConnectionError, ssl.SSLError, OSError):
+                pending, sending = b"", False
+    status, headers, body, _ = parse_response(bytes(received))
+    return status, headers, body, closed, sent
 
 
 def request_head(path, length=None, chunked=False):
@@ -163,55 +174,38 @@ def ndjson(body):
 def trickle_single(path, seconds):
     s = connect()
     started = time.monotonic()
-    s.sendall(request_head(path, 1000))
-    sent = 0
-    result = {}
-
-    def reader():
-        status, _, body, closed = read_response(s, deadline=seconds + 30)
-        result.update(status=status, code=error_code(body), closed=closed, seconds=time.monotonic() - started)
-
-    t = threading.Thread(target=reader)
-    t.start()
-    while t.is_alive() and sent < 1000 and time.monotonic() - started < seconds:
-        try:
-            s.sendall(b" ")
-            sent += 1
-        except (ConnectionError, ssl.SSLError, OSError):
-            break
-        time.sleep(1)
-    t.join(seconds + 30)
-    result["sent"] = sent
-    return result
+    head = request_head(path, 1000)
+    outgoing = [head] + [x for _ in range(int(seconds)) for x in (b" ", 1.0)]
+    status, _, body, closed, sent = exchange(s, outgoing, deadline=seconds + 30)
+    return {"status": status, "code": error_code(body), "closed": closed, "seconds": time.monotonic() - started,
+            "sent": max(0, sent - len(head))}
 
 
 def stall_single(path):
     s = connect()
     started = time.monotonic()
-    s.sendall(request_head(path, 1000) + b'{"device_id": ')
-    status, _, body, closed = read_response(s)
+    status, _, body, closed, _ = exchange(s, [request_head(path, 1000) + b'{"device_id": '])
     return {"status": status, "code": error_code(body), "closed": closed, "seconds": time.monotonic() - started}
 
 
-def batch(send):
-    """Sends a chunked batch with `send(sock)` on a thread while reading the response."""
+def batch(outgoing, deadline=600):
+    """Sends a chunked batch (`outgoing` after the head) while reading the answer."""
     s = connect()
     started = time.monotonic()
-    s.sendall(request_head("/v1/client-tokens:batch", chunked=True))
-    sender = threading.Thread(target=send, args=(s,), daemon=True)
-    sender.start()
-    status, _, body, closed = read_response(s, deadline=600)
+    status, _, body, closed, _ = exchange(s, [request_head("/v1/client-tokens:batch", chunked=True), *outgoing],
+                                          deadline=deadline)
     return {"status": status, "lines": ndjson(body) if status == 200 else [], "code": error_code(body),
             "closed": closed, "seconds": time.monotonic() - started}
 
 
-def quiet(f):
-    def g(*a):
-        try:
-            f(*a)
-        except (ConnectionError, ssl.SSLError, OSError):
-            pass
-    return g
+def file_chunks(path):
+    with open(path, "rb") as f:
+        while True:
+            data = f.read(65536)
+            if not data:
+                break
+            yield chunk(data)
+    yield b"0\r\n\r\n"
 
 
 if command == "trickle":
@@ -220,30 +214,11 @@ elif command == "stall":
     out = stall_single(args[0])
 elif command == "batch-stall":
     line = args[0].encode()
-    out = batch(quiet(lambda s: s.sendall(chunk(line + b"\n") + chunk(line[: len(line) // 2]))))
+    out = batch([chunk(line + b"\n") + chunk(line[: len(line) // 2]), 3600.0])
 elif command == "batch-trickle":
-    limit = float(args[0])
-
-    @quiet
-    def send(s):
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < limit:
-            s.sendall(chunk(b" "))
-            time.sleep(1)
-    out = batch(send)
+    out = batch([x for _ in range(int(float(args[0]))) for x in (chunk(b" "), 1.0)])
 elif command == "batch-file":
-    path = args[0]
-
-    @quiet
-    def send(s):
-        with open(path, "rb") as f:
-            while True:
-                data = f.read(65536)
-                if not data:
-                    break
-                s.sendall(chunk(data))
-        s.sendall(b"0\r\n\r\n")
-    out = batch(send)
+    out = batch(file_chunks(args[0]))
 elif command == "hold-batch":
     line = args[0].encode()
     s = connect()
