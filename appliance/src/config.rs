@@ -60,6 +60,14 @@ pub struct ServiceConfigFile {
     pub max_batch_mb: Option<u64>,
     /// Batches one management point may stream at once; default 4.
     pub max_batches_per_mp: Option<u32>,
+    /// Lines of a batch read ahead of the client's reading of the answer: a client that sends
+    /// the whole body before it reads (half duplex) always completes a batch this long; a
+    /// longer one needs a client that reads while it sends. Default 10,000.
+    pub max_batch_lines: Option<u64>,
+    /// Batches the appliance streams at once, all management points together; default 16.
+    pub max_batches: Option<u32>,
+    /// Requests one HTTP/2 connection may have open at once; default 32.
+    pub max_streams_per_connection: Option<u32>,
     /// Connections open at once on the API listener; default 4096.
     pub max_connections: Option<usize>,
     /// TLS handshakes in progress at once; default 64.
@@ -118,6 +126,12 @@ pub struct ServiceConfig {
     pub max_batch_bytes: u64,
     /// Concurrent batches per MP.
     pub max_batches_per_mp: u32,
+    /// A batch's read-ahead window, lines.
+    pub max_batch_lines: u64,
+    /// Concurrent batches, all MPs.
+    pub max_batches: u32,
+    /// Concurrent HTTP/2 streams per connection.
+    pub max_streams_per_connection: u32,
     /// Open connections on the API listener.
     pub max_connections: usize,
     /// TLS handshakes in progress.
@@ -359,6 +373,10 @@ fn validate_service(
     let max_batch_bytes = within(problems, "max_batch_mb", s.max_batch_mb, 2048, 1, 1 << 20) << 20;
     let max_batches_per_mp =
         within(problems, "max_batches_per_mp", s.max_batches_per_mp.map(u64::from), 4, 1, 64) as u32;
+    let max_batch_lines = within(problems, "max_batch_lines", s.max_batch_lines, 10_000, 100, 1_000_000);
+    let max_batches = within(problems, "max_batches", s.max_batches.map(u64::from), 16, 1, 1024) as u32;
+    let max_streams_per_connection =
+        within(problems, "max_streams_per_connection", s.max_streams_per_connection.map(u64::from), 32, 1, 1024) as u32;
     let max_connections =
         within(problems, "max_connections", s.max_connections.map(|n| n as u64), 4096, 16, 1 << 20) as usize;
     let max_handshakes = within(problems, "max_handshakes", s.max_handshakes.map(|n| n as u64), 64, 1, 4096) as usize;
@@ -426,6 +444,9 @@ fn validate_service(
         body_timeout: seconds("body_timeout_seconds", s.body_timeout_seconds),
         max_batch_bytes,
         max_batches_per_mp,
+        max_batch_lines,
+        max_batches,
+        max_streams_per_connection,
         max_connections,
         max_handshakes,
         handshakes_per_second_per_source,

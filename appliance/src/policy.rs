@@ -21,8 +21,10 @@ use crate::token::{Guid, Presented, Purpose, Reason, Rejection, TokenKind, Verif
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum Proof {
-    /// The MP vouches the device registered on the internal network.
-    Internal,
+    /// The MP vouches the device registered on the internal network. (A struct variant: serde
+    /// refuses unknown fields in an internally tagged enum's struct variants, not in its unit
+    /// variants — `{"kind":"internal","x":1}` would otherwise pass.)
+    Internal {},
     /// A bulk registration token.
     Bulk {
         /// The token.
@@ -165,7 +167,7 @@ pub fn authorize_client(
 ) -> Result<Authorization, PolicyError> {
     check_binding(&req.device_id, &req.client_cert_thumbprint)?;
     match &req.proof {
-        Proof::Internal => Ok(Authorization::Internal),
+        Proof::Internal {} => Ok(Authorization::Internal),
         Proof::Bulk { token } => {
             let presented = Presented { token, thumbprint: None, expect: Some(TokenKind::Bulk), purpose: Purpose::Use };
             let v = state.verify(presented, now)?;
@@ -280,4 +282,25 @@ pub fn verify(
         purpose: Purpose::Use,
     };
     Ok(state.verify(presented, now)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_proof_kind_refuses_unknown_fields() {
+        let parse = |s: &str| serde_json::from_str::<Proof>(s);
+        assert_eq!(parse(r#"{"kind":"internal"}"#).unwrap(), Proof::Internal {});
+        assert_eq!(parse(r#"{"kind":"bulk","token":"t"}"#).unwrap(), Proof::Bulk { token: "t".into() });
+        for extra in [
+            r#"{"kind":"internal","x":1}"#,
+            r#"{"kind":"bulk","token":"t","x":1}"#,
+            r#"{"kind":"renew","token":"t","x":1}"#,
+            r#"{"kind":"other"}"#,
+            r#"{"token":"t"}"#,
+        ] {
+            assert!(parse(extra).is_err(), "{extra} was taken");
+        }
+    }
 }

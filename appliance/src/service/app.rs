@@ -168,7 +168,7 @@ pub struct TlsState {
 }
 
 /// ALPN protocols the API listener offers.
-pub const ALPN: &[&[u8]] = &[b"http/1.1"];
+pub const ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
 
 /// The running service's state, shared by every request.
 #[derive(Debug)]

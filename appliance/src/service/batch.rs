@@ -1,18 +1,31 @@
 //! `POST /v1/client-tokens:batch`: NDJSON in, NDJSON out, in request order, a per-line
 //! `{"error":…}` for a failing line (the batch goes on).
 //!
-//! Three stages run at once, joined by bounded channels, so a batch's memory is bounded whatever
-//! its length:
+//! Four stages run at once:
 //!
 //! ```text
 //!  request body ─▶ reader: lines (split on the blocking pool) ─▶ validation on the blocking pool
 //!                                        │ in order, up to `validating()` chunks at once
 //!                                        ▼
+//!                  collector: awaits each chunk's validation, in order
+//!                                        ▼
 //!                  submitter: groups of up to GROUP tokens ─▶ signing pipeline (waits for room)
 //!                                        │ one slot per group or failed line, in order
 //!                                        ▼
-//!                  writer: awaits each slot ─▶ NDJSON response stream
+//!                  writer: awaits each slot ─▶ NDJSON response stream ─▶ the connection
 //! ```
+//!
+//! A batch's memory is bounded by its **window**: the reader stops reading once
+//! `[service] max_batch_lines` lines are read that the connection has not yet taken as answers.
+//! Nothing else between the reader and the writer holds the reader back — not the signing
+//! queue, not the device — so a client that sends its whole body before reading anything (half
+//! duplex: Python `requests`, .NET `HttpClient` over HTTP/1.1, `curl --data-binary`) always gets
+//! a batch of up to `max_batch_lines` lines read to its end. A client that reads while it sends
+//! moves the window and streams batches of any length. A full window whose answers the client
+//! has not taken for [`STALL`] is a half-duplex client with a batch too long: the batch is cut
+//! there with a `batch_too_long` line after the answers of the lines read, and the rest of the
+//! body is read and discarded so that the client finishes sending and reads its answer — never
+//! a stall.
 //!
 //! What a hostile or broken management point cannot do (SPEC §9): hold the batch open without
 //! sending — each next complete line must arrive within `body_timeout_seconds`, else the batch
@@ -33,7 +46,7 @@ use serde_json::{Value, json};
 
 use super::app::App;
 use super::error::ApiError;
-use super::limits::BatchSlot;
+use super::limits::{BatchSlot, BatchesFull};
 use super::tls::Caller;
 use super::tokens::{parse, prepare_client};
 use crate::pipeline::{GROUP, Item, PipelineError, Requester, Ticket};
@@ -42,11 +55,73 @@ use crate::policy::ClientTokenRequest;
 /// Most bytes of a refused batch read and discarded so that its sender gets to read the answer.
 const DRAIN_LIMIT: u64 = 64 << 20;
 
+/// The media types a batch body may be sent as.
+pub const NDJSON: &[&str] = &["application/x-ndjson", "application/ndjson", "application/jsonl"];
+
 /// Largest line of a batch (and largest JSON body of the single-token endpoints).
 pub const LINE_LIMIT: usize = 16 * 1024;
-/// Most results a batch keeps in flight (signing or waiting for the audit commit) before it stops
-/// reading its request: this and the line limit bound a batch's memory whatever its length.
-pub const BATCH_IN_FLIGHT: usize = 4096;
+
+/// How long a full window's answers may wait for the client to take them before the batch is
+/// taken for a half-duplex one that is too long (a client reading while it sends takes them at
+/// once; one that sends first takes none until it has sent all).
+pub const STALL: Duration = Duration::from_secs(2);
+
+/// How far a batch has got: lines read from the request, lines whose answers the connection has
+/// taken, and since when the writer has been waiting for the connection to take more.
+struct Window {
+    read: std::sync::atomic::AtomicU64,
+    delivered: tokio::sync::watch::Sender<u64>,
+    waiting_since: std::sync::Mutex<Option<tokio::time::Instant>>,
+}
+
+impl Window {
+    fn new() -> Window {
+        Window {
+            read: std::sync::atomic::AtomicU64::new(0),
+            delivered: tokio::sync::watch::Sender::new(0),
+            waiting_since: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn read(&self) -> u64 {
+        self.read.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn add_read(&self, n: usize) {
+        self.read.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn delivered(&self, n: u64) {
+        self.delivered.send_modify(|d| *d += n);
+    }
+
+    fn waiting(&self, since: Option<tokio::time::Instant>) {
+        *self.waiting_since.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = since;
+    }
+
+    /// Whether the client has left answers untaken for `STALL`.
+    fn stalled(&self) -> bool {
+        self.waiting_since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some_and(|since| since.elapsed() >= STALL)
+    }
+
+    /// Waits until fewer than `max` lines are outstanding (`Ok`) or the client has stopped taking
+    /// answers with the window full (`Err`: it sends everything before reading).
+    async fn room(&self, max: u64) -> Result<(), ()> {
+        let mut delivered = self.delivered.subscribe();
+        loop {
+            let read = self.read();
+            let wait = delivered.wait_for(|d| read.saturating_sub(*d) < max);
+            match tokio::time::timeout(Duration::from_millis(250), wait).await {
+                Ok(_) => return Ok(()),
+                Err(_) if self.stalled() => return Err(()),
+                Err(_) => {}
+            }
+        }
+    }
+}
 
 /// Request chunks of one batch validated at the same time (more would only contend for the
 /// same cores).
@@ -131,37 +206,60 @@ type Checked = Vec<Result<Item, ApiError>>;
 pub(super) async fn post_batch(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
+    headers: axum::http::HeaderMap,
     body: Body,
 ) -> Response {
-    let max = app.config.service.max_batches_per_mp;
-    let Some(slot) = app.batches.enter(&caller.identity(), max) else {
-        return ApiError::TooManyBatches(max).into_response();
+    if let Err(e) = super::routes::content_type(&headers, NDJSON) {
+        tokio::spawn(drain(
+            body.into_data_stream(),
+            tokio::time::sleep(Duration::from_secs(1)),
+            1 << 20,
+            app.config.service.body_timeout,
+        ));
+        return e.into_response();
+    }
+    let (per_mp, total) = (app.config.service.max_batches_per_mp, app.config.service.max_batches);
+    let slot = match app.batches.enter(&caller.identity(), per_mp, total) {
+        Ok(slot) => slot,
+        Err(BatchesFull::Caller(n)) => return ApiError::TooManyBatches(n).into_response(),
+        Err(BatchesFull::Appliance(n)) => {
+            return ApiError::Unavailable(format!(
+                "the appliance already streams {n} batches ([service] max_batches); retry shortly"
+            ))
+            .into_response();
+        }
     };
+    let window = Arc::new(Window::new());
     let (out_tx, out_rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(64);
-    let (slot_tx, slot_rx) = tokio::sync::mpsc::channel::<Slot>(BATCH_IN_FLIGHT / GROUP);
-    let (checked_tx, checked_rx) = tokio::sync::mpsc::channel::<tokio::task::JoinHandle<Checked>>(validating());
+    // Unbounded between the stages: the window bounds what they hold, and nothing but the
+    // window may stop the reader (a half-duplex client must be read to its end).
+    let (slot_tx, slot_rx) = tokio::sync::mpsc::unbounded_channel::<Slot>();
+    let (checked_tx, checked_rx) = tokio::sync::mpsc::unbounded_channel::<Checked>();
+    let (validating_tx, validating_rx) = tokio::sync::mpsc::channel::<tokio::task::JoinHandle<Checked>>(validating());
     let (done_tx, done_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(write(Arc::clone(&app), slot_rx, out_tx, slot, done_tx));
+    tokio::spawn(write(Arc::clone(&app), Arc::clone(&window), slot_rx, out_tx, slot, done_tx));
     tokio::spawn(submit(Arc::clone(&app), caller.requester(), checked_rx, slot_tx));
-    tokio::spawn(read(app, caller.identity(), body, checked_tx, done_rx));
+    tokio::spawn(collect(validating_rx, checked_tx));
+    tokio::spawn(read(app, window, caller.identity(), body, validating_tx, done_rx));
     let stream = futures_util::stream::unfold(out_rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
     let mut response = Response::new(Body::from_stream(stream));
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
     response
 }
 
-/// Reads and discards what is left of a refused request body, at most `max` bytes and until
-/// `until` resolves, so that a client still sending reads the refusal before the connection
-/// closes: closing a socket with unread data in it resets the connection, and the client may
-/// lose the answer with it.
+/// Reads and discards what is left of a refused request body — at most `max` bytes, each next
+/// piece within `patience`, and until `until` resolves — so that a client still sending reads
+/// the refusal before the connection closes: closing a socket with unread data in it resets the
+/// connection, and the client may lose the answer with it.
 pub(super) async fn drain(
     mut stream: axum::body::BodyDataStream,
     until: impl std::future::Future<Output = ()>,
     max: u64,
+    patience: Duration,
 ) {
-    let mut drained = 0u64;
     let read = async {
-        while let Some(Ok(chunk)) = stream.next().await {
+        let mut drained = 0u64;
+        while let Ok(Some(Ok(chunk))) = tokio::time::timeout(patience, stream.next()).await {
             drained += chunk.len() as u64;
             if drained > max {
                 break;
@@ -175,33 +273,74 @@ pub(super) async fn drain(
 }
 
 /// Ends the batch's input with `error` as its last line.
-async fn cut(checked_tx: &tokio::sync::mpsc::Sender<tokio::task::JoinHandle<Checked>>, error: ApiError) {
+async fn cut(validating_tx: &tokio::sync::mpsc::Sender<tokio::task::JoinHandle<Checked>>, error: ApiError) {
     tracing::warn!(error = %error, "batch cut short");
     let failed = tokio::spawn(async move { vec![Err(error)] });
-    let _ = checked_tx.send(failed).await;
+    let _ = validating_tx.send(failed).await;
+}
+
+/// Cuts the batch with `error` and reads what is left of its body without keeping it: the
+/// client finishes sending — up to `max` more bytes, each piece within `patience` — and reads
+/// the answer to its end, and for 10 s after the answer is complete.
+async fn cut_and_drain(
+    validating_tx: tokio::sync::mpsc::Sender<tokio::task::JoinHandle<Checked>>,
+    error: ApiError,
+    stream: axum::body::BodyDataStream,
+    mut answered: tokio::sync::watch::Receiver<bool>,
+    max: u64,
+    patience: Duration,
+) {
+    cut(&validating_tx, error).await;
+    drop(validating_tx);
+    let until = async move {
+        let _ = answered.wait_for(|done| *done).await;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    };
+    drain(stream, until, max, patience).await;
 }
 
 /// The reader: request chunks → lines (split on the blocking pool) → validation on the blocking
-/// pool, in order; cut off when the sender stalls or sends too much.
+/// pool, in order; it waits while the window is full, and cuts the batch off when the sender
+/// stalls, sends too much, or sends a batch too long without reading.
 async fn read(
     app: Arc<App>,
+    window: Arc<Window>,
     identity: String,
     body: Body,
-    checked_tx: tokio::sync::mpsc::Sender<tokio::task::JoinHandle<Checked>>,
-    mut answered: tokio::sync::watch::Receiver<bool>,
+    validating_tx: tokio::sync::mpsc::Sender<tokio::task::JoinHandle<Checked>>,
+    answered: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut stream = body.into_data_stream();
     let mut splitter = Some(LineSplitter::default());
-    let (patience, cap) = (app.config.service.body_timeout, app.config.service.max_batch_bytes);
+    let service = &app.config.service;
+    let (patience, cap, max_lines) = (service.body_timeout, service.max_batch_bytes, service.max_batch_lines);
     let mut received = 0u64;
     let mut deadline = tokio::time::Instant::now() + patience;
     loop {
+        // Time spent waiting for the window is ours, not the client's.
+        let paused = tokio::time::Instant::now();
+        if window.room(max_lines).await.is_err() {
+            let read = window.read();
+            let error = ApiError::TooLarge {
+                code: "batch_too_long",
+                message: format!(
+                    "the client sent more than {max_lines} lines ([service] max_batch_lines) without reading the answer; \
+                     the first {read} lines were read and are answered above, the rest was not read: send at most \
+                     {max_lines} lines per batch, or read the answer while sending (HTTP/2, or a full-duplex HTTP/1.1 client)"
+                ),
+            };
+            let rest = (cap + DRAIN_LIMIT).saturating_sub(received);
+            return cut_and_drain(validating_tx, error, stream, answered, rest, patience).await;
+        }
+        if paused.elapsed() > Duration::from_millis(1) {
+            deadline = tokio::time::Instant::now() + patience;
+        }
         let chunk = match tokio::time::timeout_at(deadline, stream.next()).await {
             Ok(chunk) => chunk,
             Err(_) => {
                 let secs = patience.as_secs();
                 return cut(
-                    &checked_tx,
+                    &validating_tx,
                     ApiError::Timeout(format!("no complete line arrived for {secs} s; the batch ends here")),
                 )
                 .await;
@@ -209,7 +348,7 @@ async fn read(
         };
         let (first, mut end) = match chunk {
             Some(Ok(bytes)) => (bytes, false),
-            Some(Err(e)) => return cut(&checked_tx, ApiError::BadRequest(format!("request stream: {e}"))).await,
+            Some(Err(e)) => return cut(&validating_tx, ApiError::BadRequest(format!("request stream: {e}"))).await,
             None => (Bytes::new(), true),
         };
         // What else has arrived already goes along (up to 256 KiB): one trip to the blocking
@@ -223,7 +362,7 @@ async fn read(
                     chunks.push(bytes);
                 }
                 Some(Some(Err(e))) => {
-                    return cut(&checked_tx, ApiError::BadRequest(format!("request stream: {e}"))).await;
+                    return cut(&validating_tx, ApiError::BadRequest(format!("request stream: {e}"))).await;
                 }
                 Some(None) => end = true,
                 None => break,
@@ -238,16 +377,7 @@ async fn read(
                     "the batch is over {mb} MiB ([service] max_batch_mb); the lines before this one were answered, send the rest as another batch"
                 ),
             };
-            cut(&checked_tx, error).await;
-            drop(checked_tx);
-            // The client is still sending: let it finish (up to DRAIN_LIMIT bytes, 10 s after the
-            // answer is complete) and read the answer to the end — closing a socket with unread
-            // data resets it, and the client could lose the answer's last lines.
-            let until = async {
-                let _ = tokio::time::timeout(Duration::from_secs(30), answered.wait_for(|done| *done)).await;
-                tokio::time::sleep(Duration::from_secs(10)).await;
-            };
-            return drain(stream, until, DRAIN_LIMIT).await;
+            return cut_and_drain(validating_tx, error, stream, answered, DRAIN_LIMIT, patience).await;
         }
         // Splitting scans every byte: on the blocking pool, not the runtime's threads.
         let Some(mut s) = splitter.take() else { return };
@@ -260,6 +390,7 @@ async fn read(
         });
         let Ok((s, lines)) = split.await else { return };
         splitter = Some(s);
+        window.add_read(lines.len());
         // Every line draws on the caller's rate — valid or not — before it is validated: what
         // the bucket allows goes on at once, the rest after the wait (the batch slows, nothing
         // fails). Time spent waiting here or on our own backpressure is not the client's.
@@ -273,7 +404,7 @@ async fn read(
                 allowed.push(line);
                 wait = app.limiter.reserve(&identity, 1);
             }
-            if !validate(&app, allowed, &checked_tx).await {
+            if !validate(&app, allowed, &validating_tx).await {
                 return;
             }
             if !wait.is_zero() {
@@ -287,12 +418,26 @@ async fn read(
     }
 }
 
+/// The collector: each chunk's validation, awaited in order, handed to the submitter at once
+/// (so that a full signing queue never stops the reader; the window bounds what waits here).
+async fn collect(
+    mut validating_rx: tokio::sync::mpsc::Receiver<tokio::task::JoinHandle<Checked>>,
+    checked_tx: tokio::sync::mpsc::UnboundedSender<Checked>,
+) {
+    while let Some(handle) = validating_rx.recv().await {
+        let checked = handle.await.unwrap_or_else(|e| vec![Err(ApiError::Internal(e.to_string()))]);
+        if checked_tx.send(checked).is_err() {
+            return;
+        }
+    }
+}
+
 /// Validates `lines` on the blocking pool and queues the result, in order; false once the
 /// batch has gone away.
 async fn validate(
     app: &Arc<App>,
     lines: Vec<Line>,
-    checked_tx: &tokio::sync::mpsc::Sender<tokio::task::JoinHandle<Checked>>,
+    validating_tx: &tokio::sync::mpsc::Sender<tokio::task::JoinHandle<Checked>>,
 ) -> bool {
     if lines.is_empty() {
         return true;
@@ -307,20 +452,19 @@ async fn validate(
             })
             .collect::<Checked>()
     });
-    checked_tx.send(handle).await.is_ok()
+    validating_tx.send(handle).await.is_ok()
 }
 
 /// The submitter: validated lines → pipeline in groups (waiting for room: backpressure), in order.
 async fn submit(
     app: Arc<App>,
     requester: Requester,
-    mut checked_rx: tokio::sync::mpsc::Receiver<tokio::task::JoinHandle<Checked>>,
-    slot_tx: tokio::sync::mpsc::Sender<Slot>,
+    mut checked_rx: tokio::sync::mpsc::UnboundedReceiver<Checked>,
+    slot_tx: tokio::sync::mpsc::UnboundedSender<Slot>,
 ) {
     // Consecutive good lines go to the workers in groups; a bad line keeps its place.
     let mut group: Vec<Item> = Vec::with_capacity(GROUP);
-    while let Some(handle) = checked_rx.recv().await {
-        let checked = handle.await.unwrap_or_else(|e| vec![Err(ApiError::Internal(e.to_string()))]);
+    while let Some(checked) = checked_rx.recv().await {
         for item in checked {
             match item {
                 Ok(ok) => {
@@ -330,9 +474,7 @@ async fn submit(
                     }
                 }
                 Err(e) => {
-                    if !flush(&app, &requester, &mut group, &slot_tx).await
-                        || slot_tx.send(Slot::Failed(e)).await.is_err()
-                    {
+                    if !flush(&app, &requester, &mut group, &slot_tx).await || slot_tx.send(Slot::Failed(e)).is_err() {
                         return;
                     }
                 }
@@ -352,7 +494,7 @@ async fn flush(
     app: &App,
     requester: &Requester,
     group: &mut Vec<Item>,
-    slot_tx: &tokio::sync::mpsc::Sender<Slot>,
+    slot_tx: &tokio::sync::mpsc::UnboundedSender<Slot>,
 ) -> bool {
     if group.is_empty() {
         return true;
@@ -367,23 +509,21 @@ async fn flush(
             (0..n).map(|_| Slot::Failed(ApiError::from(PipelineError::Stopped))).collect()
         }
     };
-    for slot in slots {
-        if slot_tx.send(slot).await.is_err() {
-            return false;
-        }
-    }
-    true
+    slots.into_iter().all(|slot| slot_tx.send(slot).is_ok())
 }
 
-/// The writer: awaits each slot in order and streams its lines.
+/// The writer: awaits each slot in order and streams its lines; the lines the connection takes
+/// move the window.
 async fn write(
     app: Arc<App>,
-    mut slot_rx: tokio::sync::mpsc::Receiver<Slot>,
+    window: Arc<Window>,
+    mut slot_rx: tokio::sync::mpsc::UnboundedReceiver<Slot>,
     out_tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
     _slot: BatchSlot,
     done: tokio::sync::watch::Sender<bool>,
 ) {
     let mut items = 0u64;
+    let mut pending = 0u64;
     let mut buf = Vec::with_capacity(64 * 1024);
     while let Some(slot) = slot_rx.recv().await {
         let lines: Vec<Value> = match slot {
@@ -401,23 +541,50 @@ async fn write(
         };
         for line in lines {
             items += 1;
+            pending += 1;
             // Serialising a Value into a Vec cannot fail.
             let _ = serde_json::to_writer(&mut buf, &line);
             buf.push(b'\n');
         }
         // Flush when nothing more is ready, or the buffer is large.
         if slot_rx.is_empty() || buf.len() > 48 * 1024 {
-            if out_tx.send(Ok(Bytes::from(std::mem::take(&mut buf)))).await.is_err() {
+            if !deliver(&window, &out_tx, std::mem::take(&mut buf), std::mem::take(&mut pending)).await {
                 break;
             }
             buf = Vec::with_capacity(64 * 1024);
         }
     }
     if !buf.is_empty() {
-        let _ = out_tx.send(Ok(Bytes::from(buf))).await;
+        deliver(&window, &out_tx, buf, pending).await;
     }
     app.metrics.batch_size.observe(items as f64);
     let _ = done.send(true);
+}
+
+/// Hands `lines` answers to the connection, noting how long it keeps the writer waiting; false
+/// once the client has gone away.
+async fn deliver(
+    window: &Window,
+    out_tx: &tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+    buf: Vec<u8>,
+    lines: u64,
+) -> bool {
+    let permit = match out_tx.try_reserve() {
+        Ok(permit) => permit,
+        Err(tokio::sync::mpsc::error::TrySendError::Closed(())) => return false,
+        Err(tokio::sync::mpsc::error::TrySendError::Full(())) => {
+            window.waiting(Some(tokio::time::Instant::now()));
+            let permit = out_tx.reserve().await;
+            window.waiting(None);
+            match permit {
+                Ok(permit) => permit,
+                Err(_) => return false,
+            }
+        }
+    };
+    permit.send(Ok(Bytes::from(buf)));
+    window.delivered(lines);
+    true
 }
 
 #[cfg(test)]

@@ -66,6 +66,15 @@ pub enum ApiError {
         /// What the cap is.
         message: String,
     },
+    /// No such endpoint (or no such thing at it).
+    #[error("{0}")]
+    NotFound(String),
+    /// The endpoint exists, not with this method (the answer's `Allow` says which).
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// The body's `Content-Type` is not what the endpoint takes.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     /// The service is busy, stopping or not ready.
     #[error("{0}")]
     Unavailable(String),
@@ -158,6 +167,15 @@ impl ApiError {
             ),
             ApiError::Timeout(m) => (StatusCode::REQUEST_TIMEOUT, "request_timeout", m.clone()),
             ApiError::TooLarge { code, message } => (StatusCode::PAYLOAD_TOO_LARGE, code, message.clone()),
+            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m.clone()),
+            ApiError::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not take this method; the Allow header lists those it takes".into(),
+            ),
+            ApiError::UnsupportedMediaType(m) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", m.clone())
+            }
             ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", m.clone()),
             ApiError::Internal(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the service log".into())

@@ -57,10 +57,10 @@ impl RateLimiter {
     }
 }
 
-/// Batches streaming now, per caller.
+/// Batches streaming now, per caller and in all.
 #[derive(Debug, Default)]
 pub struct BatchSlots {
-    open: Mutex<HashMap<String, u32>>,
+    open: Mutex<(HashMap<String, u32>, u32)>,
 }
 
 /// A batch's place among its caller's; given back when dropped.
@@ -70,24 +70,41 @@ pub struct BatchSlot {
     who: String,
 }
 
+/// Why a batch found no place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchesFull {
+    /// The caller already streams its `max_batches_per_mp`.
+    Caller(u32),
+    /// The appliance already streams its `max_batches`.
+    Appliance(u32),
+}
+
 impl BatchSlots {
-    /// A place for one more batch of `who`, unless it already streams `max`.
-    pub fn enter(self: &Arc<Self>, who: &str, max: u32) -> Option<BatchSlot> {
-        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
-        let n = open.entry(who.to_owned()).or_insert(0);
-        if *n >= max {
-            return None;
+    /// A place for one more batch of `who`, unless it already streams `per_caller` or the
+    /// appliance `total`.
+    pub fn enter(self: &Arc<Self>, who: &str, per_caller: u32, total: u32) -> Result<BatchSlot, BatchesFull> {
+        let mut guard = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let (open, all) = &mut *guard;
+        let n = open.get(who).copied().unwrap_or(0);
+        if n >= per_caller {
+            return Err(BatchesFull::Caller(per_caller));
         }
-        *n += 1;
-        Some(BatchSlot { slots: Arc::clone(self), who: who.to_owned() })
+        if *all >= total {
+            return Err(BatchesFull::Appliance(total));
+        }
+        open.insert(who.to_owned(), n + 1);
+        *all += 1;
+        Ok(BatchSlot { slots: Arc::clone(self), who: who.to_owned() })
     }
 }
 
 impl Drop for BatchSlot {
     fn drop(&mut self) {
-        let mut open = self.slots.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut guard = self.slots.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let (open, all) = &mut *guard;
         if let Some(n) = open.get_mut(&self.who) {
             *n -= 1;
+            *all -= 1;
             if *n == 0 {
                 open.remove(&self.who);
             }
@@ -120,11 +137,14 @@ mod tests {
     #[test]
     fn batch_slots_are_per_caller_and_come_back() {
         let slots = Arc::new(BatchSlots::default());
-        let a = slots.enter("mp", 2).unwrap();
-        let _b = slots.enter("mp", 2).unwrap();
-        assert!(slots.enter("mp", 2).is_none());
-        assert!(slots.enter("other", 2).is_some());
+        let a = slots.enter("mp", 2, 3).unwrap();
+        let _b = slots.enter("mp", 2, 3).unwrap();
+        assert_eq!(slots.enter("mp", 2, 3).unwrap_err(), BatchesFull::Caller(2));
+        let c = slots.enter("other", 2, 3).unwrap();
+        assert_eq!(slots.enter("third", 2, 3).unwrap_err(), BatchesFull::Appliance(3), "the appliance's cap");
         drop(a);
-        assert!(slots.enter("mp", 2).is_some());
+        assert!(slots.enter("mp", 2, 3).is_ok());
+        drop(c);
+        assert!(slots.enter("third", 2, 3).is_ok(), "places come back");
     }
 }

@@ -6,7 +6,7 @@ use std::os::fd::AsFd as _;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tower::ServiceExt as _;
 
@@ -33,7 +33,7 @@ fn backoff(previous: Duration) -> Duration {
 
 /// Serves the mTLS API on `listener` until `stop`.
 pub async fn serve_api(listener: TcpListener, app: Arc<App>, stop: tokio::sync::watch::Receiver<bool>) {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let connections = tokio::sync::watch::Sender::new(0usize);
     let router = routes::router(Arc::clone(&app));
     let mut stop_accepting = stop.clone();
     let (handshake_timeout, header_timeout) = (app.config.service.handshake_timeout, app.config.service.header_timeout);
@@ -62,8 +62,8 @@ pub async fn serve_api(listener: TcpListener, app: Arc<App>, stop: tokio::sync::
         // Small requests and answers: no waiting for Nagle's algorithm.
         let _ = stream.set_nodelay(true);
         let router = router.clone();
-        let watcher = graceful.watcher();
-        let app = Arc::clone(&app);
+        let open_connection = Stream::open(&connections);
+        let (app, stop) = (Arc::clone(&app), stop.clone());
         tokio::spawn(async move {
             let super::admission::Admitted { connection: _connection, handshake } = admitted;
             // The ClientHello must come at once — a connection that sends nothing holds its
@@ -114,21 +114,124 @@ pub async fn serve_api(listener: TcpListener, app: Arc<App>, stop: tokio::sync::
                 return;
             };
             app.admission.handshake_ended(Outcome::Ok);
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            let streams = tokio::sync::watch::Sender::new(0usize);
+            let counted = streams.clone();
             let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(caller.clone());
-                router.clone().oneshot(req)
+                let open = Stream::open(&counted);
+                let answer = router.clone().oneshot(req);
+                async move {
+                    // The stream counts as open until its answer's body is done with.
+                    let response = answer.await?;
+                    Ok::<_, std::convert::Infallible>(response.map(|body| {
+                        axum::body::Body::new(http_body_util::BodyExt::map_frame(body, move |frame| {
+                            let _ = &open;
+                            frame
+                        }))
+                    }))
+                }
             });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .max_buf_size(64 * 1024)
-                .serve_connection(TokioIo::new(tls), service);
-            if let Err(e) = watcher.watch(conn).await {
+            let io = TokioIo::new(tls);
+            let ended = if h2 {
+                let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                builder
+                    .timer(TokioTimer::new())
+                    .max_concurrent_streams(app.config.service.max_streams_per_connection)
+                    .max_header_list_size(H2_MAX_HEADER_LIST)
+                    .keep_alive_interval(Some(H2_PING_INTERVAL))
+                    .keep_alive_timeout(header_timeout);
+                let conn = std::pin::pin!(builder.serve_connection(io, service));
+                // HTTP/2 has no header deadline of its own: a connection with no stream open for
+                // the header deadline is closed (GOAWAY), as an idle HTTP/1.1 one is.
+                run(conn, stop.clone(), idle(streams.subscribe(), header_timeout), |c| c.graceful_shutdown()).await
+            } else {
+                let conn = std::pin::pin!(
+                    hyper::server::conn::http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(header_timeout)
+                        .max_buf_size(64 * 1024)
+                        .serve_connection(io, service)
+                );
+                run(conn, stop.clone(), std::future::pending(), |c| c.graceful_shutdown()).await
+            };
+            drop(open_connection);
+            if let Err(e) = ended {
                 tracing::debug!(%peer, error = %e, "connection ended");
             }
         });
     }
-    let _ = tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await;
+    // Connections finish the requests in flight, for DRAIN_TIMEOUT at most.
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, connections.subscribe().wait_for(|n| *n == 0)).await;
+}
+
+/// Largest header block of an HTTP/2 request (HTTP/1.1's is bounded by the read buffer).
+const H2_MAX_HEADER_LIST: u32 = 32 * 1024;
+
+/// How often an HTTP/2 connection is pinged; a peer that does not answer within the header
+/// deadline is gone.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
+
+/// One open stream (or HTTP/1.1 request) of a connection, or one open connection: counted in a
+/// watch channel while it lives.
+struct Stream(tokio::sync::watch::Sender<usize>);
+
+impl Stream {
+    fn open(count: &tokio::sync::watch::Sender<usize>) -> Stream {
+        count.send_modify(|n| *n += 1);
+        Stream(count.clone())
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
+}
+
+/// Resolves once no stream has been open for `patience`.
+async fn idle(mut open: tokio::sync::watch::Receiver<usize>, patience: Duration) {
+    loop {
+        if open.wait_for(|n| *n == 0).await.is_err() {
+            return std::future::pending().await;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(patience) => {
+                if *open.borrow() == 0 {
+                    return;
+                }
+            }
+            _ = open.changed() => {}
+        }
+    }
+}
+
+/// Drives a connection to its end; on the stop signal, or once `idle` resolves, it is asked to
+/// finish what it has in flight and close.
+async fn run<C, E>(
+    mut conn: std::pin::Pin<&mut C>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    idle: impl std::future::Future<Output = ()>,
+    shut: impl Fn(std::pin::Pin<&mut C>),
+) -> Result<(), E>
+where
+    C: std::future::Future<Output = Result<(), E>>,
+{
+    let mut idle = std::pin::pin!(idle);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            ended = conn.as_mut() => return ended,
+            _ = stop.wait_for(|stop| *stop), if !closing => {
+                closing = true;
+                shut(conn.as_mut());
+            }
+            () = idle.as_mut(), if !closing => {
+                closing = true;
+                shut(conn.as_mut());
+            }
+        }
+    }
 }
 
 /// Serves the ops endpoints, plain HTTP, on `listener` until `stop`.

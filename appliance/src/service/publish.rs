@@ -109,13 +109,31 @@ pub(super) async fn get_jwks(State(app): State<Arc<App>>) -> Response {
     r
 }
 
-/// `GET /v1/crl`: the newest CRL of the active SMS Issuing root (DER, `application/pkix-crl`).
-pub(super) async fn get_crl(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
+/// `GET /v1/crl` query.
+#[derive(Debug, serde::Deserialize)]
+pub(super) struct CrlQuery {
+    issuer: Option<String>,
+}
+
+/// `GET /v1/crl[?issuer=KEY_ID]`: the newest CRL of the active SMS Issuing root, or of the root
+/// `issuer` while it still verifies (DER, `application/pkix-crl`).
+pub(super) async fn get_crl(
+    State(app): State<Arc<App>>,
+    query: Result<axum::extract::Query<CrlQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let query = query.map_err(|e| ApiError::BadRequest(format!("the query is not valid: {}", e.body_text())))?;
     let state = app.state();
-    let root = state
-        .active(KeyRole::Issuing)
-        .map(|k| k.id.clone())
-        .ok_or_else(|| ApiError::Unavailable("not initialised".into()))?;
+    let root = match &query.issuer {
+        None => state
+            .active(KeyRole::Issuing)
+            .map(|k| k.id.clone())
+            .ok_or_else(|| ApiError::Unavailable("not initialised".into()))?,
+        Some(id) => keys::published(&state.keys, now_unix())
+            .into_iter()
+            .find(|p| p.key.role == KeyRole::Issuing && &p.key.id == id)
+            .map(|p| p.key.id.clone())
+            .ok_or_else(|| ApiError::NotFound(format!("{id:?} is not an SMS Issuing key that still verifies")))?,
+    };
     let crl = blocking(move || app.store().latest_crl(&root).map_err(|e| ApiError::Unavailable(e.to_string()))).await?;
     let crl = crl.ok_or_else(|| ApiError::Unavailable("no CRL has been signed yet; retry shortly".into()))?;
     let mut r = (StatusCode::OK, crl.der).into_response();

@@ -42,6 +42,15 @@ async fn admit(State(app): State<Arc<App>>, request: Request, next: Next) -> Res
 /// with `request_timeout`, and the connection closed.
 async fn read_body(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
     let (parts, body) = request.into_parts();
+    if let Err(e) = content_type(&parts.headers, &["application/json"]) {
+        tokio::spawn(batch::drain(
+            body.into_data_stream(),
+            tokio::time::sleep(std::time::Duration::from_secs(1)),
+            1 << 20,
+            app.config.service.body_timeout,
+        ));
+        return e.into_response();
+    }
     let deadline = app.config.service.body_timeout;
     let mut stream = body.into_data_stream();
     let read = async {
@@ -63,7 +72,12 @@ async fn read_body(State(app): State<Arc<App>>, request: Request, next: Next) ->
             .into_response(),
         Ok(Err(e)) => {
             // Let a client still sending read the refusal before the connection closes.
-            tokio::spawn(batch::drain(stream, tokio::time::sleep(std::time::Duration::from_secs(1)), 1 << 20));
+            tokio::spawn(batch::drain(
+                stream,
+                tokio::time::sleep(std::time::Duration::from_secs(1)),
+                1 << 20,
+                deadline,
+            ));
             e.into_response()
         }
         Ok(Ok(buf)) => next.run(Request::from_parts(parts, Body::from(buf))).await,
@@ -71,7 +85,40 @@ async fn read_body(State(app): State<Arc<App>>, request: Request, next: Next) ->
 }
 
 async fn not_found() -> ApiError {
-    ApiError::BadRequest("no such endpoint; the API is described in the README (docs/api.md)".into())
+    ApiError::NotFound("no such endpoint; the API is described in docs/api.md and served at /v1/openapi.json".into())
+}
+
+/// The API's OpenAPI 3.1 description (`docs/openapi.json`, built in).
+pub const OPENAPI: &str = include_str!("../../../docs/openapi.json");
+
+/// `GET /v1/openapi.json`.
+async fn openapi() -> Response {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+/// Checks that a request's `Content-Type` is one of `accepted` (parameters aside; a `charset`
+/// must be UTF-8): the body is read only as what it says it is.
+pub(super) fn content_type(headers: &axum::http::HeaderMap, accepted: &[&str]) -> Result<(), ApiError> {
+    let refuse = |got: &str| {
+        ApiError::UnsupportedMediaType(format!("{got}; this endpoint takes Content-Type: {}", accepted.join(" or ")))
+    };
+    let Some(value) = headers.get(axum::http::header::CONTENT_TYPE) else {
+        return Err(refuse("the request has no Content-Type"));
+    };
+    let Ok(mime) = value.to_str().unwrap_or("").parse::<mime::Mime>() else {
+        return Err(refuse("the request's Content-Type cannot be read"));
+    };
+    let essence = mime.essence_str();
+    let utf8 = mime.get_param(mime::CHARSET).is_none_or(|c| c == mime::UTF_8);
+    if accepted.iter().any(|a| a.eq_ignore_ascii_case(essence)) && utf8 {
+        Ok(())
+    } else {
+        Err(refuse(&format!("Content-Type {value:?} is not taken")))
+    }
 }
 
 fn ops_routes() -> Router<Arc<App>> {
@@ -95,13 +142,15 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/certificates", get(publish::get_certificates))
         .route("/.well-known/jwks.json", get(publish::get_jwks))
         .route("/v1/crl", get(publish::get_crl))
+        .route("/v1/openapi.json", get(openapi))
         .merge(ops_routes())
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(Arc::clone(&app), admit))
         .with_state(app)
 }
 
 /// The plain-HTTP ops listener: health, readiness, metrics — nothing else.
 pub fn ops_router(app: Arc<App>) -> Router {
-    ops_routes().fallback(not_found).with_state(app)
+    ops_routes().fallback(not_found).method_not_allowed_fallback(method_not_allowed).with_state(app)
 }

@@ -1,0 +1,133 @@
+"""HTTP/2 probes against sitesignd's mTLS listener, frame by frame (the `h2` state machine, no
+client library in between).
+
+    python h2probe.py COMMAND HOST PORT CA CERT KEY
+
+settings  the server's SETTINGS                → {"alpn", "max_concurrent_streams", "max_header_list_size"}
+idle      open a connection, send nothing      → {"closed_after": s, "goaway": bool}
+stall     POST headers, then no body           → {"status", "after": s, "code"}
+large     POST a 20 KiB JSON body              → {"status", "code"}
+streams   open N+4 streams at once (N = the server's limit), each a POST with no body
+                                               → {"limit", "opened", "refused" (REFUSED_STREAM resets)}
+"""
+import json
+import socket
+import ssl
+import sys
+import time
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+
+command, host, port, ca, cert, key = sys.argv[1:7]
+tls = ssl.create_default_context(cafile=ca)
+tls.load_cert_chain(cert, key)
+tls.set_alpn_protocols(["h2"])
+sock = tls.wrap_socket(socket.create_connection((host, int(port))), server_hostname=host)
+conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+conn.initiate_connection()
+sock.sendall(conn.data_to_send())
+remote = {}
+closed_by_peer = []
+
+
+def pump(timeout):
+    """Events until `timeout` seconds pass with nothing to read; None once the peer closed."""
+    sock.settimeout(timeout)
+    try:
+        data = sock.recv(65536)
+    except (socket.timeout, TimeoutError):
+        return []
+    except (ConnectionResetError, ssl.SSLError):
+        return None
+    if not data:
+        return None
+    try:
+        events = conn.receive_data(data)
+    except h2.exceptions.ProtocolError:
+        # A frame after the connection ended: it is over. A GOAWAY read in the same chunk left
+        # the state machine closed.
+        closed_by_peer.append(conn.state_machine.state == h2.connection.ConnectionState.CLOSED)
+        return None
+    for e in events:
+        if isinstance(e, h2.events.RemoteSettingsChanged):
+            remote.update({k: v.new_value for k, v in e.changed_settings.items()})
+    out = conn.data_to_send()
+    if out:
+        sock.sendall(out)
+    return events
+
+
+def post(headers_only, body=b""):
+    sid = conn.get_next_available_stream_id()
+    conn.send_headers(sid, [(":method", "POST"), (":scheme", "https"), (":authority", host), (":path", "/v1/client-tokens"), ("content-type", "application/json")], end_stream=False)
+    if not headers_only:
+        for i in range(0, len(body), 16384):
+            conn.send_data(sid, body[i : i + 16384])
+        conn.end_stream(sid)
+    sock.sendall(conn.data_to_send())
+    return sid
+
+
+def answer(sid, patience):
+    """(status, error code) of stream `sid`, waiting at most `patience` seconds."""
+    status, data, started = None, b"", time.monotonic()
+    while time.monotonic() - started < patience:
+        events = pump(1)
+        if events is None:
+            break
+        for e in events:
+            if isinstance(e, h2.events.ResponseReceived) and e.stream_id == sid:
+                status = int(dict(e.headers)[":status"])
+            elif isinstance(e, h2.events.DataReceived) and e.stream_id == sid:
+                data += e.data
+                conn.acknowledge_received_data(e.flow_controlled_length, sid)
+            elif isinstance(e, (h2.events.StreamEnded, h2.events.StreamReset)) and e.stream_id == sid:
+                code = json.loads(data)["error"]["code"] if data else None
+                return status, code
+    return status, None
+
+
+pump(2)
+alpn = sock.selected_alpn_protocol()
+if command == "settings":
+    from h2.settings import SettingCodes
+
+    print(json.dumps({"alpn": alpn, "max_concurrent_streams": remote.get(SettingCodes.MAX_CONCURRENT_STREAMS), "max_header_list_size": remote.get(SettingCodes.MAX_HEADER_LIST_SIZE)}))
+elif command == "idle":
+    started, goaway = time.monotonic(), False
+    while time.monotonic() - started < 120:
+        events = pump(1)
+        if events is None:
+            break
+        goaway = goaway or any(isinstance(e, h2.events.ConnectionTerminated) for e in events)
+    goaway = goaway or any(closed_by_peer)
+    print(json.dumps({"closed_after": round(time.monotonic() - started, 1), "goaway": goaway}))
+elif command == "stall":
+    started = time.monotonic()
+    status, code = answer(post(True), 120)
+    print(json.dumps({"status": status, "after": round(time.monotonic() - started, 1), "code": code}))
+elif command == "large":
+    status, code = answer(post(False, b'{"token":"' + b"x" * 20480 + b'"}'), 60)
+    print(json.dumps({"status": status, "code": code}))
+elif command == "streams":
+    import collections
+
+    from h2.errors import ErrorCodes
+    from h2.settings import SettingCodes
+
+    limit = remote.get(SettingCodes.MAX_CONCURRENT_STREAMS)
+    # Our side would refuse to open more than the server allows: lift that, so that the server's
+    # own enforcement is what is tested. Each stream is a POST whose body never comes.
+    conn.remote_settings._settings[SettingCodes.MAX_CONCURRENT_STREAMS] = collections.deque([10_000])
+    for _ in range(limit + 4):
+        post(True)
+    refused, started = 0, time.monotonic()
+    while time.monotonic() - started < 3:
+        events = pump(0.5)
+        if events is None:
+            break
+        refused += sum(1 for e in events if isinstance(e, h2.events.StreamReset) and e.error_code == ErrorCodes.REFUSED_STREAM)
+    print(json.dumps({"limit": limit, "opened": limit + 4, "refused": refused}))
