@@ -239,7 +239,8 @@ def scenario_batch(bins):
                                     "client_cert_thumbprint": "A" * 43, "proof": {"kind": "internal"}}) + "\n")
         out = subprocess.run(["curl", "-sS", "--max-time", "15", "--cacert", str(app.dir / "ca.pem"),
                               "--cert", str(app.dir / "mp/mp.crt"), "--key", str(app.dir / "mp/mp.key"),
-                              "-X", "POST", "-T", str(body), f"https://127.0.0.1:{app.port}/v1/client-tokens:batch"],
+                              "-X", "POST", "-H", "content-type: application/x-ndjson", "-T", str(body),
+                              f"https://127.0.0.1:{app.port}/v1/client-tokens:batch"],
                              capture_output=True, text=True)
         signed = sum(1 for l in out.stdout.splitlines() if l.startswith('{"token"'))
         return {"scenario": "batch", "rate_limit_per_s": 1, "lines": 5000, "signed_in_15_s": signed}

@@ -76,10 +76,12 @@ fn configmgr_lock_out_does_not_happen_on_a_token_signing_rotation() {
     fails_with(a.cli(&["rotate", "token-signing", "--publish-ahead", "6s"]), "confirmation_required");
     assert_eq!(keys(&a, "token-signing", "pending").len(), 0);
 
+    // Taken before the command: it activates the key 6 s after its own start (whole seconds),
+    // and generating the key may take a while on a loaded machine.
+    let rotated_at = Instant::now();
     let done = a.ok(&["rotate", "token-signing", "--publish-ahead", "6s", "--yes"]);
     assert_eq!(done["done"], true, "{done}");
     let new = key(&a, "token-signing", "pending");
-    let rotated_at = Instant::now();
     // Published at once — JWKS and /v1/certificates — before it signs anything.
     assert!(jwks_x5t(&s).contains(&new["x5t"].as_str().unwrap().to_owned()), "the pending key is in the JWKS");
     let (_, certs) = s.call("/v1/certificates", None);

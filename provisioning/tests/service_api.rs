@@ -132,7 +132,7 @@ fn every_endpoint_works_over_mtls_and_tokens_verify_independently() {
     assert_eq!(families["sitesign_sign_seconds"]["type"], "histogram");
     assert_eq!(families["sitesign_ready"]["samples"][0][2], 1.0);
     // The ops listener carries nothing else.
-    assert_eq!(s.ops("/v1/certificates").0, 400);
+    assert_eq!(s.ops("/v1/certificates").0, 404);
 
     // Every token released has its audit record, and the chain is intact.
     assert!(a.audit_intact());
@@ -240,7 +240,7 @@ fn bad_requests_get_stable_errors_and_nothing_is_signed() {
         .call("/v1/tokens:verify", Some(&json!({"token": fresh, "client_cert_thumbprint": thumbprint(1)}).to_string()));
     assert_eq!(v["valid"], true, "{v}");
     // An unknown endpoint.
-    assert_eq!(s.call("/v1/sign-anything", Some("{}")).0, 400);
+    assert_eq!(s.call("/v1/sign-anything", Some("{}")).0, 404);
     // Only the bulk token made above was signed.
     assert_eq!(signatures(), before + 1);
 }

@@ -113,31 +113,41 @@ fn internal_batch(s: &Service, name: &str, first: u32, n: u32) -> (u64, u32) {
 fn a_long_batch_streams_in_bounded_memory() {
     // ES256 signs fast enough on SoftHSM to push a long stream through in seconds.
     let a = Appliance::with(&["--token-algorithm", "ec-p256"]);
-    // Batch lines draw on the MP's rate limit; this test is about memory, not the limit.
+    // Batch lines draw on the MP's rate limit; this test is about memory, not the limit. Its
+    // bound is for a window of 4,096 lines (the default 10,000 holds about 20 MiB at most:
+    // docs/api.md).
     a.edit_service(|svc| {
         svc.rate_limit_per_second = Some(1_000_000);
         svc.rate_limit_burst = Some(1_000_000);
+        svc.max_batch_lines = Some(4_096);
     });
     let s = a.start();
-    // A first batch brings the service to its working set (allocator arenas, the in-flight
-    // window); a batch four times as long then needs at most a bounded amount more — what its
-    // in-flight window holds (4,096 results, a few MiB) plus allocator noise — never anything
-    // that grows with the batch's length (its response alone is 48 MB).
+    // A first batch brings the service to its working set (allocator arenas, the window, the
+    // HTTP/2 connection's buffers — curl speaks HTTP/2 to it); a batch four times as long then
+    // needs at most a bounded amount more, and a second one as long nothing that adds up —
+    // never anything that grows with a batch's length (each response alone is 48 MB).
     let (_, short) = internal_batch(&s, "short", 0, 15_000);
     assert_eq!(short, 15_000);
     let after_short = s.peak_rss_kib();
     let (response_bytes, long) = internal_batch(&s, "long", 100_000, 60_000);
     assert_eq!(long, 60_000);
-    let growth = s.peak_rss_kib().saturating_sub(after_short);
+    let after_long = s.peak_rss_kib();
+    let (_, again) = internal_batch(&s, "again", 200_000, 60_000);
+    assert_eq!(again, 60_000);
+    let after_again = s.peak_rss_kib();
+    let (growth, regrowth) = (after_long.saturating_sub(after_short), after_again.saturating_sub(after_long));
     eprintln!(
-        "peak RSS {after_short} KiB after 15,000 lines; grew {growth} KiB more over 60,000 lines ({response_bytes}-byte response)"
+        "peak RSS {after_short} KiB after 15,000 lines; grew {growth} KiB over 60,000 lines ({response_bytes}-byte response), {regrowth} KiB over 60,000 more"
     );
     assert!(
-        growth < 16 * 1024 && growth * 1024 < response_bytes / 3,
+        growth < 24 * 1024 && growth * 1024 < response_bytes / 2,
         "peak RSS grew {growth} KiB over a 60,000-line batch after a 15,000-line one ({response_bytes}-byte response)"
     );
+    // What may still grow: SQLite's page caches of the audit writer and reader (2 MiB each)
+    // filling as the log grows — bounded by their size, not by anything a batch does.
+    assert!(regrowth < 8 * 1024, "peak RSS grew {regrowth} KiB more over a second 60,000-line batch");
     let audited = a.audit_records().iter().filter(|r| r["kind"] == "client-token").count();
-    assert_eq!(audited, 75_000);
+    assert_eq!(audited, 135_000);
 }
 
 #[test]
@@ -180,8 +190,10 @@ fn a_full_queue_answers_busy_and_signs_nothing_for_it() {
         answers.push(String::from_utf8_lossy(&out.stdout).into_owned());
     }
     assert!(batch.wait().unwrap().success());
-    let ok_count = answers.iter().filter(|a| a.starts_with("HTTP/1.1 200")).count();
-    let busy: Vec<&String> = answers.iter().filter(|a| a.starts_with("HTTP/1.1 503")).collect();
+    // curl speaks HTTP/2 to the service (ALPN): "HTTP/2 200", "HTTP/1.1 200" alike.
+    let status = |a: &str| a.split_whitespace().nth(1).map(str::to_owned);
+    let ok_count = answers.iter().filter(|a| status(a).as_deref() == Some("200")).count();
+    let busy: Vec<&String> = answers.iter().filter(|a| status(a).as_deref() == Some("503")).collect();
     assert_eq!(ok_count + busy.len(), answers.len(), "{answers:?}");
     assert!(!busy.is_empty(), "no single request found the queue full while a batch kept it so");
     for b in &busy {

@@ -419,3 +419,22 @@ fn schemathesis_finds_no_server_error_and_no_answer_outside_the_document() {
     // The service lived through it.
     assert_eq!(s.ops("/healthz").0, 200);
 }
+
+#[test]
+fn the_curl_example_runs_against_a_real_service() {
+    let a = Appliance::new();
+    let s = a.start();
+    let out =
+        Command::new("bash").arg(repo("examples/curl.sh")).arg(&s.dir).env("SITESIGN_API", s.url("")).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    for expected in [
+        "certificates",
+        "signing keys in the JWKS",
+        "client token: ey",
+        "verify: True client",
+        "3 batch answers, 3 tokens",
+    ] {
+        assert!(text.contains(expected), "{expected:?} not in:\n{text}");
+    }
+}

@@ -110,7 +110,7 @@ fn the_admin_socket_is_0660_group_admin_and_refuses_other_peers() {
     let answer: Value = serde_json::from_str(&line).unwrap();
     assert!(answer["ok"]["bulk_tokens"].is_array(), "{answer}");
     // It is a Unix socket only: the TCP listeners do not speak the admin protocol.
-    assert_eq!(s.call("/admin", Some("{\"op\":\"bulk-list\"}")).0, 400);
+    assert_eq!(s.call("/admin", Some("{\"op\":\"bulk-list\"}")).0, 404);
 }
 
 #[test]

@@ -72,6 +72,18 @@ struct Window {
     read: std::sync::atomic::AtomicU64,
     delivered: tokio::sync::watch::Sender<u64>,
     waiting_since: std::sync::Mutex<Option<tokio::time::Instant>>,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+/// What the reader finds when it waits for the window.
+#[derive(Debug, PartialEq, Eq)]
+enum Room {
+    /// Fewer than the window's lines are outstanding: read on.
+    Free,
+    /// The window is full and the client has taken no answer for [`STALL`].
+    Stalled,
+    /// The answer has ended (the client went away): stop.
+    Closed,
 }
 
 impl Window {
@@ -80,7 +92,18 @@ impl Window {
             read: std::sync::atomic::AtomicU64::new(0),
             delivered: tokio::sync::watch::Sender::new(0),
             waiting_since: std::sync::Mutex::new(None),
+            closed: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// The answer has ended: a reader waiting for room stops.
+    fn close(&self) {
+        self.closed.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.delivered.send_modify(|_| {});
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn read(&self) -> u64 {
@@ -107,16 +130,17 @@ impl Window {
             .is_some_and(|since| since.elapsed() >= STALL)
     }
 
-    /// Waits until fewer than `max` lines are outstanding (`Ok`) or the client has stopped taking
-    /// answers with the window full (`Err`: it sends everything before reading).
-    async fn room(&self, max: u64) -> Result<(), ()> {
+    /// Waits until fewer than `max` lines are outstanding, the client has stopped taking answers
+    /// with the window full (it sends everything before reading), or the answer has ended.
+    async fn room(&self, max: u64) -> Room {
         let mut delivered = self.delivered.subscribe();
         loop {
             let read = self.read();
-            let wait = delivered.wait_for(|d| read.saturating_sub(*d) < max);
+            let wait = delivered.wait_for(|d| read.saturating_sub(*d) < max || self.is_closed());
             match tokio::time::timeout(Duration::from_millis(250), wait).await {
-                Ok(_) => return Ok(()),
-                Err(_) if self.stalled() => return Err(()),
+                _ if self.is_closed() => return Room::Closed,
+                Ok(_) => return Room::Free,
+                Err(_) if self.stalled() => return Room::Stalled,
                 Err(_) => {}
             }
         }
@@ -319,18 +343,22 @@ async fn read(
     loop {
         // Time spent waiting for the window is ours, not the client's.
         let paused = tokio::time::Instant::now();
-        if window.room(max_lines).await.is_err() {
-            let read = window.read();
-            let error = ApiError::TooLarge {
-                code: "batch_too_long",
-                message: format!(
-                    "the client sent more than {max_lines} lines ([service] max_batch_lines) without reading the answer; \
+        match window.room(max_lines).await {
+            Room::Free => {}
+            Room::Closed => return,
+            Room::Stalled => {
+                let read = window.read();
+                let error = ApiError::TooLarge {
+                    code: "batch_too_long",
+                    message: format!(
+                        "the client sent more than {max_lines} lines ([service] max_batch_lines) without reading the answer; \
                      the first {read} lines were read and are answered above, the rest was not read: send at most \
                      {max_lines} lines per batch, or read the answer while sending (HTTP/2, or a full-duplex HTTP/1.1 client)"
-                ),
-            };
-            let rest = (cap + DRAIN_LIMIT).saturating_sub(received);
-            return cut_and_drain(validating_tx, error, stream, answered, rest, patience).await;
+                    ),
+                };
+                let rest = (cap + DRAIN_LIMIT).saturating_sub(received);
+                return cut_and_drain(validating_tx, error, stream, answered, rest, patience).await;
+            }
         }
         if paused.elapsed() > Duration::from_millis(1) {
             deadline = tokio::time::Instant::now() + patience;
@@ -557,6 +585,7 @@ async fn write(
     if !buf.is_empty() {
         deliver(&window, &out_tx, buf, pending).await;
     }
+    window.close();
     app.metrics.batch_size.observe(items as f64);
     let _ = done.send(true);
 }

@@ -90,11 +90,14 @@ pub async fn serve_api(listener: TcpListener, app: Arc<App>, stop: tokio::sync::
             // The configuration of this handshake: a rotation or revocation swapped in since
             // takes effect here, connections already open keep theirs.
             let config = Arc::clone(&app.tls.load().config);
-            let tls = match tokio::time::timeout_at(started + handshake_timeout, start.into_stream(config)).await {
+            let accept = start.into_stream(config).into_fallible();
+            let tls = match tokio::time::timeout_at(started + handshake_timeout, accept).await {
                 Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
+                Ok(Err((e, io))) => {
                     app.admission.handshake_ended(Outcome::Failed);
+                    drop(handshake);
                     tracing::debug!(%peer, error = %e, "TLS handshake refused");
+                    linger(io).await;
                     return;
                 }
                 Err(_) => {
@@ -140,7 +143,8 @@ pub async fn serve_api(listener: TcpListener, app: Arc<App>, stop: tokio::sync::
                     .max_concurrent_streams(app.config.service.max_streams_per_connection)
                     .max_header_list_size(H2_MAX_HEADER_LIST)
                     .keep_alive_interval(Some(H2_PING_INTERVAL))
-                    .keep_alive_timeout(header_timeout);
+                    .keep_alive_timeout(header_timeout)
+                    .max_send_buf_size(H2_SEND_BUFFER);
                 let conn = std::pin::pin!(builder.serve_connection(io, service));
                 // HTTP/2 has no header deadline of its own: a connection with no stream open for
                 // the header deadline is closed (GOAWAY), as an idle HTTP/1.1 one is.
@@ -165,8 +169,35 @@ pub async fn serve_api(listener: TcpListener, app: Arc<App>, stop: tokio::sync::
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, connections.subscribe().wait_for(|n| *n == 0)).await;
 }
 
+/// How long a refused connection is read (and what it sends discarded) before it is closed.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// Closes a connection whose handshake was refused so that the client reads the alert: in TLS
+/// 1.3 a client sends its certificate and, at once, its first request (or HTTP/2 preface);
+/// closing a socket with that unread resets the connection, and the client may lose the alert
+/// that says why (`certificate revoked`, `unknown ca`). The write side is shut (after the
+/// alert), then what the client sends is read and dropped — 64 KiB and [`LINGER`] at most.
+async fn linger(mut io: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let _ = io.shutdown().await;
+    let drain = async {
+        let (mut buf, mut total) = ([0u8; 4096], 0usize);
+        while let Ok(n @ 1..) = io.read(&mut buf).await {
+            total += n;
+            if total > 64 * 1024 {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
 /// Largest header block of an HTTP/2 request (HTTP/1.1's is bounded by the read buffer).
 const H2_MAX_HEADER_LIST: u32 = 32 * 1024;
+
+/// Most answer bytes an HTTP/2 stream buffers beyond what its client has room for (HTTP/1.1
+/// buffers no more than its socket does).
+const H2_SEND_BUFFER: usize = 64 * 1024;
 
 /// How often an HTTP/2 connection is pinged; a peer that does not answer within the header
 /// deadline is gone.

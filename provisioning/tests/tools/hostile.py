@@ -148,7 +148,8 @@ def exchange(sock, outgoing, deadline=120):
 
 
 def request_head(path, length=None, chunked=False):
-    h = f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+    media = "application/x-ndjson" if path.endswith(":batch") else "application/json"
+    h = f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {media}\r\n"
     if chunked:
         h += "Transfer-Encoding: chunked\r\n"
     else:
