@@ -68,6 +68,8 @@ pub struct ServiceConfigFile {
     pub max_batches: Option<u32>,
     /// Requests one HTTP/2 connection may have open at once; default 32.
     pub max_streams_per_connection: Option<u32>,
+    /// Connections one management point (client certificate) may have open at once; default 256.
+    pub max_connections_per_mp: Option<u32>,
     /// Connections open at once on the API listener; default 4096.
     pub max_connections: Option<usize>,
     /// TLS handshakes in progress at once; default 64.
@@ -132,6 +134,8 @@ pub struct ServiceConfig {
     pub max_batches: u32,
     /// Concurrent HTTP/2 streams per connection.
     pub max_streams_per_connection: u32,
+    /// Connections per MP.
+    pub max_connections_per_mp: u32,
     /// Open connections on the API listener.
     pub max_connections: usize,
     /// TLS handshakes in progress.
@@ -377,6 +381,8 @@ fn validate_service(
     let max_batches = within(problems, "max_batches", s.max_batches.map(u64::from), 16, 1, 1024) as u32;
     let max_streams_per_connection =
         within(problems, "max_streams_per_connection", s.max_streams_per_connection.map(u64::from), 32, 1, 1024) as u32;
+    let max_connections_per_mp =
+        within(problems, "max_connections_per_mp", s.max_connections_per_mp.map(u64::from), 256, 1, 1 << 20) as u32;
     let max_connections =
         within(problems, "max_connections", s.max_connections.map(|n| n as u64), 4096, 16, 1 << 20) as usize;
     let max_handshakes = within(problems, "max_handshakes", s.max_handshakes.map(|n| n as u64), 64, 1, 4096) as usize;
@@ -447,6 +453,7 @@ fn validate_service(
         max_batch_lines,
         max_batches,
         max_streams_per_connection,
+        max_connections_per_mp,
         max_connections,
         max_handshakes,
         handshakes_per_second_per_source,

@@ -107,7 +107,7 @@ impl Default for Metrics {
         let state_reloads = Counter::default();
         let handshake_signatures = Counter::default();
         let connections_refused = Family::<ReasonLabel, Counter>::default();
-        for reason in ["max_connections", "handshakes_in_progress", "handshake_rate"] {
+        for reason in ["max_connections", "handshakes_in_progress", "handshake_rate", "max_connections_per_mp"] {
             let _ = connections_refused.get_or_create(&ReasonLabel { reason });
         }
         let handshakes = Family::<OutcomeLabel, Counter>::default();

@@ -104,6 +104,20 @@ impl Authorization {
     }
 }
 
+/// `text` cut to its first 64 characters (marked with `…`): what an error message may echo of a
+/// client's input — so that an answer is never much larger than the question, whatever was sent.
+pub fn clip(text: &str) -> String {
+    clip_to(text, 64)
+}
+
+/// `text` cut to its first `n` characters (marked with `…`).
+pub fn clip_to(text: &str, n: usize) -> String {
+    match text.char_indices().nth(n) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
+    }
+}
+
 /// Why a request may not have a token.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
@@ -149,10 +163,10 @@ pub trait IssuedTokens {
 
 fn check_binding(device_id: &str, thumbprint: &str) -> Result<(), PolicyError> {
     if claims::device_id(device_id).is_none() {
-        return Err(PolicyError::DeviceId(device_id.to_owned()));
+        return Err(PolicyError::DeviceId(clip(device_id)));
     }
     if !claims::valid_thumbprint(thumbprint) {
-        return Err(PolicyError::Thumbprint(thumbprint.to_owned()));
+        return Err(PolicyError::Thumbprint(clip(thumbprint)));
     }
     Ok(())
 }
@@ -255,7 +269,7 @@ pub fn authorize_access(
     now: i64,
 ) -> Result<(Authorization, String), PolicyError> {
     if !claims::valid_thumbprint(&req.client_cert_thumbprint) {
-        return Err(PolicyError::Thumbprint(req.client_cert_thumbprint.clone()));
+        return Err(PolicyError::Thumbprint(clip(&req.client_cert_thumbprint)));
     }
     let presented = Presented {
         token: &req.token,
@@ -287,6 +301,14 @@ pub fn verify(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clipped_echoes_stay_short() {
+        assert_eq!(clip("short"), "short");
+        let long = "é".repeat(10_000);
+        assert_eq!(clip(&long).chars().count(), 65);
+        assert!(clip(&long).ends_with('…'));
+    }
 
     #[test]
     fn every_proof_kind_refuses_unknown_fields() {

@@ -213,6 +213,13 @@ fn http2_has_the_same_limits_as_http1() {
     // A connection that opens no stream is closed at the header deadline, with a GOAWAY.
     let idle = h2probe(&s, "idle");
     assert!(idle["goaway"].as_bool().unwrap() && idle["closed_after"].as_f64().unwrap() < 10.0, "{idle}");
+    // A connection that never sends HTTP/2's preface, or that gives the server no window to
+    // answer in, is dropped: after the header deadline it is asked to close, and dropped after
+    // one more if it does not.
+    for probe in ["nopreface", "zerowindow"] {
+        let closed = h2probe(&s, probe);
+        assert!(closed["closed_after"].as_f64().unwrap() < 20.0, "{probe}: {closed}");
+    }
     // HTTP/1.1 is still offered.
     let out = s
         .mtls()
@@ -221,6 +228,53 @@ fn http2_has_the_same_limits_as_http1() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "1.1");
+}
+
+#[test]
+fn one_mp_holds_at_most_its_share_of_connections() {
+    let a = Appliance::new();
+    a.edit_service(|svc| svc.max_connections_per_mp = Some(3));
+    let s = a.start();
+    let held = s.hostile("hold", &["6"]);
+    assert_eq!(held["answered"], 3, "{held}");
+    let (_, metrics) = s.ops("/metrics");
+    assert!(metrics.contains(r#"sitesign_connections_refused_total{reason="max_connections_per_mp"} 3"#), "{metrics}");
+    // Once they are closed, the MP connects again.
+    assert_eq!(s.call("/healthz", None).0, 200);
+}
+
+#[test]
+fn a_client_that_never_reads_its_answer_is_dropped_and_its_batch_slot_freed() {
+    let a = fast_appliance(|svc| {
+        svc.max_batch_lines = Some(1_000);
+        svc.max_batches_per_mp = Some(1);
+        svc.body_timeout_seconds = Some(2);
+    });
+    let s = a.start();
+    // A 20,000-line batch sent whole (the server drains what it does not read past the window),
+    // its answer never read, the socket held open.
+    let body = write_lines(&s.dir, "deaf", 20_000, internal);
+    let mut deaf = s.hostile_command("deaf", &[body.to_str().unwrap(), "120"]).spawn().unwrap();
+    let open = |s: &Service| {
+        let (_, text) = s.ops("/metrics");
+        text.lines()
+            .find_map(|l| l.strip_prefix("sitesign_connections_open "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(-1.0)
+    };
+    assert!(s.eventually(std::time::Duration::from_secs(20), || open(&s) >= 1.0), "the deaf client never connected");
+    let started = Instant::now();
+    // Stuck: an answer waiting, the peer sending nothing, for six body deadlines (12 s).
+    assert!(
+        s.eventually(std::time::Duration::from_secs(60), || open(&s) == 0.0),
+        "the connection of a client that never reads was kept"
+    );
+    let secs = started.elapsed().as_secs_f64();
+    // Its batch slot came back: the MP (allowed one batch at a time) streams another.
+    assert_eq!(s.batch("after", &[internal(5_000_000)]).len(), 1);
+    let _ = deaf.kill();
+    let _ = deaf.wait();
+    eprintln!("a client that never read its answer: dropped {secs:.1} s after it connected");
 }
 
 /// (status, headers, body) of a curl request.

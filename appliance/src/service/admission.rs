@@ -44,14 +44,14 @@ pub struct Admission {
     in_progress: Arc<Mutex<HashMap<String, usize>>>,
     per_source: RateLimiter,
     metrics: Arc<Metrics>,
-    refused: [AtomicU64; 3],
+    refused: [AtomicU64; 4],
     failed: AtomicU64,
     timed_out: AtomicU64,
     accept_errors: AtomicU64,
 }
 
 /// Why a connection was refused.
-const REASONS: [&str; 3] = ["max_connections", "handshakes_in_progress", "handshake_rate"];
+const REASONS: [&str; 4] = ["max_connections", "handshakes_in_progress", "handshake_rate", "max_connections_per_mp"];
 
 /// A handshake's place among its source's: given back when dropped.
 #[derive(Debug)]
@@ -190,6 +190,12 @@ impl Admission {
         self.metrics.handshakes.get_or_create(&OutcomeLabel { outcome: label }).inc();
     }
 
+    /// Counts a connection closed after its handshake because its MP has
+    /// `max_connections_per_mp` open.
+    pub fn refused_after_handshake(&self) {
+        let _ = self.refuse(3);
+    }
+
     /// Counts an accept error (logged with the next report).
     pub fn accept_failed(&self) {
         self.accept_errors.fetch_add(1, Ordering::Relaxed);
@@ -209,6 +215,7 @@ impl Admission {
                 refused_max_connections = refused[0],
                 refused_handshakes_in_progress = refused[1],
                 refused_handshake_rate = refused[2],
+                refused_max_connections_per_mp = refused[3],
                 accept_errors,
                 open = self.open.load(Ordering::Relaxed),
                 "API listener: connections refused or failed in the last interval"

@@ -11,7 +11,7 @@ use arc_swap::ArcSwap;
 use hsm_adapters::SigningKey;
 
 use super::admission::{Admission, HandshakeGate};
-use super::limits::{BatchSlots, RateLimiter};
+use super::limits::{PerCaller, RateLimiter};
 use super::tls::{self, TlsInputs};
 use crate::audit::{AuditLog, AuditStats, Lookup};
 use crate::backends::{BackendError, Backends};
@@ -200,7 +200,9 @@ pub struct App {
     /// Per-MP rate limits.
     pub limiter: RateLimiter,
     /// Per-MP batches streaming now.
-    pub batches: Arc<BatchSlots>,
+    pub batches: Arc<PerCaller>,
+    /// Per-MP connections open now.
+    pub mp_connections: Arc<PerCaller>,
     /// Taken exclusively by a change that takes authority away, while it is recorded and taken
     /// up: no token is signed under the old state after the change's record (see
     /// [`crate::pipeline::WorkerContext::barrier`]).
@@ -275,6 +277,7 @@ impl App {
             health,
             limiter,
             batches: Arc::default(),
+            mp_connections: Arc::default(),
             barrier,
             admission,
             observer,

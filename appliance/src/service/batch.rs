@@ -46,7 +46,7 @@ use serde_json::{Value, json};
 
 use super::app::App;
 use super::error::ApiError;
-use super::limits::{BatchSlot, BatchesFull};
+use super::limits::{Full, Place};
 use super::tls::Caller;
 use super::tokens::{parse, prepare_client};
 use crate::pipeline::{GROUP, Item, PipelineError, Requester, Ticket};
@@ -108,6 +108,11 @@ impl Window {
 
     fn read(&self) -> u64 {
         self.read.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Lines read whose answers the connection has not taken.
+    fn outstanding(&self) -> u64 {
+        self.read().saturating_sub(*self.delivered.borrow())
     }
 
     fn add_read(&self, n: usize) {
@@ -226,6 +231,9 @@ impl LineSplitter {
 
 type Checked = Vec<Result<Item, ApiError>>;
 
+/// A chunk of lines being validated, and how many lines it holds.
+type Validating = (tokio::task::JoinHandle<Checked>, usize);
+
 /// `POST /v1/client-tokens:batch`.
 pub(super) async fn post_batch(
     State(app): State<Arc<App>>,
@@ -245,8 +253,8 @@ pub(super) async fn post_batch(
     let (per_mp, total) = (app.config.service.max_batches_per_mp, app.config.service.max_batches);
     let slot = match app.batches.enter(&caller.identity(), per_mp, total) {
         Ok(slot) => slot,
-        Err(BatchesFull::Caller(n)) => return ApiError::TooManyBatches(n).into_response(),
-        Err(BatchesFull::Appliance(n)) => {
+        Err(Full::Caller(n)) => return ApiError::TooManyBatches(n).into_response(),
+        Err(Full::Appliance(n)) => {
             return ApiError::Unavailable(format!(
                 "the appliance already streams {n} batches ([service] max_batches); retry shortly"
             ))
@@ -259,7 +267,7 @@ pub(super) async fn post_batch(
     // window may stop the reader (a half-duplex client must be read to its end).
     let (slot_tx, slot_rx) = tokio::sync::mpsc::unbounded_channel::<Slot>();
     let (checked_tx, checked_rx) = tokio::sync::mpsc::unbounded_channel::<Checked>();
-    let (validating_tx, validating_rx) = tokio::sync::mpsc::channel::<tokio::task::JoinHandle<Checked>>(validating());
+    let (validating_tx, validating_rx) = tokio::sync::mpsc::channel::<Validating>(validating());
     let (done_tx, done_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(write(Arc::clone(&app), Arc::clone(&window), slot_rx, out_tx, slot, done_tx));
     tokio::spawn(submit(Arc::clone(&app), caller.requester(), checked_rx, slot_tx));
@@ -297,17 +305,17 @@ pub(super) async fn drain(
 }
 
 /// Ends the batch's input with `error` as its last line.
-async fn cut(validating_tx: &tokio::sync::mpsc::Sender<tokio::task::JoinHandle<Checked>>, error: ApiError) {
+async fn cut(validating_tx: &tokio::sync::mpsc::Sender<Validating>, error: ApiError) {
     tracing::warn!(error = %error, "batch cut short");
     let failed = tokio::spawn(async move { vec![Err(error)] });
-    let _ = validating_tx.send(failed).await;
+    let _ = validating_tx.send((failed, 1)).await;
 }
 
 /// Cuts the batch with `error` and reads what is left of its body without keeping it: the
 /// client finishes sending — up to `max` more bytes, each piece within `patience` — and reads
 /// the answer to its end, and for 10 s after the answer is complete.
 async fn cut_and_drain(
-    validating_tx: tokio::sync::mpsc::Sender<tokio::task::JoinHandle<Checked>>,
+    validating_tx: tokio::sync::mpsc::Sender<Validating>,
     error: ApiError,
     stream: axum::body::BodyDataStream,
     mut answered: tokio::sync::watch::Receiver<bool>,
@@ -323,6 +331,19 @@ async fn cut_and_drain(
     drain(stream, until, max, patience).await;
 }
 
+/// The last line of a batch cut because its client sent more than `max_lines` lines without
+/// reading; `read` lines were read and answered.
+fn too_long(max_lines: u64, read: u64) -> ApiError {
+    ApiError::TooLarge {
+        code: "batch_too_long",
+        message: format!(
+            "the client sent more than {max_lines} lines ([service] max_batch_lines) without reading the answer; \
+             the first {read} lines were read and are answered above, the rest was not read: send at most \
+             {max_lines} lines per batch, or read the answer while sending (HTTP/2, or a full-duplex HTTP/1.1 client)"
+        ),
+    }
+}
+
 /// The reader: request chunks → lines (split on the blocking pool) → validation on the blocking
 /// pool, in order; it waits while the window is full, and cuts the batch off when the sender
 /// stalls, sends too much, or sends a batch too long without reading.
@@ -331,7 +352,7 @@ async fn read(
     window: Arc<Window>,
     identity: String,
     body: Body,
-    validating_tx: tokio::sync::mpsc::Sender<tokio::task::JoinHandle<Checked>>,
+    validating_tx: tokio::sync::mpsc::Sender<Validating>,
     answered: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut stream = body.into_data_stream();
@@ -341,28 +362,6 @@ async fn read(
     let mut received = 0u64;
     let mut deadline = tokio::time::Instant::now() + patience;
     loop {
-        // Time spent waiting for the window is ours, not the client's.
-        let paused = tokio::time::Instant::now();
-        match window.room(max_lines).await {
-            Room::Free => {}
-            Room::Closed => return,
-            Room::Stalled => {
-                let read = window.read();
-                let error = ApiError::TooLarge {
-                    code: "batch_too_long",
-                    message: format!(
-                        "the client sent more than {max_lines} lines ([service] max_batch_lines) without reading the answer; \
-                     the first {read} lines were read and are answered above, the rest was not read: send at most \
-                     {max_lines} lines per batch, or read the answer while sending (HTTP/2, or a full-duplex HTTP/1.1 client)"
-                    ),
-                };
-                let rest = (cap + DRAIN_LIMIT).saturating_sub(received);
-                return cut_and_drain(validating_tx, error, stream, answered, rest, patience).await;
-            }
-        }
-        if paused.elapsed() > Duration::from_millis(1) {
-            deadline = tokio::time::Instant::now() + patience;
-        }
         let chunk = match tokio::time::timeout_at(deadline, stream.next()).await {
             Ok(chunk) => chunk,
             Err(_) => {
@@ -416,22 +415,36 @@ async fn read(
             }
             (s, lines)
         });
-        let Ok((s, lines)) = split.await else { return };
+        let Ok((s, lines)) = split.await else {
+            return cut(&validating_tx, ApiError::Internal("the batch's lines could not be split".into())).await;
+        };
         splitter = Some(s);
-        window.add_read(lines.len());
-        // Every line draws on the caller's rate — valid or not — before it is validated: what
-        // the bucket allows goes on at once, the rest after the wait (the batch slows, nothing
-        // fails). Time spent waiting here or on our own backpressure is not the client's.
+        // The window first: of these lines, only as many go on as it has room for; a full window
+        // whose client takes no answers ends the batch here. Then every line draws on the
+        // caller's rate — valid or not — before it is validated: what the bucket allows goes on
+        // at once, the rest after the wait (the batch slows, nothing fails). Time spent waiting
+        // here is not the client's.
         let mut lines = lines.into_iter().peekable();
         while lines.peek().is_some() {
+            let room = match window.room(max_lines).await {
+                Room::Free => max_lines.saturating_sub(window.outstanding()).max(1),
+                Room::Closed => return,
+                Room::Stalled => {
+                    let error = too_long(max_lines, window.read());
+                    let rest = (cap + DRAIN_LIMIT).saturating_sub(received);
+                    return cut_and_drain(validating_tx, error, stream, answered, rest, patience).await;
+                }
+            };
             let mut allowed = Vec::new();
             let mut wait = Duration::ZERO;
             while wait.is_zero()
+                && (allowed.len() as u64) < room
                 && let Some(line) = lines.next()
             {
                 allowed.push(line);
                 wait = app.limiter.reserve(&identity, 1);
             }
+            window.add_read(allowed.len());
             if !validate(&app, allowed, &validating_tx).await {
                 return;
             }
@@ -449,11 +462,13 @@ async fn read(
 /// The collector: each chunk's validation, awaited in order, handed to the submitter at once
 /// (so that a full signing queue never stops the reader; the window bounds what waits here).
 async fn collect(
-    mut validating_rx: tokio::sync::mpsc::Receiver<tokio::task::JoinHandle<Checked>>,
+    mut validating_rx: tokio::sync::mpsc::Receiver<Validating>,
     checked_tx: tokio::sync::mpsc::UnboundedSender<Checked>,
 ) {
-    while let Some(handle) = validating_rx.recv().await {
-        let checked = handle.await.unwrap_or_else(|e| vec![Err(ApiError::Internal(e.to_string()))]);
+    while let Some((handle, n)) = validating_rx.recv().await {
+        // A validation that failed (it cannot, but if it did) answers each of its lines: every
+        // later answer keeps its line.
+        let checked = handle.await.unwrap_or_else(|e| (0..n).map(|_| Err(ApiError::Internal(e.to_string()))).collect());
         if checked_tx.send(checked).is_err() {
             return;
         }
@@ -462,15 +477,12 @@ async fn collect(
 
 /// Validates `lines` on the blocking pool and queues the result, in order; false once the
 /// batch has gone away.
-async fn validate(
-    app: &Arc<App>,
-    lines: Vec<Line>,
-    validating_tx: &tokio::sync::mpsc::Sender<tokio::task::JoinHandle<Checked>>,
-) -> bool {
+async fn validate(app: &Arc<App>, lines: Vec<Line>, validating_tx: &tokio::sync::mpsc::Sender<Validating>) -> bool {
     if lines.is_empty() {
         return true;
     }
     let a = Arc::clone(app);
+    let n = lines.len();
     let handle = tokio::task::spawn_blocking(move || {
         lines
             .into_iter()
@@ -480,7 +492,7 @@ async fn validate(
             })
             .collect::<Checked>()
     });
-    validating_tx.send(handle).await.is_ok()
+    validating_tx.send((handle, n)).await.is_ok()
 }
 
 /// The submitter: validated lines → pipeline in groups (waiting for room: backpressure), in order.
@@ -547,24 +559,47 @@ async fn write(
     window: Arc<Window>,
     mut slot_rx: tokio::sync::mpsc::UnboundedReceiver<Slot>,
     out_tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
-    _slot: BatchSlot,
+    _slot: Place,
     done: tokio::sync::watch::Sender<bool>,
 ) {
     let mut items = 0u64;
     let mut pending = 0u64;
     let mut buf = Vec::with_capacity(64 * 1024);
-    while let Some(slot) = slot_rx.recv().await {
+    loop {
+        // The client may go away while nothing is ready: the batch ends then, not later.
+        let slot = tokio::select! {
+            slot = slot_rx.recv() => slot,
+            () = out_tx.closed() => None,
+        };
+        let Some(slot) = slot else { break };
         let lines: Vec<Value> = match slot {
-            Slot::Group(t, n) => match t.await {
-                Ok(results) => results
-                    .into_iter()
-                    .map(|r| match r {
-                        Ok(token) => json!({"token": token.token, "expires": token.expires}),
-                        Err(e) => ApiError::from(e).to_json(),
-                    })
-                    .collect(),
-                Err(_) => vec![ApiError::Unavailable("the service is stopping".into()).to_json(); n],
-            },
+            Slot::Group(mut t, n) => {
+                // Answers ready go to the client before we wait for a group still signing.
+                let ready = if buf.is_empty() { None } else { futures_util::FutureExt::now_or_never(&mut t) };
+                let result = match ready {
+                    Some(result) => result,
+                    None => {
+                        if !buf.is_empty() {
+                            let lines = std::mem::take(&mut pending);
+                            if !deliver(&window, &out_tx, std::mem::take(&mut buf), lines).await {
+                                break;
+                            }
+                            buf = Vec::with_capacity(64 * 1024);
+                        }
+                        t.await
+                    }
+                };
+                match result {
+                    Ok(results) => results
+                        .into_iter()
+                        .map(|r| match r {
+                            Ok(token) => json!({"token": token.token, "expires": token.expires}),
+                            Err(e) => ApiError::from(e).to_json(),
+                        })
+                        .collect(),
+                    Err(_) => vec![ApiError::Unavailable("the service is stopping".into()).to_json(); n],
+                }
+            }
             Slot::Failed(e) => vec![e.to_json()],
         };
         for line in lines {

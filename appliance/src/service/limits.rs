@@ -1,5 +1,5 @@
 //! Per-MP limits: a token bucket per caller (certificate subject and serial) that requests and
-//! batch lines both draw on, and a cap on the batches one caller streams at once.
+//! batch lines both draw on, and caps on the batches and connections one caller has open.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -57,48 +57,48 @@ impl RateLimiter {
     }
 }
 
-/// Batches streaming now, per caller and in all.
+/// Things open now — batches streaming, connections — per caller and in all.
 #[derive(Debug, Default)]
-pub struct BatchSlots {
+pub struct PerCaller {
     open: Mutex<(HashMap<String, u32>, u32)>,
 }
 
-/// A batch's place among its caller's; given back when dropped.
+/// One open thing's place among its caller's; given back when dropped.
 #[derive(Debug)]
-pub struct BatchSlot {
-    slots: Arc<BatchSlots>,
+pub struct Place {
+    slots: Arc<PerCaller>,
     who: String,
 }
 
-/// Why a batch found no place.
+/// Why there was no place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BatchesFull {
-    /// The caller already streams its `max_batches_per_mp`.
+pub enum Full {
+    /// The caller already has its most (`max_batches_per_mp`, `max_connections_per_mp`).
     Caller(u32),
-    /// The appliance already streams its `max_batches`.
+    /// The appliance already has its most (`max_batches`).
     Appliance(u32),
 }
 
-impl BatchSlots {
+impl PerCaller {
     /// A place for one more batch of `who`, unless it already streams `per_caller` or the
     /// appliance `total`.
-    pub fn enter(self: &Arc<Self>, who: &str, per_caller: u32, total: u32) -> Result<BatchSlot, BatchesFull> {
+    pub fn enter(self: &Arc<Self>, who: &str, per_caller: u32, total: u32) -> Result<Place, Full> {
         let mut guard = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         let (open, all) = &mut *guard;
         let n = open.get(who).copied().unwrap_or(0);
         if n >= per_caller {
-            return Err(BatchesFull::Caller(per_caller));
+            return Err(Full::Caller(per_caller));
         }
         if *all >= total {
-            return Err(BatchesFull::Appliance(total));
+            return Err(Full::Appliance(total));
         }
         open.insert(who.to_owned(), n + 1);
         *all += 1;
-        Ok(BatchSlot { slots: Arc::clone(self), who: who.to_owned() })
+        Ok(Place { slots: Arc::clone(self), who: who.to_owned() })
     }
 }
 
-impl Drop for BatchSlot {
+impl Drop for Place {
     fn drop(&mut self) {
         let mut guard = self.slots.open.lock().unwrap_or_else(PoisonError::into_inner);
         let (open, all) = &mut *guard;
@@ -135,13 +135,13 @@ mod tests {
     }
 
     #[test]
-    fn batch_slots_are_per_caller_and_come_back() {
-        let slots = Arc::new(BatchSlots::default());
+    fn places_are_per_caller_and_come_back() {
+        let slots = Arc::new(PerCaller::default());
         let a = slots.enter("mp", 2, 3).unwrap();
         let _b = slots.enter("mp", 2, 3).unwrap();
-        assert_eq!(slots.enter("mp", 2, 3).unwrap_err(), BatchesFull::Caller(2));
+        assert_eq!(slots.enter("mp", 2, 3).unwrap_err(), Full::Caller(2));
         let c = slots.enter("other", 2, 3).unwrap();
-        assert_eq!(slots.enter("third", 2, 3).unwrap_err(), BatchesFull::Appliance(3), "the appliance's cap");
+        assert_eq!(slots.enter("third", 2, 3).unwrap_err(), Full::Appliance(3), "the appliance's cap");
         drop(a);
         assert!(slots.enter("mp", 2, 3).is_ok());
         drop(c);

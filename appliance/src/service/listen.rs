@@ -117,6 +117,13 @@ pub async fn serve_api(listener: TcpListener, app: Arc<App>, stop: tokio::sync::
                 return;
             };
             app.admission.handshake_ended(Outcome::Ok);
+            // One MP holds at most `max_connections_per_mp` of the appliance's connections.
+            let limit = app.config.service.max_connections_per_mp;
+            let Ok(_place) = app.mp_connections.enter(&caller.identity(), limit, u32::MAX) else {
+                app.admission.refused_after_handshake();
+                tracing::debug!(%peer, subject = %caller.subject, "connection refused: the MP has max_connections_per_mp open");
+                return;
+            };
             let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
             let streams = tokio::sync::watch::Sender::new(0usize);
             let counted = streams.clone();
@@ -135,20 +142,27 @@ pub async fn serve_api(listener: TcpListener, app: Arc<App>, stop: tokio::sync::
                     }))
                 }
             });
-            let io = TokioIo::new(tls);
+            let progress = super::watch::Progress::new(app.config.service.body_timeout * 6);
+            let io = TokioIo::new(super::watch::Watched::new(tls, Arc::clone(&progress)));
+            let stuck = super::watch::stuck(progress);
             let ended = if h2 {
                 let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
                 builder
                     .timer(TokioTimer::new())
                     .max_concurrent_streams(app.config.service.max_streams_per_connection)
                     .max_header_list_size(H2_MAX_HEADER_LIST)
-                    .keep_alive_interval(Some(H2_PING_INTERVAL))
+                    .keep_alive_interval(Some(header_timeout * 3))
                     .keep_alive_timeout(header_timeout)
-                    .max_send_buf_size(H2_SEND_BUFFER);
+                    .max_send_buf_size(H2_SEND_BUFFER)
+                    // A stream may hold an eighth of the connection's window unread (a batch
+                    // waiting for its window): others on the connection still get theirs.
+                    .initial_stream_window_size(H2_STREAM_WINDOW)
+                    .initial_connection_window_size(H2_STREAM_WINDOW * 8);
                 let conn = std::pin::pin!(builder.serve_connection(io, service));
                 // HTTP/2 has no header deadline of its own: a connection with no stream open for
                 // the header deadline is closed (GOAWAY), as an idle HTTP/1.1 one is.
-                run(conn, stop.clone(), idle(streams.subscribe(), header_timeout), |c| c.graceful_shutdown()).await
+                let idle = idle(streams.subscribe(), header_timeout);
+                run(conn, stop.clone(), idle, stuck, header_timeout, |c| c.graceful_shutdown()).await
             } else {
                 let conn = std::pin::pin!(
                     hyper::server::conn::http1::Builder::new()
@@ -157,7 +171,7 @@ pub async fn serve_api(listener: TcpListener, app: Arc<App>, stop: tokio::sync::
                         .max_buf_size(64 * 1024)
                         .serve_connection(io, service)
                 );
-                run(conn, stop.clone(), std::future::pending(), |c| c.graceful_shutdown()).await
+                run(conn, stop.clone(), std::future::pending(), stuck, header_timeout, |c| c.graceful_shutdown()).await
             };
             drop(open_connection);
             if let Err(e) = ended {
@@ -195,13 +209,12 @@ async fn linger(mut io: tokio::net::TcpStream) {
 /// Largest header block of an HTTP/2 request (HTTP/1.1's is bounded by the read buffer).
 const H2_MAX_HEADER_LIST: u32 = 32 * 1024;
 
+/// Bytes a client may send on one HTTP/2 stream before the service has read them.
+const H2_STREAM_WINDOW: u32 = 128 * 1024;
+
 /// Most answer bytes an HTTP/2 stream buffers beyond what its client has room for (HTTP/1.1
 /// buffers no more than its socket does).
 const H2_SEND_BUFFER: usize = 64 * 1024;
-
-/// How often an HTTP/2 connection is pinged; a peer that does not answer within the header
-/// deadline is gone.
-const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
 
 /// One open stream (or HTTP/1.1 request) of a connection, or one open connection: counted in a
 /// watch channel while it lives.
@@ -237,28 +250,42 @@ async fn idle(mut open: tokio::sync::watch::Receiver<usize>, patience: Duration)
     }
 }
 
-/// Drives a connection to its end; on the stop signal, or once `idle` resolves, it is asked to
-/// finish what it has in flight and close.
+/// Drives a connection to its end. On the stop signal, or once `idle` resolves, it is asked to
+/// finish what it has in flight and close — and dropped if it has not within `grace` (or, on
+/// stop, [`DRAIN_TIMEOUT`]): a peer that never completes HTTP/2's handshake or never answers the
+/// closing ping cannot keep it. Once `stuck` resolves (an answer waiting for a peer that sends
+/// nothing) it is dropped at once.
 async fn run<C, E>(
     mut conn: std::pin::Pin<&mut C>,
     mut stop: tokio::sync::watch::Receiver<bool>,
     idle: impl std::future::Future<Output = ()>,
+    stuck: impl std::future::Future<Output = ()>,
+    grace: Duration,
     shut: impl Fn(std::pin::Pin<&mut C>),
 ) -> Result<(), E>
 where
     C: std::future::Future<Output = Result<(), E>>,
 {
-    let mut idle = std::pin::pin!(idle);
+    let (mut idle, mut stuck) = (std::pin::pin!(idle), std::pin::pin!(stuck));
+    let deadline = tokio::time::sleep(Duration::from_secs(365 * 86_400));
+    let mut deadline = std::pin::pin!(deadline);
     let mut closing = false;
     loop {
         tokio::select! {
             ended = conn.as_mut() => return ended,
+            () = stuck.as_mut() => {
+                tracing::debug!("connection dropped: an answer waited for a peer that sent nothing");
+                return Ok(());
+            }
+            () = deadline.as_mut(), if closing => return Ok(()),
             _ = stop.wait_for(|stop| *stop), if !closing => {
                 closing = true;
+                deadline.as_mut().reset(tokio::time::Instant::now() + DRAIN_TIMEOUT);
                 shut(conn.as_mut());
             }
             () = idle.as_mut(), if !closing => {
                 closing = true;
+                deadline.as_mut().reset(tokio::time::Instant::now() + grace);
                 shut(conn.as_mut());
             }
         }

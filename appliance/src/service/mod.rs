@@ -28,6 +28,7 @@ pub mod publish;
 pub mod routes;
 pub mod tls;
 pub mod tokens;
+pub mod watch;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -132,7 +132,12 @@ pub(super) async fn get_crl(
             .into_iter()
             .find(|p| p.key.role == KeyRole::Issuing && &p.key.id == id)
             .map(|p| p.key.id.clone())
-            .ok_or_else(|| ApiError::NotFound(format!("{id:?} is not an SMS Issuing key that still verifies")))?,
+            .ok_or_else(|| {
+                ApiError::NotFound(format!(
+                    "{:?} is not an SMS Issuing key that still verifies",
+                    crate::policy::clip(id)
+                ))
+            })?,
     };
     let crl = blocking(move || app.store().latest_crl(&root).map_err(|e| ApiError::Unavailable(e.to_string()))).await?;
     let crl = crl.ok_or_else(|| ApiError::Unavailable("no CRL has been signed yet; retry shortly".into()))?;

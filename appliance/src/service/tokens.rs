@@ -21,7 +21,15 @@ use crate::token::IssuedToken;
 
 /// Parses a JSON body into `T` (unknown fields refused).
 pub(super) fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("the body is not valid: {e}")))
+    // serde's message quotes the offending value: clipped, like every echo of the input.
+    serde_json::from_slice(body).map_err(|e| {
+        let at = format!(" at line {} column {}", e.line(), e.column());
+        let message = e.to_string();
+        ApiError::BadRequest(format!(
+            "the body is not valid: {}{at}",
+            crate::policy::clip_to(message.trim_end_matches(&at), 200)
+        ))
+    })
 }
 
 /// Runs `f` on a blocking thread.

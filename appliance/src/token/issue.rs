@@ -340,9 +340,9 @@ impl TokenSigner {
 }
 
 fn device_binding(device_id: &str, thumbprint: &str) -> Result<(String, Confirmation), IssueError> {
-    let device_id = claims::device_id(device_id).ok_or_else(|| IssueError::DeviceId(device_id.to_owned()))?;
+    let device_id = claims::device_id(device_id).ok_or_else(|| IssueError::DeviceId(crate::policy::clip(device_id)))?;
     if !claims::valid_thumbprint(thumbprint) {
-        return Err(IssueError::Thumbprint(thumbprint.to_owned()));
+        return Err(IssueError::Thumbprint(crate::policy::clip(thumbprint)));
     }
     Ok((device_id, Confirmation { x5t_s256: thumbprint.to_owned() }))
 }

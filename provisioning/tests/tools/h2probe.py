@@ -7,6 +7,9 @@ settings  the server's SETTINGS                → {"alpn", "max_concurrent_stre
 idle      open a connection, send nothing      → {"closed_after": s, "goaway": bool}
 stall     POST headers, then no body           → {"status", "after": s, "code"}
 large     POST a 20 KiB JSON body              → {"status", "code"}
+nopreface TLS with ALPN h2, then nothing at all    → {"alpn", "closed_after": s}
+zerowindow  SETTINGS_INITIAL_WINDOW_SIZE 0 and GET /healthz, then only read raw bytes
+                                               → {"closed_after": s}
 streams   open N+4 streams at once (N = the server's limit), each a POST with no body
                                                → {"limit", "opened", "refused" (REFUSED_STREAM resets)}
 """
@@ -28,7 +31,8 @@ tls.set_alpn_protocols(["h2"])
 sock = tls.wrap_socket(socket.create_connection((host, int(port))), server_hostname=host)
 conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
 conn.initiate_connection()
-sock.sendall(conn.data_to_send())
+if command != "nopreface":
+    sock.sendall(conn.data_to_send())
 remote = {}
 closed_by_peer = []
 
@@ -90,6 +94,35 @@ def answer(sid, patience):
     return status, None
 
 
+def closed_within(patience):
+    """Seconds until the server closes the connection (read without taking part in HTTP/2)."""
+    started = time.monotonic()
+    sock.settimeout(1)
+    while time.monotonic() - started < patience:
+        try:
+            if not sock.recv(65536):
+                break
+        except (socket.timeout, TimeoutError):
+            continue
+        except (ConnectionResetError, ssl.SSLError, OSError):
+            break
+    return round(time.monotonic() - started, 1)
+
+
+if command == "nopreface":
+    # TLS done with ALPN h2, then not even the connection preface.
+    print(json.dumps({"alpn": sock.selected_alpn_protocol(), "closed_after": closed_within(120)}))
+    sys.exit(0)
+if command == "zerowindow":
+    # A client that gives the server no room to send (initial window 0) and asks for /healthz.
+    from h2.settings import SettingCodes
+
+    conn.update_settings({SettingCodes.INITIAL_WINDOW_SIZE: 0})
+    sid = conn.get_next_available_stream_id()
+    conn.send_headers(sid, [(":method", "GET"), (":scheme", "https"), (":authority", host), (":path", "/healthz")], end_stream=True)
+    sock.sendall(conn.data_to_send())
+    print(json.dumps({"closed_after": closed_within(120)}))
+    sys.exit(0)
 pump(2)
 alpn = sock.selected_alpn_protocol()
 if command == "settings":

@@ -16,6 +16,10 @@ Usage: hostile.py COMMAND HOST PORT CA CERT KEY [ARGS...] — prints one JSON ob
   hold-batch LINE          a batch: LINE, then nothing more until standard input closes; prints
                            {"first": <first response line>} as soon as it arrives, then, once
                            standard input closes, ends the body and prints the rest
+  deaf FILE SECONDS        a batch whose body is FILE, sent whole (blocking), then nothing: the
+                           answer is never read; the socket is held SECONDS: {"sent"}
+  hold N                   N connections with the MP's certificate opened and held together, then
+                           GET /healthz on each: {"answered"} (how many got 200)
   idle N SECONDS           N TCP connections that send nothing, held SECONDS:
                            {"opened", "closed_by_server"}
   anonymous SECONDS THREADS
@@ -240,6 +244,29 @@ elif command == "hold-batch":
     except OSError:
         pass
     out = {"ended": True}
+elif command == "deaf":
+    s = connect()
+    body = open(args[0], "rb").read()
+    s.sendall(request_head("/v1/client-tokens:batch", length=len(body)) + body)
+    time.sleep(float(args[1]))
+    out = {"sent": len(body)}
+elif command == "hold":
+    held = []
+    for _ in range(int(args[0])):
+        try:
+            held.append(connect(timeout=10))
+        except (ConnectionError, ssl.SSLError, OSError):
+            pass
+    time.sleep(0.5)
+    answered = 0
+    for s in held:
+        try:
+            s.sendall(f"GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+            if s.recv(4096).startswith(b"HTTP/1.1 200"):
+                answered += 1
+        except (ConnectionError, ssl.SSLError, OSError):
+            pass
+    out = {"answered": answered}
 elif command == "idle":
     n, seconds = int(args[0]), float(args[1])
     socks = []
