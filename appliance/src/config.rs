@@ -367,7 +367,7 @@ impl ConfigFile {
     }
 }
 
-fn validate_service(
+pub(crate) fn validate_service(
     s: &ServiceConfigFile,
     base: &Path,
     state_dir: &Path,

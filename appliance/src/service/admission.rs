@@ -7,7 +7,9 @@
 //! - at most `max_handshakes` handshakes are in progress, and at most an eighth of them from one
 //!   source (an IPv4 address, an IPv6 /56: one customer's allocation), so one source holding
 //!   connections open cannot take every slot — and a connection that sends no ClientHello within
-//!   3 s gives its slot back;
+//!   3 s gives its slot back. A connection finding no slot free waits for one up to
+//!   [`SLOT_PATIENCE`] (an MP opening its connection pool at once is served, a few at a time),
+//!   then is refused;
 //! - each source may start `handshakes_per_second_per_source` handshakes a second, in bursts of
 //!   five times that;
 //!
@@ -31,6 +33,9 @@ use super::limits::RateLimiter;
 use crate::config::ServiceConfig;
 use crate::metrics::{Metrics, OutcomeLabel, ReasonLabel};
 
+/// How long a new connection waits for a handshake slot before it is refused.
+pub const SLOT_PATIENCE: Duration = Duration::from_secs(1);
+
 /// How often refusals are summarised in the log.
 pub const REPORT_EVERY: Duration = Duration::from_secs(10);
 
@@ -42,6 +47,7 @@ pub struct Admission {
     handshakes: Arc<Semaphore>,
     per_source_max: usize,
     in_progress: Arc<Mutex<HashMap<String, usize>>>,
+    freed: Arc<tokio::sync::Notify>,
     per_source: RateLimiter,
     metrics: Arc<Metrics>,
     refused: [AtomicU64; 4],
@@ -57,6 +63,7 @@ const REASONS: [&str; 4] = ["max_connections", "handshakes_in_progress", "handsh
 #[derive(Debug)]
 pub struct SourceSlot {
     in_progress: Arc<Mutex<HashMap<String, usize>>>,
+    freed: Arc<tokio::sync::Notify>,
     source: String,
 }
 
@@ -69,6 +76,8 @@ impl Drop for SourceSlot {
                 map.remove(&self.source);
             }
         }
+        drop(map);
+        self.freed.notify_waiters();
     }
 }
 
@@ -86,14 +95,18 @@ impl Drop for Connection {
     }
 }
 
-/// An admitted connection: its place, and its handshake's while the handshake runs.
+/// An admitted connection: its place, and its source, whose handshake slot it then waits for
+/// ([`Admission::handshake`]).
 #[derive(Debug)]
 pub struct Admitted {
     /// Held for the connection's life.
     pub connection: Connection,
-    /// Held until the handshake ends.
-    pub handshake: (OwnedSemaphorePermit, SourceSlot),
+    /// Its source's key.
+    pub source: String,
 }
+
+/// A handshake's slots: held until the handshake ends.
+pub type HandshakeSlot = (OwnedSemaphorePermit, SourceSlot);
 
 /// How a handshake ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,6 +144,7 @@ impl Admission {
             handshakes: Arc::new(Semaphore::new(config.max_handshakes)),
             per_source_max: (config.max_handshakes / 8).max(1),
             in_progress: Arc::default(),
+            freed: Arc::default(),
             per_source: RateLimiter::new(rate, rate.saturating_mul(5)),
             metrics,
             refused: Default::default(),
@@ -146,7 +160,7 @@ impl Admission {
         REASONS[i]
     }
 
-    /// Admits a new connection from `peer` to a handshake, or says why not.
+    /// Admits a new connection from `peer` (the connection cap), or says why not.
     pub fn admit(&self, peer: IpAddr) -> Result<Admitted, &'static str> {
         if self.open.fetch_add(1, Ordering::Relaxed) >= self.max_connections {
             self.open.fetch_sub(1, Ordering::Relaxed);
@@ -154,24 +168,43 @@ impl Admission {
         }
         self.metrics.connections_open.inc();
         let connection = Connection { open: Arc::clone(&self.open), metrics: Arc::clone(&self.metrics) };
-        let source = source_key(peer);
-        let slot = {
-            let mut map = self.in_progress.lock().unwrap_or_else(PoisonError::into_inner);
-            let n = map.entry(source.clone()).or_insert(0);
-            if *n >= self.per_source_max {
-                drop(map);
+        Ok(Admitted { connection, source: source_key(peer) })
+    }
+
+    /// A handshake slot for a connection from `source` — one of `max_handshakes`, and of its
+    /// source's eighth — waiting for one up to [`SLOT_PATIENCE`], then the source's handshake
+    /// rate; refused (and counted) if no slot came or the rate is spent.
+    pub async fn handshake(&self, source: &str) -> Result<HandshakeSlot, &'static str> {
+        let deadline = tokio::time::Instant::now() + SLOT_PATIENCE;
+        loop {
+            // Registered before trying, so that a slot freed in between is not missed.
+            let freed = self.freed.notified();
+            if let Some(slot) = self.try_handshake(source) {
+                // The source's rate counts the handshakes it starts, not the connections it opens.
+                if self.per_source.take(source, 1).is_err() {
+                    return Err(self.refuse(2));
+                }
+                return Ok(slot);
+            }
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
                 return Err(self.refuse(1));
             }
-            *n += 1;
-            SourceSlot { in_progress: Arc::clone(&self.in_progress), source: source.clone() }
-        };
-        let Ok(permit) = Arc::clone(&self.handshakes).try_acquire_owned() else {
-            return Err(self.refuse(1));
-        };
-        if self.per_source.take(&source, 1).is_err() {
-            return Err(self.refuse(2));
         }
-        Ok(Admitted { connection, handshake: (permit, slot) })
+    }
+
+    fn try_handshake(&self, source: &str) -> Option<HandshakeSlot> {
+        let mut map = self.in_progress.lock().unwrap_or_else(PoisonError::into_inner);
+        if map.get(source).copied().unwrap_or(0) >= self.per_source_max {
+            return None;
+        }
+        let permit = Arc::clone(&self.handshakes).try_acquire_owned().ok()?;
+        *map.entry(source.to_owned()).or_insert(0) += 1;
+        let slot = SourceSlot {
+            in_progress: Arc::clone(&self.in_progress),
+            freed: Arc::clone(&self.freed),
+            source: source.to_owned(),
+        };
+        Some((permit, slot))
     }
 
     /// Counts a handshake's end.
@@ -276,6 +309,34 @@ mod tests {
         assert_eq!(source_key(a), source_key(b));
         assert_ne!(source_key(a), source_key(c));
         assert_eq!(source_key("::ffff:10.0.0.1".parse().unwrap()), "10.0.0.1");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_waits_for_its_sources_handshake_slot_then_is_refused() {
+        let mut problems = Vec::new();
+        let file = crate::config::ServiceConfigFile::default();
+        let config =
+            crate::config::validate_service(&file, std::path::Path::new("/"), std::path::Path::new("/"), &mut problems);
+        assert!(problems.is_empty(), "{problems:?}");
+        let admission = Admission::new(&config, Arc::new(Metrics::default()));
+        let per_source = (config.max_handshakes / 8).max(1);
+        let held: Vec<_> = (0..per_source).map(|_| admission.try_handshake("10.0.0.1").unwrap()).collect();
+        assert!(admission.try_handshake("10.0.0.2").is_some(), "another source has its own share");
+        // One freed while a connection waits: it gets it.
+        let mut held = held.into_iter();
+        let first = held.next().unwrap();
+        let waiting = admission.handshake("10.0.0.1");
+        let release = async {
+            tokio::time::sleep(SLOT_PATIENCE / 2).await;
+            drop(first);
+        };
+        let (got, ()) = tokio::join!(waiting, release);
+        let got = got.expect("a slot freed within the patience is taken");
+        // None freed: refused after the patience.
+        let started = tokio::time::Instant::now();
+        assert_eq!(admission.handshake("10.0.0.1").await.unwrap_err(), "handshakes_in_progress");
+        assert!(started.elapsed() >= SLOT_PATIENCE);
+        drop(got);
     }
 
     #[test]

@@ -65,7 +65,8 @@ pub async fn serve_api(listener: TcpListener, app: Arc<App>, stop: tokio::sync::
         let open_connection = Stream::open(&connections);
         let (app, stop) = (Arc::clone(&app), stop.clone());
         tokio::spawn(async move {
-            let super::admission::Admitted { connection: _connection, handshake } = admitted;
+            let super::admission::Admitted { connection: _connection, source } = admitted;
+            let Ok(handshake) = app.admission.handshake(&source).await else { return };
             // The ClientHello must come at once — a connection that sends nothing holds its
             // handshake slot for CLIENT_HELLO_TIMEOUT at most — and the whole handshake within
             // the handshake deadline.
