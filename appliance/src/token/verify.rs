@@ -94,6 +94,31 @@ impl KeyRing {
     }
 }
 
+/// What a token's signature check found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignatureCheck {
+    /// It verifies, and is in the form sitesign signs.
+    Valid,
+    /// An ES256 signature that verifies but is not low-S: the other encoding of a valid one,
+    /// refused unless the token was issued before sitesign signed low-S only (SPEC §9).
+    HighS,
+    /// It does not verify.
+    Invalid,
+}
+
+/// A token's signature check (step 5 of [`verify`]) on its own: `sig` over `message` with the
+/// public key `public` (an RSAPublicKey, or an uncompressed P-256 point) in `scheme`. Wycheproof's
+/// vectors run through it (`appliance/tests/wycheproof.rs`).
+pub fn check_signature(scheme: SignatureScheme, public: &[u8], message: &[u8], sig: &[u8]) -> SignatureCheck {
+    if !hsm_adapters::checked::verify_raw(scheme, public, message, sig) {
+        SignatureCheck::Invalid
+    } else if scheme == SignatureScheme::EcdsaP256Sha256 && !hsm_adapters::checked::ecdsa_is_low_s(sig) {
+        SignatureCheck::HighS
+    } else {
+        SignatureCheck::Valid
+    }
+}
+
 /// What a token is being verified for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Purpose {
@@ -255,16 +280,17 @@ pub fn verify(with: Verifier<'_>, presented: Presented<'_>, now: i64) -> Result<
 
     // 5. The signature: ES256 only in its low-S form (sitesign signs nothing else; n − s would
     // be a second valid encoding of the same token).
-    let high_s = key.scheme == SignatureScheme::EcdsaP256Sha256 && !hsm_adapters::checked::ecdsa_is_low_s(&sig);
     let non_canonical =
         || reject(Reason::NonCanonicalSignature, String::from("the ES256 signature is not low-S (s > n/2)"));
-    if high_s && policy.high_s_before.is_none() {
-        return Err(non_canonical());
-    }
     let signing_input = &token[..header.len() + 1 + payload.len()];
-    if !hsm_adapters::checked::verify_raw(key.scheme, &key.public, signing_input.as_bytes(), &sig) {
-        return Err(reject(Reason::BadSignature, format!("the signature does not verify with key {}", key.key_id)));
-    }
+    let high_s = match check_signature(key.scheme, &key.public, signing_input.as_bytes(), &sig) {
+        SignatureCheck::Valid => false,
+        SignatureCheck::HighS if policy.high_s_before.is_none() => return Err(non_canonical()),
+        SignatureCheck::HighS => true,
+        SignatureCheck::Invalid => {
+            return Err(reject(Reason::BadSignature, format!("the signature does not verify with key {}", key.key_id)));
+        }
+    };
 
     // 6. The claims.
     let claims = claims::read(parse_part(&payload_bytes, "claim set")?)?;
