@@ -193,6 +193,9 @@ fn http2_has_the_same_limits_as_http1() {
     let a = Appliance::new();
     a.edit_service(|svc| {
         svc.max_streams_per_connection = Some(8);
+        svc.max_batch_lines = Some(100);
+        svc.rate_limit_per_second = Some(1_000_000);
+        svc.rate_limit_burst = Some(1_000_000);
         svc.header_timeout_seconds = Some(2);
         svc.body_timeout_seconds = Some(2);
     });
@@ -213,6 +216,18 @@ fn http2_has_the_same_limits_as_http1() {
     // A connection that opens no stream is closed at the header deadline, with a GOAWAY.
     let idle = h2probe(&s, "idle");
     assert!(idle["goaway"].as_bool().unwrap() && idle["closed_after"].as_f64().unwrap() < 10.0, "{idle}");
+    // A batch stream stalled on its client (answers not taken, body sent as far as flow control
+    // lets it) does not hold up its connection's other streams: a single request on the same
+    // connection is answered at once, not after the stall is cut. (With hyper's default windows
+    // this holds too — the batch reads its body ahead of the stall; the 128 KiB stream window is
+    // defence in depth.)
+    let starve = h2probe(&s, "starve");
+    eprintln!("a single request beside a stalled batch on one HTTP/2 connection: {starve}");
+    assert_eq!(starve["status"], 200, "{starve}");
+    assert!(
+        starve["after"].as_f64().unwrap() < 1.0,
+        "a stalled batch held up its connection's other streams: {starve}"
+    );
     // A connection that never sends HTTP/2's preface, or that gives the server no window to
     // answer in, is dropped: after the header deadline it is asked to close, and dropped after
     // one more if it does not.

@@ -242,12 +242,7 @@ pub(super) async fn post_batch(
     body: Body,
 ) -> Response {
     if let Err(e) = super::routes::content_type(&headers, NDJSON) {
-        tokio::spawn(drain(
-            body.into_data_stream(),
-            tokio::time::sleep(Duration::from_secs(1)),
-            1 << 20,
-            app.config.service.body_timeout,
-        ));
+        super::routes::discard(body, app.config.service.body_timeout);
         return e.into_response();
     }
     let (per_mp, total) = (app.config.service.max_batches_per_mp, app.config.service.max_batches);

@@ -22,14 +22,17 @@ use super::{ops, publish, tokens};
 /// request, not once), the per-MP rate limit, and response counting.
 async fn admit(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
     if let Some(caller) = request.extensions().get::<Caller>() {
-        if !app.state().admits(&caller.serial, crate::time::now_unix()) {
-            app.metrics.response(403);
+        let refusal = if !app.state().admits(&caller.serial, crate::time::now_unix()) {
             tracing::warn!(subject = %caller.subject, serial = %caller.serial, "request refused: the client certificate was revoked or expired since the handshake");
-            return ApiError::CallerRefused.into_response();
-        }
-        if let Err(wait) = app.limiter.take(&caller.identity(), 1) {
-            app.metrics.response(429);
-            return ApiError::RateLimited(wait).into_response();
+            Some(ApiError::CallerRefused)
+        } else {
+            app.limiter.take(&caller.identity(), 1).err().map(ApiError::RateLimited)
+        };
+        if let Some(refusal) = refusal {
+            discard(request.into_body(), app.config.service.body_timeout);
+            let response = refusal.into_response();
+            app.metrics.response(response.status().as_u16());
+            return response;
         }
     }
     let response = next.run(request).await;
@@ -43,12 +46,7 @@ async fn admit(State(app): State<Arc<App>>, request: Request, next: Next) -> Res
 async fn read_body(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
     let (parts, body) = request.into_parts();
     if let Err(e) = content_type(&parts.headers, &["application/json"]) {
-        tokio::spawn(batch::drain(
-            body.into_data_stream(),
-            tokio::time::sleep(std::time::Duration::from_secs(1)),
-            1 << 20,
-            app.config.service.body_timeout,
-        ));
+        discard(body, app.config.service.body_timeout);
         return e.into_response();
     }
     let deadline = app.config.service.body_timeout;
@@ -84,7 +82,21 @@ async fn read_body(State(app): State<Arc<App>>, request: Request, next: Next) ->
     }
 }
 
-async fn not_found() -> ApiError {
+/// Reads and drops what a refused request still sends (1 MiB and a second at most), so that the
+/// client reads the refusal: over HTTP/1.1 a close with unread data resets the connection; over
+/// HTTP/2 a stream ended before its body arrived is reset, which some clients (curl 7.88) report
+/// as an error instead of the answer.
+pub(super) fn discard(body: Body, patience: std::time::Duration) {
+    tokio::spawn(batch::drain(
+        body.into_data_stream(),
+        tokio::time::sleep(std::time::Duration::from_secs(1)),
+        1 << 20,
+        patience,
+    ));
+}
+
+async fn not_found(body: Body) -> ApiError {
+    discard(body, std::time::Duration::from_secs(1));
     ApiError::NotFound("no such endpoint; the API is described in docs/api.md and served at /v1/openapi.json".into())
 }
 
@@ -96,7 +108,8 @@ async fn openapi() -> Response {
     ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
-async fn method_not_allowed() -> ApiError {
+async fn method_not_allowed(body: Body) -> ApiError {
+    discard(body, std::time::Duration::from_secs(1));
     ApiError::MethodNotAllowed
 }
 

@@ -7,6 +7,8 @@ settings  the server's SETTINGS                → {"alpn", "max_concurrent_stre
 idle      open a connection, send nothing      → {"closed_after": s, "goaway": bool}
 stall     POST headers, then no body           → {"status", "after": s, "code"}
 large     POST a 20 KiB JSON body              → {"status", "code"}
+starve    a batch stream sent as far as flow control lets it, its answers never read, then a
+          single POST /v1/client-tokens on the same connection → {"sent", "status", "after": s}
 nopreface TLS with ALPN h2, then nothing at all    → {"alpn", "closed_after": s}
 zerowindow  SETTINGS_INITIAL_WINDOW_SIZE 0 and GET /healthz, then only read raw bytes
                                                → {"closed_after": s}
@@ -145,6 +147,42 @@ elif command == "stall":
 elif command == "large":
     status, code = answer(post(False, b'{"token":"' + b"x" * 20480 + b'"}'), 60)
     print(json.dumps({"status": status, "code": code}))
+elif command == "starve":
+    thumb = "q1MKE5hX1uWoOlxMqk1B7v4HnpnZz3jOhP1ZbpQ6sGA"
+    line = lambda i: json.dumps({"device_id": f"GUID:{i:08X}-0000-4000-8000-000000000000", "client_cert_thumbprint": thumb, "proof": {"kind": "internal"}}).encode() + b"\n"
+    body = b"".join(line(i) for i in range(20000))
+    batch = conn.get_next_available_stream_id()
+    conn.send_headers(batch, [(":method", "POST"), (":scheme", "https"), (":authority", host), (":path", "/v1/client-tokens:batch"), ("content-type", "application/x-ndjson")])
+    sent = 0
+    # As much as flow control allows, in rounds (the server's reads reopen the window), for 0.5 s;
+    # the batch's answers are never acknowledged, so it stalls on our side.
+    started = time.monotonic()
+    while time.monotonic() - started < 0.5 and sent < len(body):
+        room = min(conn.local_flow_control_window(batch), conn.max_outbound_frame_size, len(body) - sent)
+        if room > 0:
+            conn.send_data(batch, body[sent : sent + room])
+            sent += room
+            sock.sendall(conn.data_to_send())
+        elif pump(0.2) is None:
+            break
+    single = conn.get_next_available_stream_id()
+    request = json.dumps({"device_id": "GUID:0000FFFF-0000-4000-8000-000000000000", "client_cert_thumbprint": thumb, "proof": {"kind": "internal"}}).encode()
+    conn.send_headers(single, [(":method", "POST"), (":scheme", "https"), (":authority", host), (":path", "/v1/client-tokens"), ("content-type", "application/json")])
+    sock.sendall(conn.data_to_send())
+    started, status, body_sent = time.monotonic(), None, False
+    while status is None and time.monotonic() - started < 30:
+        # The request's body goes once the connection's window has room for it.
+        if not body_sent and conn.local_flow_control_window(single) >= len(request):
+            conn.send_data(single, request, end_stream=True)
+            sock.sendall(conn.data_to_send())
+            body_sent = True
+        events = pump(0.5)
+        if events is None:
+            break
+        for e in events:
+            if isinstance(e, h2.events.ResponseReceived) and e.stream_id == single:
+                status = int(dict(e.headers)[":status"])
+    print(json.dumps({"sent": sent, "status": status, "after": round(time.monotonic() - started, 2)}))
 elif command == "streams":
     import collections
 
