@@ -156,17 +156,6 @@ fn run_json(mut c: std::process::Command) -> Value {
     serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap()
 }
 
-/// A counter or gauge from `/metrics` (the sum over its label sets when `labels` is empty).
-fn metric(s: &common::appliance::Service, name: &str, labels: &str) -> f64 {
-    let (_, text) = s.ops("/metrics");
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.rsplit_once(' '))
-        .filter(|(k, _)| *k == format!("{name}{labels}") || (labels.is_empty() && k.starts_with(&format!("{name}{{"))))
-        .map(|(_, v)| v.parse::<f64>().unwrap())
-        .sum()
-}
-
 #[test]
 fn idle_connections_from_one_source_hold_few_slots_and_management_points_are_served() {
     let a = Appliance::new();
@@ -179,7 +168,10 @@ fn idle_connections_from_one_source_hold_few_slots_and_management_points_are_ser
             c.env("HOSTILE_SOURCES", "127.0.0.2");
             run_json(c)
         });
-        std::thread::sleep(Duration::from_secs(1));
+        // The MP's requests go while the attack holds its connections.
+        let under_way =
+            s.eventually(Duration::from_secs(20), || s.metric("sitesign_connections_open", "").unwrap_or(0.0) >= 50.0);
+        assert!(under_way, "the idle connections never arrived");
         let statuses: Vec<u16> = (0..10).map(|n| register(&s, n, json!({"kind": "internal"})).0).collect();
         (attack.join().unwrap(), statuses)
     });
@@ -189,7 +181,9 @@ fn idle_connections_from_one_source_hold_few_slots_and_management_points_are_ser
     // All but one source's share of the handshake slots (8 of 64) were closed at once, and
     // those 8 within 3 s, since they never sent a ClientHello.
     assert_eq!(idle["closed_by_server"].as_u64().unwrap(), opened, "{idle}");
-    assert!(metric(&s, "sitesign_connections_refused_total", "{reason=\"handshakes_in_progress\"}") >= 200.0);
+    assert!(
+        s.metric("sitesign_connections_refused_total", "{reason=\"handshakes_in_progress\"}").unwrap_or(0.0) >= 200.0
+    );
     let (cpu, log) = (s.cpu_seconds() - cpu, s.log_text().len() - log);
     assert!(log < 8 * 1024, "{log} bytes of log for one attack (refusals are logged as a rate)");
     eprintln!("300 idle connections: {cpu:.2} CPU-s, {log} bytes of log");
@@ -214,7 +208,10 @@ fn a_full_descriptor_table_makes_the_accept_loop_back_off_not_spin() {
     eprintln!("descriptor table full for 5 s: {cpu:.2} CPU-s, {log} bytes of log");
     assert!(cpu < 2.5, "the accept loop spun: {cpu:.2} CPU-s in 5 s");
     assert!(log < 8 * 1024, "{log} bytes of log: accept errors must be logged as a rate");
-    assert!(metric(&s, "sitesign_connections_refused_total", "") > 0.0 || s.log_text().contains("accept_errors"));
+    assert!(
+        s.metric("sitesign_connections_refused_total", "").unwrap_or(0.0) > 0.0
+            || s.log_text().contains("accept_errors")
+    );
     // Once the attacker is gone the service answers again, without a restart.
     assert!(s.eventually(Duration::from_secs(30), || register(&s, 1, json!({"kind": "internal"})).0 == 200));
 }
@@ -224,7 +221,7 @@ fn anonymous_handshakes_get_few_device_signatures_and_token_signing_goes_on() {
     let a = Appliance::new();
     let s = a.start();
     let lines: Vec<String> = (0..300).map(|n| client_request(n, json!({"kind": "internal"})).to_string()).collect();
-    let before = metric(&s, "sitesign_tls_handshake_signatures_total", "");
+    let before = s.metric("sitesign_tls_handshake_signatures_total", "").unwrap_or(0.0);
     let seconds = 8.0;
     let (flood, results) = std::thread::scope(|scope| {
         let attack = scope.spawn(|| {
@@ -232,11 +229,15 @@ fn anonymous_handshakes_get_few_device_signatures_and_token_signing_goes_on() {
             c.env("HOSTILE_SOURCES", "127.0.0.2");
             run_json(c)
         });
-        std::thread::sleep(Duration::from_secs(1));
+        // The batch goes while the flood is under way.
+        let under_way = s.eventually(Duration::from_secs(20), || {
+            s.metric("sitesign_tls_handshake_signatures_total", "").unwrap_or(0.0) >= before + 20.0
+        });
+        assert!(under_way, "the anonymous flood never got going");
         let results = s.batch("during", &lines);
         (attack.join().unwrap(), results)
     });
-    let granted = metric(&s, "sitesign_tls_handshake_signatures_total", "") - before;
+    let granted = s.metric("sitesign_tls_handshake_signatures_total", "").unwrap_or(0.0) - before;
     eprintln!("anonymous flood: {flood}; the device signed {granted} handshakes in {seconds} s");
     // One source: a burst of 100, then 20 a second (plus this test's own few handshakes).
     assert!(granted <= 100.0 + 20.0 * seconds + 20.0, "{granted} handshake signatures for one anonymous source");

@@ -26,6 +26,13 @@ fn forged_renewal(s: &Service, n: u32) -> String {
     format!("{}.{payload}.{}", parts[0], parts[2])
 }
 
+/// Waits (at most 60 s) until the service has signed `n` client tokens: a batch under way.
+fn signing(s: &Service, n: u32) -> bool {
+    s.eventually(Duration::from_secs(60), || {
+        s.metric("sitesign_tokens_issued_total", "{kind=\"client\"}").unwrap_or(0.0) >= f64::from(n)
+    })
+}
+
 #[test]
 fn batches_keep_order_report_per_item_errors_and_audit_every_token() {
     let a = Appliance::new();
@@ -281,7 +288,9 @@ fn a_bulk_token_blocked_mid_batch_stops_the_lines_not_yet_signed() {
         (0..2000).map(|n| client_request(n, json!({"kind": "bulk", "token": bulk})).to_string()).collect();
     let results = std::thread::scope(|scope| {
         let batch = scope.spawn(|| s.batch("bulk", &lines));
-        std::thread::sleep(Duration::from_secs(3));
+        // 600 lines in: the burst of 200 and two seconds at the rate, so that the records below
+        // span whole seconds.
+        assert!(signing(&s, 600), "the batch never got going");
         a.ok(&["bulk-token", "block", &guid]);
         batch.join().unwrap()
     });
@@ -329,7 +338,7 @@ fn an_mp_certificate_revoked_mid_batch_gets_no_token_signed_after_its_revocation
     let lines: Vec<String> = (0..1000).map(|n| client_request(n, json!({"kind": "internal"})).to_string()).collect();
     let results = std::thread::scope(|scope| {
         let batch = scope.spawn(|| s.batch("revoked", &lines));
-        std::thread::sleep(Duration::from_secs(2));
+        assert!(signing(&s, 200), "the batch never got going");
         a.ok(&["cert", "revoke", &serial, "--reason", "key-compromise", "--yes"]);
         batch.join().unwrap()
     });

@@ -270,13 +270,7 @@ fn a_client_that_never_reads_its_answer_is_dropped_and_its_batch_slot_freed() {
     // its answer never read, the socket held open.
     let body = write_lines(&s.dir, "deaf", 20_000, internal);
     let mut deaf = s.hostile_command("deaf", &[body.to_str().unwrap(), "120"]).spawn().unwrap();
-    let open = |s: &Service| {
-        let (_, text) = s.ops("/metrics");
-        text.lines()
-            .find_map(|l| l.strip_prefix("sitesign_connections_open "))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or(-1.0)
-    };
+    let open = |s: &Service| s.metric("sitesign_connections_open", "").unwrap_or(-1.0);
     assert!(s.eventually(std::time::Duration::from_secs(20), || open(&s) >= 1.0), "the deaf client never connected");
     let started = Instant::now();
     // Stuck: an answer waiting, the peer sending nothing, for six body deadlines (12 s).

@@ -364,6 +364,21 @@ impl Service {
         }
     }
 
+    /// A counter or gauge from the ops listener's `/metrics`: the sample `NAME LABELS`, or with
+    /// `labels` empty the sum over all of the family's samples; `None` if there is none.
+    pub fn metric(&self, name: &str, labels: &str) -> Option<f64> {
+        let (_, text) = self.ops("/metrics");
+        let (exact, family) = (format!("{name}{labels}"), format!("{name}{{"));
+        let values: Vec<f64> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.rsplit_once(' '))
+            .filter(|(k, _)| *k == exact || (labels.is_empty() && k.starts_with(&family)))
+            .filter_map(|(_, v)| v.parse::<f64>().ok())
+            .collect();
+        (!values.is_empty()).then(|| values.iter().sum())
+    }
+
     /// Polls `check` every 50 ms for at most `within`; whether it came true.
     pub fn eventually(&self, within: Duration, mut check: impl FnMut() -> bool) -> bool {
         let deadline = Instant::now() + within;
