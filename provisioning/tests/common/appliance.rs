@@ -327,6 +327,12 @@ impl Service {
         c
     }
 
+    /// Whether the process is still running (not exited, not a zombie waiting to be reaped).
+    pub fn running(&self) -> bool {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X']))
+    }
+
     /// CPU time the service has used so far (user + system), seconds.
     pub fn cpu_seconds(&self) -> f64 {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
@@ -466,4 +472,70 @@ pub fn python_tool_with_input(tool: &str, args: &[&str], input: &[u8]) -> Output
         .unwrap();
     child.stdin.take().unwrap().write_all(input).unwrap();
     child.wait_with_output().unwrap()
+}
+
+/// The fault-injecting PKCS#11 module (`faulty-pkcs11`, built beside the test binaries as a
+/// dev-dependency).
+pub fn faulty_module() -> PathBuf {
+    let bin = Path::new(env!("CARGO_BIN_EXE_sitesignd")).parent().unwrap().to_owned();
+    [bin.join("libfaulty_pkcs11.so"), bin.join("deps/libfaulty_pkcs11.so")]
+        .into_iter()
+        .find(|p| p.exists())
+        .expect("libfaulty_pkcs11.so is built with the tests (a dev-dependency)")
+}
+
+/// Writes the fault module's configuration (it re-reads the file when it changes). The file is
+/// replaced by a rename, so the module never reads half of it.
+pub fn set_faults(path: &Path, faults: &faulty_pkcs11::Faults) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, toml::to_string(faults).unwrap()).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Checks tokens' signatures with `ring` against the keys of the service's JWKS — a second
+/// implementation, not the device and not sitesign's verifier.
+pub struct JwksChecker {
+    keys: std::collections::HashMap<String, (bool, Vec<u8>, Vec<u8>)>,
+}
+
+impl JwksChecker {
+    /// Reads the service's JWKS.
+    pub fn fetch(s: &Service) -> JwksChecker {
+        let (status, jwks) = s.call("/.well-known/jwks.json", None);
+        assert_eq!(status, 200, "{jwks}");
+        let b64 = |v: &Value| sitesign::token::b64::decode(v.as_str().unwrap()).unwrap();
+        let keys = jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| {
+                let x5t = k["x5t"].as_str().unwrap().to_owned();
+                match k["kty"].as_str() {
+                    Some("RSA") => (x5t, (true, b64(&k["n"]), b64(&k["e"]))),
+                    _ => (x5t, (false, b64(&k["x"]), b64(&k["y"]))),
+                }
+            })
+            .collect();
+        JwksChecker { keys }
+    }
+
+    /// Whether `token`'s signature verifies under the key its header names.
+    pub fn verifies(&self, token: &str) -> bool {
+        use ring::signature::{
+            ECDSA_P256_SHA256_FIXED, RSA_PKCS1_2048_8192_SHA256, RsaPublicKeyComponents, UnparsedPublicKey,
+        };
+        let Some((signed, sig)) = token.rsplit_once('.') else { return false };
+        let Some(sig) = sitesign::token::b64::decode(sig) else { return false };
+        let Some(x5t) = header_of(token)["x5t"].as_str().map(str::to_owned) else { return false };
+        match self.keys.get(&x5t) {
+            Some((true, n, e)) => {
+                RsaPublicKeyComponents { n, e }.verify(&RSA_PKCS1_2048_8192_SHA256, signed.as_bytes(), &sig).is_ok()
+            }
+            Some((false, x, y)) => {
+                let point = [&[4u8][..], x, y].concat();
+                UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, point).verify(signed.as_bytes(), &sig).is_ok()
+            }
+            None => false,
+        }
+    }
 }

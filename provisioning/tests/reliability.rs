@@ -1,0 +1,233 @@
+//! Reliability, proven (issue 14): device faults injected under a long batch through the
+//! fault-injecting PKCS#11 module (`faulty-pkcs11`, forwarding to SoftHSM2), a swtpm killed and
+//! restarted under load, kill -9 during batches, and a disk that fills up.
+//!
+//! The invariants every scenario checks: every line gets a token or a per-line error; every
+//! token released verifies (with `ring`, against the JWKS); the audit log holds exactly one
+//! record per token released — none missing, none twice — and its chain verifies; readiness
+//! follows the device; and the service recovers without a restart.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests: a panic is a failure")]
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use faulty_pkcs11::{Fail, Faults};
+use serde_json::{Value, json};
+
+mod common;
+use common::appliance::{Appliance, JwksChecker, Service, faulty_module, set_faults, sha256_hex, thumbprint};
+
+/// Writes an NDJSON batch of `n` internal-proof requests for devices `first..first + n`.
+fn batch_file(dir: &Path, name: &str, first: u32, n: u32) -> PathBuf {
+    let path = dir.join(format!("{name}.ndjson"));
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+    for i in first..first + n {
+        writeln!(
+            f,
+            "{{\"device_id\":\"GUID:{i:08X}-0000-4000-8000-000000000000\",\"client_cert_thumbprint\":\"{}\",\"proof\":{{\"kind\":\"internal\"}}}}",
+            thumbprint((i % 251) as u8)
+        )
+        .unwrap();
+    }
+    path
+}
+
+/// Lifts the rate limit: these tests are about faults, not the limit.
+fn unlimited(a: &Appliance) {
+    a.edit_service(|svc| {
+        svc.rate_limit_per_second = Some(1_000_000);
+        svc.rate_limit_burst = Some(1_000_000);
+    });
+}
+
+/// Client tokens the service has signed so far.
+fn issued(s: &Service) -> f64 {
+    s.metric("sitesign_tokens_issued_total", "{kind=\"client\"}").unwrap_or(0.0)
+}
+
+/// Waits until the service has signed `n` client tokens (at most `within`); panics with its log
+/// if it dies meanwhile.
+fn wait_issued(s: &Service, n: u32, within: Duration) -> bool {
+    s.eventually(within, || {
+        assert!(s.running(), "sitesignd died\n{}", s.log_text());
+        issued(s) >= f64::from(n)
+    })
+}
+
+/// What a batch's answer held.
+#[derive(Debug, Default)]
+struct Answer {
+    tokens: Vec<String>,
+    errors: BTreeMap<String, usize>,
+}
+
+/// Reads a batch answer: one line per request line, each a token or a per-line error.
+fn read_answer(path: &Path, lines: usize) -> Answer {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut answer = Answer::default();
+    let mut n = 0;
+    for line in text.lines() {
+        n += 1;
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("answer line {n}: {e}: {line}"));
+        match (v["token"].as_str(), v["error"]["code"].as_str()) {
+            (Some(t), None) => answer.tokens.push(t.to_owned()),
+            (None, Some(code)) => *answer.errors.entry(code.to_owned()).or_default() += 1,
+            _ => panic!("answer line {n} is neither a token nor an error: {line}"),
+        }
+    }
+    assert_eq!(n, lines, "every line gets a token or a per-line error");
+    answer
+}
+
+/// The invariants after a run: every token verifies, and the audit log has exactly one record per
+/// token released, none for anything else, and an intact chain.
+fn check_tokens_and_audit(a: &Appliance, s: &Service, tokens: &[String]) {
+    let checker = JwksChecker::fetch(s);
+    let bad = tokens.iter().filter(|t| !checker.verifies(t)).count();
+    assert_eq!(bad, 0, "{bad} of {} tokens released with a signature that does not verify", tokens.len());
+    assert!(a.audit_intact(), "the audit chain verifies");
+    let mut audited: HashMap<String, usize> = HashMap::new();
+    for r in a.audit_records().iter().filter(|r| r["kind"] == "client-token") {
+        *audited.entry(r["sha256"].as_str().unwrap().to_owned()).or_default() += 1;
+    }
+    let released: HashSet<String> = tokens.iter().map(|t| sha256_hex(t.as_bytes())).collect();
+    assert_eq!(released.len(), tokens.len(), "no token released twice");
+    let missing = released.iter().filter(|h| !audited.contains_key(*h)).count();
+    let twice = audited.values().filter(|&&n| n > 1).count();
+    let unreleased = audited.keys().filter(|h| !released.contains(*h)).count();
+    assert_eq!(
+        (missing, twice, unreleased),
+        (0, 0, 0),
+        "audit records: missing, duplicated, for tokens never released"
+    );
+}
+
+/// Counts of the faults the module injected, by kind (`rv:CKR_…`, `flip`, `drop_sessions`).
+fn injected(log: &Path) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for line in std::fs::read_to_string(log).unwrap_or_default().lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        let kind = match v["fault"].as_str().unwrap() {
+            "rv" => format!("{}:{}", v["function"].as_str().unwrap(), v["rv"].as_str().unwrap()),
+            other => other.to_owned(),
+        };
+        *counts.entry(kind).or_default() += 1;
+    }
+    counts
+}
+
+fn fail(function: &str, rv: &str, every: u64, times: u64) -> Fail {
+    Fail { function: function.into(), rv: rv.into(), nth: None, every: Some(every), times: Some(times) }
+}
+
+#[test]
+fn device_faults_under_a_20000_line_batch_release_only_good_audited_tokens() {
+    const LINES: u32 = 20_000;
+    let module = faulty_module();
+    let a = Appliance::with(&["--module", module.to_str().unwrap()]);
+    unlimited(&a);
+    let faults_path = a.dir.join("faults.toml");
+    let log = a.dir.join("faults.log");
+    let base = Faults { log: Some(log.clone()), ..Faults::default() };
+    set_faults(&faults_path, &base);
+    let s = a.start_with(&[("FAULTY_PKCS11_CONFIG", faults_path.to_str().unwrap())]);
+    let pid = s.pid();
+    let body = batch_file(&a.dir, "faults", 0, LINES);
+    let started = Instant::now();
+    let mut phases = Vec::new();
+    std::thread::scope(|scope| {
+        let batch = scope.spawn(|| s.batch_command(&body).output().unwrap());
+        let mut step = |at: u32, what: &str, faults: Faults| {
+            assert!(
+                wait_issued(&s, at, Duration::from_secs(300)),
+                "the batch stalled before {at} tokens\n{}",
+                s.log_text()
+            );
+            phases.push(format!("{what} at {:.0} tokens", issued(&s)));
+            set_faults(&faults_path, &faults);
+        };
+        // C_Sign failing now and then: the device's transient errors, retried.
+        step(
+            1_000,
+            "C_Sign CKR_DEVICE_ERROR every 50th",
+            Faults { fail: vec![fail("C_Sign", "CKR_DEVICE_ERROR", 50, 40)], ..base.clone() },
+        );
+        step(
+            3_000,
+            "C_Sign CKR_DEVICE_MEMORY every 70th",
+            Faults { fail: vec![fail("C_Sign", "CKR_DEVICE_MEMORY", 70, 20)], ..base.clone() },
+        );
+        // Sessions invalidated: one by one, then all at once (an HSM that restarted).
+        step(
+            5_000,
+            "C_Sign CKR_SESSION_HANDLE_INVALID every 40th",
+            Faults { fail: vec![fail("C_Sign", "CKR_SESSION_HANDLE_INVALID", 40, 30)], ..base.clone() },
+        );
+        step(7_000, "every session dropped", Faults { drop_sessions: 1, ..base.clone() });
+        step(8_000, "every session dropped again", Faults { drop_sessions: 2, ..base.clone() });
+        // The token reported missing: the module is re-initialised and the token found again.
+        step(
+            9_000,
+            "C_SignInit CKR_TOKEN_NOT_PRESENT twice",
+            Faults { drop_sessions: 2, fail: vec![fail("C_SignInit", "CKR_TOKEN_NOT_PRESENT", 25, 2)], ..base.clone() },
+        );
+        // Faulty signatures: every 100th has a bit flipped; none may leave.
+        step(
+            11_000,
+            "a bit flipped in every 100th signature",
+            Faults { drop_sessions: 2, flip_every: 100, ..base.clone() },
+        );
+        step(14_000, "no faults", Faults { drop_sessions: 2, ..base.clone() });
+        // The token pulled (its files gone) and put back while the batch runs.
+        assert!(wait_issued(&s, 15_000, Duration::from_secs(300)), "{}", s.log_text());
+        phases.push(format!("token pulled at {:.0} tokens", issued(&s)));
+        let tokens = a.dir.join("softhsm/tokens");
+        let away = a.dir.join("softhsm/tokens-away");
+        std::fs::rename(&tokens, &away).unwrap();
+        std::fs::create_dir(&tokens).unwrap();
+        assert!(
+            s.eventually(Duration::from_secs(60), || s.ops("/readyz").0 == 503),
+            "still ready with the token pulled"
+        );
+        std::fs::remove_dir(&tokens).unwrap();
+        std::fs::rename(&away, &tokens).unwrap();
+        assert!(
+            s.eventually(Duration::from_secs(60), || s.ops("/readyz").0 == 200),
+            "not ready again\n{}",
+            s.log_text()
+        );
+        phases.push(format!("token back, ready again at {:.0} tokens", issued(&s)));
+        let out = batch.join().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    });
+    let elapsed = started.elapsed();
+    let answer = read_answer(&body.with_extension("out"), LINES as usize);
+    // Per-line errors say the device could not sign, nothing else; the metric says why.
+    assert!(answer.errors.keys().all(|c| c == "backend_error"), "unexpected per-line errors: {:?}", answer.errors);
+    let faults = injected(&log);
+    assert!(faults.get("flip").copied().unwrap_or(0) > 0, "bits were flipped: {faults:?}");
+    let caught = s.metric("sitesign_backend_errors_total", "{code=\"faulty_signature\"}").unwrap_or(0.0);
+    assert_eq!(caught as usize, faults["flip"], "each flipped signature is caught before release, and counted");
+    let errors = answer.errors.get("backend_error").copied().unwrap_or(0);
+    assert!(
+        errors >= faults["flip"] && errors < 1_000,
+        "{errors} per-line errors for {} flipped signatures",
+        faults["flip"]
+    );
+    assert!(faults.get("drop_sessions").copied().unwrap_or(0) == 2, "{faults:?}");
+    check_tokens_and_audit(&a, &s, &answer.tokens);
+    // Recovered in the same process: ready, and signing.
+    assert_eq!(s.pid(), pid);
+    assert_eq!(s.ops("/readyz").0, 200);
+    assert_eq!(common::appliance::register(&s, 900_001, json!({"kind": "internal"})).0, 200);
+    eprintln!(
+        "{LINES} lines in {:.1} s: {} tokens, errors {:?}; faults injected {faults:?}; phases: {}",
+        elapsed.as_secs_f64(),
+        answer.tokens.len(),
+        answer.errors,
+        phases.join("; ")
+    );
+}
