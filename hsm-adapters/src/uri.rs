@@ -71,8 +71,11 @@ impl FromStr for TpmUri {
                     .strip_prefix("0x")
                     .or_else(|| value.strip_prefix("0X"))
                     .ok_or_else(|| invalid(s, "a handle is hexadecimal, 0x81000000 to 0x81FFFFFF"))?;
-                let h =
-                    u32::from_str_radix(hex, 16).map_err(|_| invalid(s, format!("{value:?} is not a hex handle")))?;
+                // Hex digits only: `from_str_radix` would also take a sign (`0x+81010001`).
+                let h = Some(hex)
+                    .filter(|x| x.bytes().all(|b| b.is_ascii_hexdigit()))
+                    .and_then(|x| u32::from_str_radix(x, 16).ok())
+                    .ok_or_else(|| invalid(s, format!("{value:?} is not a hex handle")))?;
                 if h >> 24 != 0x81 {
                     return Err(invalid(s, "a persistent handle is 0x81000000 to 0x81FFFFFF"));
                 }
@@ -157,8 +160,10 @@ fn pct_decode(uri: &str, value: &str) -> Result<Vec<u8>> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
+            // Two hex digits (RFC 3986 §2.1); `from_str_radix` alone would also take `%+1`.
             let hex = bytes
                 .get(i + 1..i + 3)
+                .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
                 .and_then(|h| std::str::from_utf8(h).ok())
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
                 .ok_or_else(|| invalid(uri, format!("bad percent-escape in {value:?}")))?;
@@ -348,6 +353,17 @@ mod tests {
         ] {
             assert_eq!(bad.parse::<KeyUri>().unwrap_err().code(), "invalid_key_uri", "{bad}");
         }
+    }
+
+    /// Found by the `key_uri` fuzz target: `u8::from_str_radix` takes a leading `+`, so `%+1`
+    /// was read as the escape of byte 1, and `tpm:handle=0x+81010001` as a handle.
+    #[test]
+    fn escapes_and_handles_are_hex_digits_only() {
+        for bad in ["pkcs11:object=%+1", "pkcs11:token=a%+0b;object=k", "tpm:handle=0x+81010001"] {
+            assert_eq!(bad.parse::<KeyUri>().unwrap_err().code(), "invalid_key_uri", "{bad}");
+        }
+        let u: Pkcs11Uri = "pkcs11:object=%2b%2B".parse().unwrap();
+        assert_eq!(u.object.as_deref(), Some("++"));
     }
 
     #[test]

@@ -231,3 +231,41 @@ fn device_faults_under_a_20000_line_batch_release_only_good_audited_tokens() {
         phases.join("; ")
     );
 }
+
+#[test]
+fn a_swtpm_killed_and_restarted_under_a_batch_loses_no_line_and_no_record() {
+    // The token-signing key in the TPM (ES256: swtpm signs P-256 fastest); the TPM is killed
+    // twice mid-batch and restarted on the same state, as a host's TPM resetting would look.
+    const LINES: u32 = 20_000;
+    let tmp = tempfile::tempdir().unwrap();
+    let tpm = device_tests::swtpm::Swtpm::start(tmp.path());
+    let a = Appliance::with(&["--backend", "tpm", "--tcti", &tpm.tcti(), "--token-algorithm", "ec-p256"]);
+    unlimited(&a);
+    let s = a.start();
+    let pid = s.pid();
+    let body = batch_file(&a.dir, "tpm", 0, LINES);
+    let started = Instant::now();
+    let mut kills = Vec::new();
+    std::thread::scope(|scope| {
+        let batch = scope.spawn(|| s.batch_command(&body).output().unwrap());
+        for at in [3_000, 9_000, 15_000] {
+            assert!(wait_issued(&s, at, Duration::from_secs(300)), "the batch stalled before {at} tokens");
+            tpm.stop();
+            kills.push(issued(&s));
+            tpm.restart();
+        }
+        let out = batch.join().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    });
+    let answer = read_answer(&body.with_extension("out"), LINES as usize);
+    assert!(answer.errors.keys().all(|c| c == "backend_error"), "unexpected per-line errors: {:?}", answer.errors);
+    check_tokens_and_audit(&a, &s, &answer.tokens);
+    assert_eq!(s.pid(), pid);
+    assert!(s.eventually(Duration::from_secs(30), || s.ops("/readyz").0 == 200), "{}", s.log_text());
+    eprintln!(
+        "{LINES} lines on swtpm in {:.1} s, killed at {kills:?} tokens: {} tokens, errors {:?}",
+        started.elapsed().as_secs_f64(),
+        answer.tokens.len(),
+        answer.errors
+    );
+}

@@ -130,22 +130,60 @@ fn tss<T>(operation: &'static str, r: tss_esapi::Result<T>) -> Result<T> {
     r.map_err(|e| Error::from_tss(operation, e))
 }
 
-/// The template of the storage primary key: TCG's RSA-2048 SRK (restricted decryption, AES-128-CFB).
+/// The template of the storage primary key: TCG's RSA-2048 SRK (TCG TPM v2.0 Provisioning
+/// Guidance §7.5.1: fixedTPM, fixedParent, sensitiveDataOrigin, userWithAuth, noDA, restricted,
+/// decrypt; AES-128-CFB; empty auth). `noDA` matters: without it a TPM in dictionary-attack
+/// lockout (after a few unclean shutdowns) refuses to load any key under it.
 fn srk_template() -> Result<Public> {
-    tss(
-        "build SRK template",
-        tss_esapi::utils::create_restricted_decryption_rsa_public(
+    let attributes = tss(
+        "build SRK attributes",
+        ObjectAttributesBuilder::new()
+            .with_fixed_tpm(true)
+            .with_fixed_parent(true)
+            .with_sensitive_data_origin(true)
+            .with_user_with_auth(true)
+            .with_no_da(true)
+            .with_decrypt(true)
+            .with_sign_encrypt(false)
+            .with_restricted(true)
+            .build(),
+    )?;
+    let params = tss(
+        "build SRK parameters",
+        PublicRsaParametersBuilder::new_restricted_decryption_key(
             SymmetricDefinitionObject::AES_128_CFB,
             RsaKeyBits::Rsa2048,
             RsaExponent::default(),
-        ),
+        )
+        .build(),
+    )?;
+    tss(
+        "build SRK template",
+        PublicBuilder::new()
+            .with_public_algorithm(PublicAlgorithm::Rsa)
+            .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+            .with_object_attributes(attributes)
+            .with_rsa_parameters(params)
+            .with_rsa_unique_identifier(PublicKeyRsa::default())
+            .build(),
     )
 }
 
+/// Auth values at least this long (what `sitesign init` generates: 128 random bits as 32 hex
+/// characters) cannot be guessed, so keys using them are exempt from dictionary-attack
+/// protection (`noDA`).
+pub const NO_DA_AUTH_LEN: usize = 32;
+
 /// The template of a signing key: fixedTPM, fixedParent, sensitiveDataOrigin, userWithAuth,
-/// sign, no decrypt, not restricted. RSA keys have a null scheme so that each signature names
-/// its own (RS256 or PS256).
-pub(crate) fn signing_template(algorithm: KeyAlgorithm) -> Result<Public> {
+/// sign, no decrypt, not restricted; `noDA` if `no_da`. RSA keys have a null scheme so that each
+/// signature names its own (RS256 or PS256).
+///
+/// Why `noDA` for keys with an unguessable (or no) auth value: a TPM that loses power while a
+/// DA-protected key is in use counts a failed authorization at its next start-up (TPM 2.0 Part 1
+/// §19.8.6), so a host that crashes a few times locks its own signing keys out for the TPM's
+/// recovery time — an outage that protects nothing when the auth value is 128 random bits. A
+/// short, operator-chosen auth value keeps the protection.
+pub(crate) fn signing_template(algorithm: KeyAlgorithm, no_da: bool) -> Result<Public> {
     let attributes = tss(
         "build key attributes",
         ObjectAttributesBuilder::new()
@@ -153,6 +191,7 @@ pub(crate) fn signing_template(algorithm: KeyAlgorithm) -> Result<Public> {
             .with_fixed_parent(true)
             .with_sensitive_data_origin(true)
             .with_user_with_auth(true)
+            .with_no_da(no_da)
             .with_sign_encrypt(true)
             .with_decrypt(false)
             .with_restricted(false)
@@ -426,8 +465,9 @@ impl Worker {
         }
         fs::create_dir_all(&self.config.key_dir)
             .map_err(|e| Error::Io { path: self.config.key_dir.clone(), reason: format!("cannot create: {e}") })?;
-        let template = signing_template(algorithm)?;
         let auth = self.auth()?;
+        let no_da = auth.as_ref().is_none_or(|a| a.value().len() >= NO_DA_AUTH_LEN);
+        let template = signing_template(algorithm, no_da)?;
         // Creation needs the parent and the new object in transient slots: free ours first
         // (creating keys is rare; they are reloaded when next used).
         self.flush_loaded();
@@ -515,7 +555,7 @@ impl Worker {
 
     /// Whether the TPM accepts key parameters for `algorithm` (TPM2_TestParms).
     pub fn supports(&mut self, algorithm: KeyAlgorithm) -> Result<bool> {
-        let params = match signing_template(algorithm)? {
+        let params = match signing_template(algorithm, true)? {
             Public::Rsa { parameters, .. } => PublicParameters::Rsa(parameters),
             Public::Ecc { parameters, .. } => PublicParameters::Ecc(parameters),
             _ => return Ok(false),

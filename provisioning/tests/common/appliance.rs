@@ -502,7 +502,7 @@ impl JwksChecker {
     /// Reads the service's JWKS.
     pub fn fetch(s: &Service) -> JwksChecker {
         let (status, jwks) = s.call("/.well-known/jwks.json", None);
-        assert_eq!(status, 200, "{jwks}");
+        assert_eq!(status, 200, "{jwks}\n{}", s.log_text());
         let b64 = |v: &Value| sitesign::token::b64::decode(v.as_str().unwrap()).unwrap();
         let keys = jwks["keys"]
             .as_array()

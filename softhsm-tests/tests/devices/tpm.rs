@@ -49,6 +49,11 @@ pub fn wrapped_keys_load_and_sign_with_tpm2_tools(env: &TpmEnv) {
     }
     assert!(!shown.contains("decrypt"), "a signing key must not decrypt: {attributes}");
     assert!(!shown.contains("restricted"), "{shown}");
+    // A 128-bit random auth value cannot be guessed: exempt from dictionary-attack lockout, which
+    // unclean shutdowns would otherwise trip. So is the SRK, as TCG's template has it.
+    assert!(shown.contains("noda"), "a key with a random auth value is noDA: {shown}");
+    let srk = tpm2(env, &["tpm2_readpublic", "-c", "0x81000001"]);
+    assert!(srk.contains("noda") && srk.contains("restricted") && srk.contains("decrypt"), "{srk}");
 
     std::fs::write(env.key_dir().join("msg.bin"), MESSAGE).unwrap();
     // Whoever can read the blobs and reach the TPM cannot sign without the auth value.
