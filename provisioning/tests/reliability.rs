@@ -269,3 +269,74 @@ fn a_swtpm_killed_and_restarted_under_a_batch_loses_no_line_and_no_record() {
         answer.errors
     );
 }
+
+/// The tokens in a batch answer cut short by a crash: complete lines only (the last may be cut).
+fn tokens_received(path: &Path) -> Vec<String> {
+    let text = std::fs::read(path).unwrap_or_default();
+    let complete = match text.iter().rposition(|&b| b == b'\n') {
+        Some(end) => &text[..=end],
+        None => &[][..],
+    };
+    String::from_utf8_lossy(complete)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| v["token"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn kill_9_during_batches_loses_no_audit_record_and_restarts_fast() {
+    // SITESIGN_CRASH_LOOPS=1000 for the long run (README: "Reliability").
+    let loops: u32 = std::env::var("SITESIGN_CRASH_LOOPS").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
+    let a = Appliance::new();
+    unlimited(&a);
+    let body = batch_file(&a.dir, "crash", 0, 4_000);
+    let mut received = Vec::new();
+    let mut ready_ms = Vec::new();
+    let mut before_kill = Vec::new();
+    let started = Instant::now();
+    for i in 0..loops {
+        let t = Instant::now();
+        let (mut s, ready) = a.spawn(&[], true);
+        ready.unwrap_or_else(|e| panic!("restart {i}: {e}\n{}", s.log_text()));
+        ready_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        // After every restart the chain verifies: nothing the crash cut short broke it.
+        assert!(a.audit_intact(), "restart {i}: the audit chain is broken");
+        let mut client = s.batch_command(&body).stderr(std::process::Stdio::null()).spawn().unwrap();
+        // Killed at a different point each time: 1 to ~600 tokens into the batch.
+        let at = 1 + (i * 379) % 600;
+        let issued_now = issued(&s);
+        assert!(wait_issued(&s, issued_now as u32 + at, Duration::from_secs(120)), "restart {i}: the batch stalled");
+        before_kill.push(issued(&s) - issued_now);
+        s.signal(rustix::process::Signal::KILL);
+        assert!(s.wait_exit(Duration::from_secs(30)).is_some(), "restart {i}: still running after SIGKILL");
+        let _ = client.wait();
+        received.extend(tokens_received(&body.with_extension("out")));
+    }
+    // One last start: every token any client received has its record, once.
+    let s = a.start();
+    assert!(a.audit_intact());
+    let audited: HashSet<String> = a
+        .audit_records()
+        .iter()
+        .filter(|r| r["kind"] == "client-token")
+        .map(|r| r["sha256"].as_str().unwrap().to_owned())
+        .collect();
+    let missing = received.iter().filter(|t| !audited.contains(&sha256_hex(t.as_bytes()))).count();
+    assert_eq!(missing, 0, "{missing} of {} tokens received have no audit record", received.len());
+    let checker = JwksChecker::fetch(&s);
+    assert!(received.iter().all(|t| checker.verifies(t)));
+    ready_ms.sort_by(f64::total_cmp);
+    let pct = |p: f64| ready_ms[((ready_ms.len() - 1) as f64 * p) as usize];
+    eprintln!(
+        "{loops} kill -9 in {:.0} s: {} tokens received (all audited), {} audit records; start-up to ready: median {:.0} ms, p95 {:.0} ms, max {:.0} ms; tokens signed before each kill: {:.0}–{:.0}",
+        started.elapsed().as_secs_f64(),
+        received.len(),
+        audited.len(),
+        pct(0.5),
+        pct(0.95),
+        pct(1.0),
+        before_kill.iter().copied().fold(f64::INFINITY, f64::min),
+        before_kill.iter().copied().fold(0.0, f64::max),
+    );
+}
