@@ -7,7 +7,10 @@
 //! groups: it takes every record waiting, writes them in one transaction (one fsync), and only
 //! then answers each caller. If the commit fails (disk full, EIO, read-only), every caller in the
 //! group gets an error — the signature must not be released — and [`AuditLog::healthy`] turns
-//! false until a commit succeeds again.
+//! false until a commit succeeds again. While it is false the writer probes every
+//! [`PROBE_EVERY`] with a write as large as a big group of records (committed, then removed), so
+//! the service becomes ready again by itself once space returns, without waiting for traffic that
+//! a load balancer no longer sends it.
 //!
 //! Each record's hash is SHA-256 over the previous record's hash and the record's canonical
 //! JSON; [`verify`] recomputes the chain and reports the first edit, deletion or reordering.
@@ -262,6 +265,7 @@ fn open(path: &Path, max_bytes: Option<u64>) -> rusqlite::Result<Connection> {
             prev    TEXT NOT NULL,
             hash    TEXT NOT NULL
         );
+        CREATE TABLE IF NOT EXISTS probe (data BLOB NOT NULL);
         CREATE TABLE IF NOT EXISTS checkpoints (
             seq       INTEGER PRIMARY KEY,
             hash      TEXT NOT NULL,
@@ -375,17 +379,38 @@ const GROUP_MAX: usize = 4096;
 /// larger commits leave the CPU to the signing workers. An idle log commits at once.
 const GROUP_WINDOW: Duration = Duration::from_millis(5);
 
+/// How often an unhealthy log probes whether it can be written again.
+pub const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// The size of the probe's write: about a thousand records' worth.
+const PROBE_BYTES: i64 = 256 * 1024;
+
+/// Whether the log can take a large write again: a blob committed (with its fsync), then removed.
+fn probe(conn: &mut Connection) -> rusqlite::Result<()> {
+    conn.execute("INSERT INTO probe (data) VALUES (zeroblob(?1))", [PROBE_BYTES])?;
+    conn.execute("DELETE FROM probe", [])?;
+    Ok(())
+}
+
 fn writer(mut conn: Connection, rx: mpsc::Receiver<Message>, healthy: &AtomicBool, stats: &AuditStats, path: &Path) {
     // The chain head, kept between commits (re-read after a failure).
     let mut head_cache: Option<(i64, String)> = None;
     let mut deferred: Option<Message> = None;
     loop {
-        let first = match deferred.take() {
-            Some(m) => m,
-            None => match rx.recv() {
-                Ok(m) => m,
-                Err(_) => return,
-            },
+        let next = match deferred.take() {
+            Some(m) => Ok(m),
+            None if healthy.load(Ordering::Relaxed) => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+            None => rx.recv_timeout(PROBE_EVERY),
+        };
+        let first = match next {
+            Ok(m) => m,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if probe(&mut conn).is_ok() {
+                    healthy.store(true, Ordering::Relaxed);
+                    tracing::info!(path = %path.display(), "audit log writable again: signing resumes");
+                }
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
         };
         let first = match first {
             Message::Checkpoint(sign, reply) => {

@@ -340,3 +340,95 @@ fn kill_9_during_batches_loses_no_audit_record_and_restarts_fast() {
         before_kill.iter().copied().fold(0.0, f64::max),
     );
 }
+
+/// A tmpfs of `size` mounted at `at` for the life of the value (unmounted on drop).
+struct SmallDisk {
+    at: PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(at: &Path, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(at).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "sitesign-test"])
+            .arg(at)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "mount a tmpfs (the tests run as root): {}", String::from_utf8_lossy(&out.stderr));
+        SmallDisk { at: at.to_owned() }
+    }
+
+    /// Writes a file until the filesystem is full; its path.
+    fn fill(&self) -> PathBuf {
+        let path = self.at.join("filler");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let block = vec![0u8; 4096];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.sync_all();
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.at).status();
+    }
+}
+
+#[test]
+fn a_full_disk_stops_signing_corrupts_nothing_and_recovers_by_itself() {
+    let a = Appliance::new();
+    unlimited(&a);
+    // The state store and the audit log on a 2 MiB filesystem of their own.
+    let disk = SmallDisk::mount(&a.dir.join("small"), "2m");
+    for entry in std::fs::read_dir(a.dir.join("state")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), disk.at.join(entry.file_name())).unwrap();
+    }
+    a.edit(|f| f.state_dir = Some(disk.at.clone()));
+    let s = a.start();
+    let mut released = Vec::new();
+    let request = |n: u32| common::appliance::register(&s, n, json!({"kind": "internal"}));
+    for n in 0..50 {
+        let (status, v) = request(n);
+        assert_eq!(status, 200, "{v}");
+        released.push(v["token"].as_str().unwrap().to_owned());
+    }
+    let filler = disk.fill();
+    // Requests go on until the log cannot grow; then each is refused, and nothing is released.
+    let mut refused = None;
+    for n in 50..20_000 {
+        let (status, v) = request(n);
+        if status == 200 {
+            released.push(v["token"].as_str().unwrap().to_owned());
+            continue;
+        }
+        refused = Some((status, v));
+        break;
+    }
+    let (status, v) = refused.expect("the full disk stops signing");
+    assert_eq!((status, v["error"]["code"].as_str()), (503, Some("audit_unavailable")), "{v}");
+    assert!(v.get("token").is_none());
+    let (ready, body) = s.ops("/readyz");
+    assert_eq!(ready, 503, "{body}");
+    assert!(body.contains("\"audit_writable\":false"), "{body}");
+    // Still full: still refused, and the probe keeps it not ready.
+    assert_eq!(request(30_000).0, 503);
+    assert_eq!(s.ops("/readyz").0, 503);
+    // Space returns: ready again by itself — no request needed — and signing.
+    std::fs::remove_file(&filler).unwrap();
+    let freed = Instant::now();
+    assert!(s.eventually(Duration::from_secs(30), || s.ops("/readyz").0 == 200), "not ready again\n{}", s.log_text());
+    let back_after = freed.elapsed();
+    let (status, v) = request(30_001);
+    assert_eq!(status, 200, "{v}");
+    released.push(v["token"].as_str().unwrap().to_owned());
+    // Nothing corrupted: both databases pass SQLite's integrity check, the chain verifies, and
+    // every token released has its one record.
+    for db in ["state.db", "audit.db"] {
+        let out = common::appliance::python_tool("sqlite_check.py", &[disk.at.join(db).to_str().unwrap()]);
+        assert!(out.status.success(), "{db}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    }
+    check_tokens_and_audit(&a, &s, &released);
+    eprintln!("full disk: {} tokens released, then 503 audit_unavailable; ready again {back_after:?} after space returned", released.len());
+}

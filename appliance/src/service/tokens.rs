@@ -19,8 +19,9 @@ use crate::policy::{self, AccessTokenRequest, ClientTokenRequest, VerifyRequest}
 use crate::time::now_unix;
 use crate::token::IssuedToken;
 
-/// Parses a JSON body into `T` (unknown fields refused).
-pub(super) fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+/// Parses a JSON body into `T` (unknown fields refused). Public for the fuzz target
+/// `ndjson_batch`, which feeds it batch lines as the batch reader does.
+pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     // serde's message quotes the offending value: clipped, like every echo of the input.
     serde_json::from_slice(body).map_err(|e| {
         let at = format!(" at line {} column {}", e.line(), e.column());

@@ -545,6 +545,19 @@ fn impossible_lifetimes_are_refused() {
     f.refuse(&f.forge(&f.header(), &bulk_payload(guid, NOW - 1)), Reason::BadLifetime);
 }
 
+/// Found by review while writing the `token_verifier` fuzz target, and replayed by it (seed
+/// `forged-regression-exp-near-i64-max`): `exp + skew` overflowed for an `exp` near `i64::MAX`
+/// with an `nbf` within a lifetime of it — a panic where overflow checks are on, `expired` by
+/// wrap-around where they are off. Such a token is not valid yet.
+#[test]
+fn times_near_the_end_of_i64_do_not_overflow() {
+    let mut f = fixture();
+    let (guid, _) = f.bulk();
+    let payload =
+        bulk_payload(guid, i64::MAX).replace(&format!(r#""nbf":{NOW}"#), &format!(r#""nbf":{}"#, i64::MAX - 60));
+    f.refuse(&f.forge(&f.header(), &payload), Reason::NotYetValid);
+}
+
 #[test]
 fn time_claims_must_be_integers() {
     let mut f = fixture();

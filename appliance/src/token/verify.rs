@@ -306,7 +306,8 @@ pub fn verify(with: Verifier<'_>, presented: Presented<'_>, now: i64) -> Result<
     if exp <= nbf || exp - nbf > kind.max_lifetime() || claims.issued_at().is_some_and(|iat| iat > nbf) {
         return Err(reject(Reason::BadLifetime, format!("nbf {nbf}, exp {exp}: not a lifetime sitesign issues")));
     }
-    if now > exp + policy.skew {
+    // Saturating: a signed token's `exp` may be any non-negative i64.
+    if now > exp.saturating_add(policy.skew) {
         return Err(reject(Reason::Expired, format!("expired at {exp}")));
     }
     if now + policy.skew < nbf || claims.issued_at().is_some_and(|iat| now + policy.skew < iat) {
