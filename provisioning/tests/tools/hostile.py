@@ -22,13 +22,18 @@ Usage: hostile.py COMMAND HOST PORT CA CERT KEY [ARGS...] — prints one JSON ob
                            GET /healthz on each: {"answered"} (how many got 200)
   idle N SECONDS           N TCP connections that send nothing, held SECONDS:
                            {"opened", "closed_by_server"}
+  crowd IDLE SLOW SECONDS  IDLE TLS connections with the MP's certificate that send nothing
+                           after the handshake, and SLOW ones that POST a 1000-byte body one
+                           byte a second, opened by 16 threads and held together for SECONDS:
+                           {"idle_opened", "idle_open_at_end", "slow_opened",
+                            "slow_open_at_end", "refused"}
   anonymous SECONDS THREADS
                            TLS handshakes without a client certificate, back to back, from
                            THREADS threads for SECONDS: {"handshakes", "refused_at_connect"} —
                            each completed handshake made the server's device sign once
 
 HOSTILE_SOURCES (comma-separated loopback addresses, e.g. 127.0.0.2,127.0.0.3) makes `idle`
-and `anonymous` connect from those addresses in turn, so an attacker is not the management
+`crowd` and `anonymous` connect from those addresses in turn, so an attacker is not the management
 point's own address.
 """
 import itertools
@@ -288,6 +293,54 @@ elif command == "idle":
             closed += 1
         c.close()
     out = {"opened": len(socks), "closed_by_server": closed}
+elif command == "crowd":
+    import concurrent.futures
+
+    n_idle, n_slow, seconds = int(args[0]), int(args[1]), float(args[2])
+
+    def tls(_):
+        try:
+            return context().wrap_socket(raw_connection(30), server_hostname=host)
+        except (ssl.SSLError, OSError):
+            return None
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        opened = list(pool.map(tls, range(n_idle + n_slow)))
+    idle = [c for c in opened[:n_idle] if c]
+    slow = [c for c in opened[n_idle:] if c]
+    for c in slow:
+        try:
+            c.sendall(request_head("/v1/client-tokens", length=1000))
+        except (ssl.SSLError, OSError):
+            pass
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < seconds:
+        time.sleep(1)
+        for c in slow:
+            try:
+                c.sendall(b" ")
+            except (ssl.SSLError, OSError):
+                pass
+
+    def still_open(c):
+        c.setblocking(False)
+        try:
+            c.recv(1)  # an answer (408) or the end of the stream: cut by the server
+            return False
+        except ssl.SSLWantReadError:
+            return True
+        except (ssl.SSLError, OSError):
+            return False
+        finally:
+            c.close()
+
+    out = {
+        "idle_opened": len(idle),
+        "idle_open_at_end": sum(still_open(c) for c in idle),
+        "slow_opened": len(slow),
+        "slow_open_at_end": sum(still_open(c) for c in slow),
+        "refused": opened.count(None),
+    }
 elif command == "anonymous":
     seconds, threads = float(args[0]), int(args[1])
     counts = {"handshakes": 0, "refused_at_connect": 0}
