@@ -525,3 +525,31 @@ fn a_thousand_idle_connections_and_200_slow_bodies_leave_a_management_point_serv
     assert!(under < before * 4.0 + 0.05, "MP requests slowed from {before:.3} s to {under:.3} s");
     assert!(grew < 96 * 1024, "1,200 held connections cost {grew} KiB");
 }
+
+#[test]
+fn a_slot_whose_token_information_cannot_be_read_is_named_never_hidden() {
+    // What opencryptoki's clock field did to cryptoki: C_GetTokenInfo fails for the one token.
+    let module = faulty_module();
+    let a = Appliance::with(&["--module", module.to_str().unwrap()]);
+    let faults = a.dir.join("faults.toml");
+    let fail = Fail {
+        function: "C_GetTokenInfo".into(),
+        rv: "CKR_DEVICE_ERROR".into(),
+        nth: None,
+        every: Some(1),
+        times: None,
+    };
+    set_faults(&faults, &Faults { fail: vec![fail], ..Faults::default() });
+    let out = common::sitesign()
+        .args(["--json", "--config"])
+        .arg(a.config_path())
+        .arg("status")
+        .env("FAULTY_PKCS11_CONFIG", &faults)
+        .output()
+        .unwrap();
+    let status = common::json(&out);
+    assert_eq!(status["backends"][0]["error"]["code"], "token_not_found", "{status}");
+    let message = status["backends"][0]["error"]["message"].as_str().unwrap();
+    assert!(message.contains("cannot be read") && message.contains("slot "), "{message}");
+    assert!(!message.contains("tokens seen: none"), "{message}");
+}

@@ -103,19 +103,15 @@ pub(crate) fn subject_for(role: KeyRole, site: &str) -> Result<Name, PkiError> {
 /// Generates a `role` key per `plan` in its device and self-tests it (protection attributes, a
 /// signature verified independently). The key is noted in `work` at once: if anything later
 /// fails, it is an orphan.
-pub(crate) fn generate(
-    ctx: &AdminContext<'_>,
-    work: &mut Work,
-    plan: &KeyPlan,
-    role: KeyRole,
-    suffix: &str,
-) -> Result<Generated, AdminError> {
+/// Refuses a plan whose backend cannot generate its algorithm — checked for every key of an
+/// operation before any is generated, so a refusal leaves nothing behind in a device.
+pub(crate) fn check_plan(ctx: &AdminContext<'_>, plan: &KeyPlan) -> Result<(), AdminError> {
     let backend = ctx.backends.get(&plan.backend)?;
     if !backend.capabilities().key_algorithms.contains(&plan.algorithm) {
         return Err(AdminError::refused(
             "unsupported",
             format!(
-                "backend {:?} ({}) cannot generate {} keys; it offers {:?}",
+                "backend {:?} ({}) cannot generate {} keys; it offers {:?} — choose one of those in [pki]",
                 plan.backend,
                 backend.capabilities().device,
                 plan.algorithm,
@@ -123,6 +119,18 @@ pub(crate) fn generate(
             ),
         ));
     }
+    Ok(())
+}
+
+pub(crate) fn generate(
+    ctx: &AdminContext<'_>,
+    work: &mut Work,
+    plan: &KeyPlan,
+    role: KeyRole,
+    suffix: &str,
+) -> Result<Generated, AdminError> {
+    check_plan(ctx, plan)?;
+    let backend = ctx.backends.get(&plan.backend)?;
     let name = format!("{}-{suffix}", name_prefix(role));
     let key = backend.generate_key(&name, plan.algorithm).map_err(|source| {
         AdminError::Backend(crate::backends::BackendError::Device { backend: plan.backend.clone(), source })

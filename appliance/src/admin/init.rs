@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::change::{Generated, IssuerRef, Work, certify, commit, generate, key_name_suffix, own_request};
+use super::change::{Generated, IssuerRef, Work, certify, check_plan, commit, generate, key_name_suffix, own_request};
 use super::keys::KeyView;
 use super::{AdminContext, AdminError};
 use crate::audit::AuditEvent;
@@ -41,6 +41,10 @@ pub fn init(ctx: &mut AdminContext<'_>) -> Result<InitReport, AdminError> {
         Some(h) => h,
         None => crate::token::Guid::random().map_err(|e| crate::pki::PkiError::Encoding(e.to_string()))?,
     };
+    // Every key's backend must be able to make it before the first is made.
+    for plan in [&pki_config.issuing, &pki_config.token_signing, &pki_config.tls] {
+        check_plan(ctx, plan)?;
+    }
     let suffix = key_name_suffix(ctx.now)?;
     let mut work = Work::default();
     let made = (|| {

@@ -146,8 +146,13 @@ fn find_slot(ctx: &Pkcs11, config: &Pkcs11Config) -> Result<(Slot, String)> {
     for slot in ctx.get_slots_with_token().map_err(Error::from_cryptoki)? {
         let info = match ctx.get_token_info(slot) {
             Ok(i) => i,
-            // A slot whose token vanished between the two calls is simply not a match.
-            Err(_) => continue,
+            // A slot whose token vanished between the two calls is simply not a match; any other
+            // failure is reported with the slot, never hidden (it may be the token wanted).
+            Err(cryptoki::error::Error::Pkcs11(RvError::TokenNotPresent, _)) => continue,
+            Err(e) => {
+                seen.push(format!("slot {} (its token information cannot be read: {e})", slot.id()));
+                continue;
+            }
         };
         let label = info.label().trim_end().to_owned();
         let serial = info.serial_number().trim_end().to_owned();

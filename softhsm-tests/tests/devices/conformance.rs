@@ -35,7 +35,9 @@ pub fn generated_keys_report_the_required_protection(f: &dyn Fixture) {
         report.require_ok("k").unwrap();
         let names: Vec<&str> = report.checks.iter().map(|c| c.name).collect();
         let required: &[&str] = match f.kind() {
-            "softhsm" => &["CKA_SENSITIVE", "CKA_EXTRACTABLE", "CKA_NEVER_EXTRACTABLE", "CKA_DECRYPT", "CKA_UNWRAP"],
+            "softhsm" | "opencryptoki" => {
+                &["CKA_SENSITIVE", "CKA_EXTRACTABLE", "CKA_NEVER_EXTRACTABLE", "CKA_DECRYPT", "CKA_UNWRAP"]
+            }
             _ => &["fixedTPM", "fixedParent", "sensitiveDataOrigin", "userWithAuth", "sign", "decrypt"],
         };
         for r in required {
@@ -47,18 +49,17 @@ pub fn generated_keys_report_the_required_protection(f: &dyn Fixture) {
 pub fn public_keys_export_and_signatures_verify_independently(f: &dyn Fixture) {
     let backend = f.open();
     assert!(backend.capabilities().host_side_hashing);
+    let (alt, alt_scheme) = f.alt();
     let rsa = backend.generate_key("rsa", KeyAlgorithm::Rsa2048).unwrap();
-    let ec = backend.generate_key("ec", KeyAlgorithm::EcP256).unwrap();
+    let ec = backend.generate_key("ec", alt).unwrap();
     // The exported SPKI parses back to the same key.
     for key in [&rsa, &ec] {
         let again = hsm_adapters::PublicKey::from_spki_der(key.public_key().spki_der()).unwrap();
         assert_eq!(&again, key.public_key());
     }
-    for (key, scheme) in [
-        (&rsa, SignatureScheme::RsaPkcs1Sha256),
-        (&rsa, SignatureScheme::RsaPssSha256),
-        (&ec, SignatureScheme::EcdsaP256Sha256),
-    ] {
+    for (key, scheme) in
+        [(&rsa, SignatureScheme::RsaPkcs1Sha256), (&rsa, SignatureScheme::RsaPssSha256), (&ec, alt_scheme)]
+    {
         let sig = key.sign(scheme, MESSAGE).unwrap();
         assert_eq!(sig.len(), key.algorithm().signature_len());
         assert_verifies(f.work_dir(), key.as_ref(), scheme, MESSAGE, &sig);
@@ -71,14 +72,16 @@ pub fn public_keys_export_and_signatures_verify_independently(f: &dyn Fixture) {
         rsa.sign(SignatureScheme::RsaPkcs1Sha256, MESSAGE).unwrap(),
         rsa.sign(SignatureScheme::RsaPkcs1Sha256, MESSAGE).unwrap()
     );
-    let err = ec.sign(SignatureScheme::RsaPkcs1Sha256, MESSAGE).unwrap_err();
-    assert_eq!(err.code(), "unsupported", "{err}");
+    if alt == KeyAlgorithm::EcP256 {
+        let err = ec.sign(SignatureScheme::RsaPkcs1Sha256, MESSAGE).unwrap_err();
+        assert_eq!(err.code(), "unsupported", "{err}");
+    }
 }
 
 pub fn keys_are_found_by_uri(f: &dyn Fixture) {
     let backend = f.open();
     let made = backend.generate_key("ts-2026-11", KeyAlgorithm::Rsa2048).unwrap();
-    let ec = backend.generate_key("ec-key", KeyAlgorithm::EcP256).unwrap();
+    let ec = backend.generate_key("ec-key", f.alt().0).unwrap();
     for key in [&made, &ec] {
         // Through the URI's text form, as a config file holds it, and from a fresh backend.
         let uri = KeyUri::from_str(&key.uri().to_string()).unwrap();
@@ -89,43 +92,40 @@ pub fn keys_are_found_by_uri(f: &dyn Fixture) {
         ring_verify(key.public_key(), scheme, MESSAGE, &sig).unwrap();
     }
     let missing: KeyUri = match f.kind() {
-        "softhsm" => "pkcs11:object=nope".parse().unwrap(),
-        _ => "tpm:object=nope".parse().unwrap(),
+        "swtpm" => "tpm:object=nope".parse().unwrap(),
+        _ => "pkcs11:object=nope".parse().unwrap(),
     };
     let err = backend.find_key(&missing).unwrap_err();
     assert_eq!(err.code(), "key_not_found", "{err}");
     assert!(err.to_string().contains("nope"), "{err}");
     let other_kind: KeyUri = match f.kind() {
-        "softhsm" => "tpm:object=ts-2026-11".parse().unwrap(),
-        _ => "pkcs11:object=ts-2026-11".parse().unwrap(),
+        "swtpm" => "pkcs11:object=ts-2026-11".parse().unwrap(),
+        _ => "tpm:object=ts-2026-11".parse().unwrap(),
     };
     assert_eq!(backend.find_key(&other_kind).unwrap_err().code(), "invalid_key_uri");
 }
 
 pub fn existing_key_names_are_refused(f: &dyn Fixture) {
     let backend = f.open();
-    let first = backend.generate_key("dup", KeyAlgorithm::EcP256).unwrap();
+    let first = backend.generate_key("dup", f.alt().0).unwrap();
     let err = backend.generate_key("dup", KeyAlgorithm::Rsa2048).unwrap_err();
     assert_eq!(err.code(), "key_exists", "{err}");
     // The refusal changed nothing.
     let found = backend.find_key(first.uri()).unwrap();
     assert_eq!(found.public_key(), first.public_key());
-    found.sign(SignatureScheme::EcdsaP256Sha256, MESSAGE).unwrap();
-    assert!(backend.generate_key("", KeyAlgorithm::EcP256).is_err());
+    found.sign(f.alt().1, MESSAGE).unwrap();
+    assert!(backend.generate_key("", f.alt().0).is_err());
 }
 
 pub fn a_wrong_secret_fails_closed_with_a_clear_error(f: &dyn Fixture) {
     let (uri, public) = {
-        let key = f.open().generate_key("k", KeyAlgorithm::EcP256).unwrap();
+        let key = f.open().generate_key("k", f.alt().0).unwrap();
         (key.uri().clone(), key.public_key().clone())
     };
     // Every backend with the right secret is closed now: PKCS#11 logins are per process, so an
     // open one would let a second login through without checking its PIN.
     let wrong = b"wrong-secret-1234";
-    let attempt = f
-        .open_with_secret(wrong)
-        .and_then(|b| b.find_key(&uri))
-        .and_then(|k| k.sign(SignatureScheme::EcdsaP256Sha256, MESSAGE));
+    let attempt = f.open_with_secret(wrong).and_then(|b| b.find_key(&uri)).and_then(|k| k.sign(f.alt().1, MESSAGE));
     let err = attempt.expect_err("a wrong PIN or auth value must not sign");
     assert!(matches!(err.code(), "pin_incorrect" | "tpm_auth_failed"), "{}: {err}", err.code());
     assert_eq!(err.class(), ErrorClass::Fatal, "never retried: {err}");
@@ -133,14 +133,15 @@ pub fn a_wrong_secret_fails_closed_with_a_clear_error(f: &dyn Fixture) {
     assert!(!msg.contains("wrong-secret-1234"), "secret in message: {msg}");
     assert!(msg.contains("PIN") || msg.contains("auth"), "says what is wrong: {msg}");
     // The right secret still works: one failure does not lock the device.
-    let sig = f.open().find_key(&uri).unwrap().sign(SignatureScheme::EcdsaP256Sha256, MESSAGE).unwrap();
-    ring_verify(&public, SignatureScheme::EcdsaP256Sha256, MESSAGE, &sig).unwrap();
+    let sig = f.open().find_key(&uri).unwrap().sign(f.alt().1, MESSAGE).unwrap();
+    ring_verify(&public, f.alt().1, MESSAGE, &sig).unwrap();
 }
 
 pub fn concurrent_callers_all_get_valid_signatures(f: &dyn Fixture) {
     let backend = f.open();
+    let (alt, alt_scheme) = f.alt();
     let rsa = backend.generate_key("rsa", KeyAlgorithm::Rsa2048).unwrap();
-    let ec = backend.generate_key("ec", KeyAlgorithm::EcP256).unwrap();
+    let ec = backend.generate_key("ec", alt).unwrap();
     let per_thread = if f.kind() == "swtpm" { 10 } else { 40 };
     let results: Vec<(usize, Vec<u8>, Vec<u8>)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..6)
@@ -152,7 +153,7 @@ pub fn concurrent_callers_all_get_valid_signatures(f: &dyn Fixture) {
                             let n = t * 1000 + i;
                             let msg = format!("message {n}").into_bytes();
                             let a = rsa.sign(SignatureScheme::RsaPkcs1Sha256, &msg).unwrap();
-                            let b = ec.sign(SignatureScheme::EcdsaP256Sha256, &msg).unwrap();
+                            let b = ec.sign(alt_scheme, &msg).unwrap();
                             (n, a, b)
                         })
                         .collect::<Vec<_>>()
@@ -165,7 +166,7 @@ pub fn concurrent_callers_all_get_valid_signatures(f: &dyn Fixture) {
     for (n, a, b) in &results {
         let msg = format!("message {n}").into_bytes();
         ring_verify(rsa.public_key(), SignatureScheme::RsaPkcs1Sha256, &msg, a).unwrap();
-        ring_verify(ec.public_key(), SignatureScheme::EcdsaP256Sha256, &msg, b).unwrap();
+        ring_verify(ec.public_key(), alt_scheme, &msg, b).unwrap();
     }
 }
 
@@ -186,7 +187,7 @@ pub fn a_device_restart_is_survived_without_reopening(f: &dyn Fixture) {
         let sig = key.sign(SignatureScheme::RsaPkcs1Sha256, msg.as_bytes()).unwrap();
         assert_verifies(f.work_dir(), key.as_ref(), SignatureScheme::RsaPkcs1Sha256, msg.as_bytes(), &sig);
     }
-    backend.generate_key("after", KeyAlgorithm::EcP256).unwrap();
+    backend.generate_key("after", f.alt().0).unwrap();
 }
 
 pub fn x509_certificates_signed_in_the_device_verify_with_openssl(f: &dyn Fixture) {
@@ -198,6 +199,9 @@ pub fn x509_certificates_signed_in_the_device_verify_with_openssl(f: &dyn Fixtur
 
     let backend = f.open();
     for (name, alg) in [("root-rsa", KeyAlgorithm::Rsa3072), ("root-ec", KeyAlgorithm::EcP256)] {
+        if !f.algorithms().contains(&alg) {
+            continue;
+        }
         let key = backend.generate_key(name, alg).unwrap();
         let signer = X509Signer::new(Arc::clone(&key));
         let subject = Name::from_str("CN=sitesign test root,O=sitesign,C=US").unwrap();
@@ -263,10 +267,11 @@ impl SigningKey for Tampered {
 pub fn every_signature_is_checked_on_the_host_and_ecdsa_is_low_s(f: &dyn Fixture) {
     use hsm_adapters::checked::{CheckedKey, ecdsa_is_low_s};
     let backend = f.open();
+    let (alt, alt_scheme) = f.alt();
     let rsa = backend.generate_key("chk-rsa", KeyAlgorithm::Rsa2048).unwrap();
-    let ec = backend.generate_key("chk-ec", KeyAlgorithm::EcP256).unwrap();
-    let ec2 = backend.generate_key("chk-ec2", KeyAlgorithm::EcP256).unwrap();
-    for (key, scheme) in [(&rsa, SignatureScheme::RsaPkcs1Sha256), (&ec, SignatureScheme::EcdsaP256Sha256)] {
+    let ec = backend.generate_key("chk-ec", alt).unwrap();
+    let ec2 = backend.generate_key("chk-ec2", alt).unwrap();
+    for (key, scheme) in [(&rsa, SignatureScheme::RsaPkcs1Sha256), (&ec, alt_scheme)] {
         // A corrupted signature (a faulty RSA-CRT result, say) never leaves the check.
         let faulty = CheckedKey::new(Arc::new(Tampered { inner: Arc::clone(key), other: None })).unwrap();
         let err = faulty.sign(scheme, MESSAGE).unwrap_err();
@@ -276,15 +281,17 @@ pub fn every_signature_is_checked_on_the_host_and_ecdsa_is_low_s(f: &dyn Fixture
     // A device that signs with another key than the one it reported.
     let foreign =
         CheckedKey::new(Arc::new(Tampered { inner: Arc::clone(&ec), other: Some(Arc::clone(&ec2)) })).unwrap();
-    assert_eq!(foreign.sign(SignatureScheme::EcdsaP256Sha256, MESSAGE).unwrap_err().code(), "faulty_signature");
+    assert_eq!(foreign.sign(alt_scheme, MESSAGE).unwrap_err().code(), "faulty_signature");
     // Through the checked key, every ECDSA signature is low-S and verifies with ring and openssl.
-    let checked = CheckedKey::new(Arc::clone(&ec)).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    for i in 0..24u8 {
-        let message = [MESSAGE, &[i]].concat();
-        let sig = checked.sign(SignatureScheme::EcdsaP256Sha256, &message).unwrap();
-        assert!(ecdsa_is_low_s(&sig), "signature {i} is high-S");
-        assert_verifies(dir.path(), &checked, SignatureScheme::EcdsaP256Sha256, &message, &sig);
+    if alt == KeyAlgorithm::EcP256 {
+        let checked = CheckedKey::new(Arc::clone(&ec)).unwrap();
+        for i in 0..24u8 {
+            let message = [MESSAGE, &[i]].concat();
+            let sig = checked.sign(SignatureScheme::EcdsaP256Sha256, &message).unwrap();
+            assert!(ecdsa_is_low_s(&sig), "signature {i} is high-S");
+            assert_verifies(dir.path(), &checked, SignatureScheme::EcdsaP256Sha256, &message, &sig);
+        }
     }
     // An RSA signature that passes the check is the device's own, unchanged.
     let sig = CheckedKey::new(Arc::clone(&rsa)).unwrap().sign(SignatureScheme::RsaPkcs1Sha256, MESSAGE).unwrap();
