@@ -16,7 +16,12 @@
 //!    sitesignd's peak RSS.
 //!
 //! `cargo run --release -p sitesign-benches --bin renewal -- [--tokens N | --million]
-//! [--backend swtpm] [--algorithm ec-p256]`. Progress goes to standard error.
+//! [--backend swtpm] [--algorithm ec-p256] [--hsm-latency-ms 20 --sessions 64]`. Progress goes to
+//! standard error.
+//!
+//! `--hsm-latency-ms` makes the SoftHSM a network HSM: every call goes through `faulty-pkcs11`,
+//! which adds that latency to each `C_Sign` (raw rate and appliance alike). The JSON line then
+//! also gives the latency-bound rate, sessions / latency, and the end-to-end rate's share of it.
 
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -67,6 +72,22 @@ struct Args {
     /// Keep the appliance in this folder (default: a temporary folder).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Device sessions (signing workers). Default: the number of CPUs for SoftHSM, 1 for swtpm.
+    #[arg(long)]
+    sessions: Option<usize>,
+    /// Milliseconds added to every C_Sign (a network HSM), through the faulty-pkcs11 shim.
+    #[arg(long)]
+    hsm_latency_ms: Option<u64>,
+}
+
+/// The fault-injecting module, built beside the binaries (a dependency).
+fn latency_shim() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let folder = exe.parent().context("binary folder")?;
+    [folder.join("libfaulty_pkcs11.so"), folder.join("deps/libfaulty_pkcs11.so")]
+        .into_iter()
+        .find(|p| p.exists())
+        .context("libfaulty_pkcs11.so not found: cargo build --release -p sitesign-benches builds it")
 }
 
 fn bin(name: &str) -> anyhow::Result<PathBuf> {
@@ -310,30 +331,49 @@ impl Drop for Service {
 
 fn run(args: &Args) -> anyhow::Result<()> {
     let tokens = if args.million { 1_000_000 } else { args.tokens };
-    let sessions = match args.backend {
+    let sessions = args.sessions.unwrap_or(match args.backend {
         Device::Softhsm => std::thread::available_parallelism().map_or(1, |n| n.get()),
         Device::Swtpm => 1,
-    };
+    });
     let backend_name = format!("{:?}", args.backend).to_lowercase();
+    let temp = tempfile::Builder::new().prefix("sitesign-renewal-").tempdir()?;
+    let root = args.dir.clone().unwrap_or_else(|| temp.path().to_owned());
+    std::fs::create_dir_all(&root)?;
+    // A network HSM: the shim in front of SoftHSM, its latency in a file it reads.
+    let shim = match args.hsm_latency_ms {
+        Some(ms) if args.backend == Device::Softhsm => {
+            let faults = root.join("faults.toml");
+            let config = faulty_pkcs11::Faults {
+                module: Some(hsm_adapters::config::DEFAULT_PKCS11_MODULE.into()),
+                latency_ms: [("C_Sign".to_owned(), ms)].into(),
+                ..Default::default()
+            };
+            std::fs::write(&faults, toml::to_string(&config)?)?;
+            Some((latency_shim()?, faults))
+        }
+        Some(_) => bail!("--hsm-latency-ms is for the SoftHSM backend"),
+        None => None,
+    };
 
     // 1. The raw rate, same key type, same sessions, same run.
     eprintln!(
         "measuring the raw {backend_name} rate ({}, {sessions} session(s), {} s)…",
         args.algorithm, args.raw_seconds
     );
-    let raw = Command::new(bin("raw-rate")?)
-        .args(["--backend", &backend_name, "--algorithm", &args.algorithm, "--sessions", &sessions.to_string()])
+    let mut raw = Command::new(bin("raw-rate")?);
+    raw.args(["--backend", &backend_name, "--algorithm", &args.algorithm, "--sessions", &sessions.to_string()])
         .args(["--seconds", &args.raw_seconds.to_string()])
-        .stderr(Stdio::inherit())
-        .output()?;
+        .stderr(Stdio::inherit());
+    if let Some((module, faults)) = &shim {
+        raw.arg("--module").arg(module).env(faulty_pkcs11::CONFIG_ENV, faults);
+    }
+    let raw = raw.output()?;
     let raw: serde_json::Value = serde_json::from_slice(
         raw.stdout.split(|b| *b == b'\n').find(|l| !l.is_empty()).context("raw-rate printed nothing")?,
     )?;
     let raw_rate = raw["rate_per_s"].as_f64().context("raw rate")?;
 
     // 2. A fresh appliance and its service.
-    let temp = tempfile::Builder::new().prefix("sitesign-renewal-").tempdir()?;
-    let root = args.dir.clone().unwrap_or_else(|| temp.path().to_owned());
     let dir = root.join("appliance");
     let swtpm = (args.backend == Device::Swtpm).then(|| device_tests::swtpm::Swtpm::start(&root));
     let port = free_port()?;
@@ -343,6 +383,9 @@ fn run(args: &Args) -> anyhow::Result<()> {
     if let Some(t) = &swtpm {
         quickstart.args(["--backend", "tpm", "--tcti", &t.tcti()]);
     }
+    if let Some((module, faults)) = &shim {
+        quickstart.arg("--module").arg(module).env(faulty_pkcs11::CONFIG_ENV, faults);
+    }
     let made = quickstart.env_remove("SOFTHSM2_CONF").output()?;
     if !made.status.success() {
         bail!("quickstart failed: {}", String::from_utf8_lossy(&made.stdout));
@@ -350,16 +393,27 @@ fn run(args: &Args) -> anyhow::Result<()> {
     let config = dir.join("sitesign.toml");
     let text = std::fs::read_to_string(&config)?;
     // The benchmark is one MP: lift its rate limit; keep the default queue.
-    std::fs::write(
-        &config,
-        text.replace("[service]\n", "[service]\nrate_limit_per_second = 100000000\nrate_limit_burst = 100000000\n"),
-    )?;
+    let text =
+        text.replace("[service]\n", "[service]\nrate_limit_per_second = 100000000\nrate_limit_burst = 100000000\n");
+    // As many signing workers as the raw rate had sessions.
+    let text = text.replace("sessions = 2\n", &format!("sessions = {sessions}\n"));
+    // A network HSM signs each TLS handshake slowly too: give handshakes sessions to match (as
+    // docs/backends.md advises), or the 64 connections of the latency phase queue past their
+    // handshake patience.
+    let text = match args.hsm_latency_ms {
+        Some(_) => text.replace("[service]\n", "[service]\ntls_sessions = 16\n"),
+        None => text,
+    };
+    std::fs::write(&config, text)?;
     let mut sitesignd = Command::new(bin("sitesignd")?);
     sitesignd
         .arg("--config")
         .arg(&config)
         .env_remove("SOFTHSM2_CONF")
         .stderr(std::fs::File::create(root.join("sitesignd.log"))?);
+    if let Some((_, faults)) = &shim {
+        sitesignd.env(faulty_pkcs11::CONFIG_ENV, faults);
+    }
     if rustix::process::geteuid().is_root() {
         sitesignd.arg("--allow-root");
     }
@@ -443,7 +497,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
     drop(swtpm);
 
     let e2e = renewed as f64 / renew_seconds;
-    let line = serde_json::json!({
+    let mut line = serde_json::json!({
         "backend": backend_name,
         "algorithm": args.algorithm,
         "sessions": sessions,
@@ -461,6 +515,13 @@ fn run(args: &Args) -> anyhow::Result<()> {
         "single_p99_ms": (percentile(&latencies, 0.99) * 100.0).round() / 100.0,
         "peak_rss_mib": (peak * 10.0).round() / 10.0,
     });
+    if let Some(ms) = args.hsm_latency_ms {
+        // What the sessions could do if the host cost nothing: each waits `ms` per signature.
+        let bound = sessions as f64 * 1000.0 / ms as f64;
+        line["hsm_latency_ms"] = ms.into();
+        line["latency_bound_rate_per_s"] = ((bound * 10.0).round() / 10.0).into();
+        line["ratio_to_latency_bound"] = ((e2e / bound * 1000.0).round() / 1000.0).into();
+    }
     println!("{line}");
     Ok(())
 }

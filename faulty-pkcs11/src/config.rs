@@ -39,7 +39,8 @@ pub struct Faults {
     /// Flip one bit in every Nth signature `C_Sign` returns (0: never).
     #[serde(default)]
     pub flip_every: u64,
-    /// Extra milliseconds per call, by function name.
+    /// Extra milliseconds per call, by function name (for `C_Sign`, only on the call that returns
+    /// the signature, not on a length query: one round trip per signature).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub latency_ms: BTreeMap<String, u64>,
     /// A generation: each time it grows, every open session of every slot is closed (as an HSM
