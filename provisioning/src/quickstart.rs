@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::collections::BTreeMap;
 
 use der::Encode;
-use hsm_adapters::config::{BackendConfigFile, TpmConfigFile};
+use hsm_adapters::config::{BackendConfigFile, Pkcs11ConfigFile, TpmConfigFile};
 use hsm_adapters::signer::VerifyingKey;
 use hsm_adapters::{PublicKey, X509Signature, random_secret};
 use ring::rand::SystemRandom;
@@ -38,6 +38,8 @@ pub enum Device {
     Softhsm,
     /// The TPM named by --tcti.
     Tpm,
+    /// An existing token of any PKCS#11 module: --module, --token-label, --pin-file.
+    Pkcs11,
 }
 
 #[derive(Debug, clap::Args)]
@@ -62,9 +64,19 @@ pub struct Args {
     /// --listen port + 1 on the same host.
     #[arg(long)]
     ops_listen: Option<String>,
-    /// The PKCS#11 module of SoftHSM2.
+    /// The PKCS#11 module (SoftHSM2's by default).
     #[arg(long, default_value = hsm_adapters::config::DEFAULT_PKCS11_MODULE)]
     module: PathBuf,
+    /// The label of the existing token, for --backend pkcs11.
+    #[arg(long, default_value = "sitesign")]
+    token_label: String,
+    /// The file holding the existing token's user PIN (mode 0600), for --backend pkcs11.
+    #[arg(long)]
+    pin_file: Option<PathBuf>,
+    /// Algorithm of the appliance's TLS key: ec-p256, or rsa-2048 for a module without elliptic
+    /// curves (opencryptoki's soft token).
+    #[arg(long, default_value = "ec-p256", value_parser = ["ec-p256", "rsa-2048"])]
+    tls_algorithm: String,
 }
 
 /// The host part of `host:port`, `[v6]:port` or a bare host.
@@ -107,6 +119,19 @@ pub fn run(args: &Args, out: Output) -> Result<ExitCode, CliError> {
             };
             ("tpm", BackendConfigFile::Tpm(table))
         }
+        Device::Pkcs11 => {
+            let pin_file = args.pin_file.as_ref().ok_or_else(|| {
+                CliError::new("usage", "--backend pkcs11 needs --pin-file (the token's user PIN, a 0600 file)")
+            })?;
+            let table = Pkcs11ConfigFile {
+                module: Some(absolute(&args.module)?),
+                token_label: Some(args.token_label.clone()),
+                pin_file: Some(absolute(pin_file)?),
+                sessions: Some(2),
+                ..Pkcs11ConfigFile::default()
+            };
+            ("hsm", BackendConfigFile::Pkcs11(table))
+        }
     };
     let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
     let host = listen_host(&args.listen);
@@ -135,6 +160,7 @@ pub fn run(args: &Args, out: Output) -> Result<ExitCode, CliError> {
                 site_name: Some("sitesign quickstart".into()),
                 issuing_backend: backend_name.to_owned(),
                 token_signing_algorithm: Some(args.token_algorithm.clone()),
+                tls_algorithm: Some(args.tls_algorithm.clone()),
                 tls_names: Some(names.clone()),
                 ..PkiConfigFile::default()
             }),

@@ -31,12 +31,9 @@ pub fn installed() -> bool {
     Path::new(MODULE).is_file()
 }
 
-/// The slot configuration the tests need: the soft token alone, in slot 3.
-///
-/// Debian's default also lists the TPM, ICA, CCA and EP11 tokens; with the TPM token listed, a
-/// second `C_Initialize` in one process (after a `C_Finalize` — what sitesign does to recover a
-/// token) crashes inside `libpkcs11_tpm.so` (opencryptoki 3.8.1). An operator configures the
-/// slots they use; so does the harness.
+/// The slot configuration the tests need: the soft token alone, in slot 3. Debian's default
+/// also lists TPM, ICA, CCA and EP11 tokens, whose libraries are absent or need hardware; an
+/// operator configures the slots they use, and so does the harness.
 pub const CONFIG: &str = "/etc/opencryptoki/opencryptoki.conf";
 const SOFT_ONLY: &str = "version opencryptoki-3.1\n\n# Written by sitesign's test harness: the soft token only.\nslot 3\n{\nstdll = libpkcs11_sw.so\n}\n";
 
@@ -73,8 +70,9 @@ fn short_pin() -> SecretString {
 }
 
 /// Initialises the soft token: label [`TOKEN_LABEL`], SO PIN [`SO_PIN`], user PIN `user_pin`.
-/// Wipes every object on it. Done by `pkcs11-tool` in processes of its own: opencryptoki 3.8.1
-/// crashes on a second `C_Initialize` in one process, so the test process initialises it once.
+/// Wipes every object on it. Done by `pkcs11-tool` in processes of its own, so that the test
+/// process loads the module once (opencryptoki 3.8.1 crashes when a process unloads it and loads
+/// it again; sitesign never unloads a module, but a raw cryptoki context here would).
 pub fn initialise_token(user_pin: &SecretString) {
     use secrecy::ExposeSecret;
     let slot = SOFT_TOKEN_SLOT.to_string();
@@ -108,6 +106,11 @@ impl Ock {
         let pin_file = work_dir.join("user.pin");
         write_secret_file(&pin_file, secrecy::ExposeSecret::expose_secret(&pin).as_bytes());
         Ock { work_dir, pin_file, _lock: lock }
+    }
+
+    /// The file holding the token's user PIN (mode 0600).
+    pub fn pin_file(&self) -> &Path {
+        &self.pin_file
     }
 
     /// A backend configuration for the token.

@@ -247,6 +247,12 @@ impl Drop for PooledSession<'_> {
     }
 }
 
+/// Every module context this process loaded, kept so that no module is ever unloaded: some
+/// (opencryptoki 3.8.1) leave handlers behind — run when a thread exits, or at exit — that crash
+/// the process once the module's code is unmapped. A module is loaded once per backend; keeping
+/// it costs nothing.
+static LOADED: Mutex<Vec<Pkcs11>> = Mutex::new(Vec::new());
+
 impl Device {
     /// Loads the module, initialises it and finds the token.
     fn open(config: Pkcs11Config) -> Result<Self> {
@@ -258,6 +264,7 @@ impl Device {
             module: config.module.clone(),
             reason: format!("cannot load it as a PKCS#11 library: {e}"),
         })?;
+        LOADED.lock().unwrap_or_else(PoisonError::into_inner).push(ctx.clone());
         initialize(&ctx)?;
         let (slot, token_description) = find_slot(&ctx, &config)?;
         let mechanisms = ctx.get_mechanism_list(slot).map_err(Error::from_cryptoki)?;

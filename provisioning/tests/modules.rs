@@ -1,0 +1,59 @@
+//! The compatibility matrix end to end (issue 15): an appliance on a PKCS#11 module other than
+//! SoftHSM — IBM opencryptoki's soft token — made by `quickstart --backend pkcs11`, then the
+//! service's main path: a bulk token, a registration with it, a renewal, a batch; every token
+//! verified with `ring` against the JWKS and audited. (SoftHSM runs this path in every other
+//! service test.)
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests: a panic is a failure")]
+
+use serde_json::json;
+
+mod common;
+use common::appliance::{Appliance, JwksChecker, client_request, register};
+use device_tests::opencryptoki::{MODULE, Ock};
+
+#[test]
+fn opencryptoki_quickstart_bulk_token_registration_renewal_and_batch() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The one soft token, initialised for this test (and locked against the device tests).
+    let token = Ock::create(tmp.path().to_owned());
+    let pin = token.pin_file().to_str().unwrap().to_owned();
+    let a = Appliance::with(&[
+        "--backend",
+        "pkcs11",
+        "--module",
+        MODULE,
+        "--token-label",
+        device_tests::TOKEN_LABEL,
+        "--pin-file",
+        &pin,
+        // Debian's opencryptoki soft token has no elliptic curves.
+        "--tls-algorithm",
+        "rsa-2048",
+    ]);
+    // Renewal at once (the floor is tested elsewhere).
+    a.edit_tokens(|t| t.renew_after_days = Some(0));
+    let keys = a.ok(&["keys", "list"]);
+    assert!(
+        keys["keys"].as_array().unwrap().iter().all(|k| k["uri"].as_str().unwrap().starts_with("pkcs11:")),
+        "{keys}"
+    );
+    let s = a.start();
+    let made = a.ok(&["bulk-token", "new", "--lifetime", "30"]);
+    let (status, registered) = register(&s, 1, json!({"kind": "bulk", "token": made["token"]}));
+    assert_eq!(status, 200, "{registered}");
+    let first = registered["token"].as_str().unwrap().to_owned();
+    let (status, renewed) = register(&s, 1, json!({"kind": "renew", "token": first}));
+    assert_eq!(status, 200, "{renewed}");
+    let lines: Vec<String> = (10..210).map(|n| client_request(n, json!({"kind": "internal"})).to_string()).collect();
+    let results = s.batch("ock", &lines);
+    let mut tokens: Vec<String> = results.iter().map(|r| r["token"].as_str().unwrap().to_owned()).collect();
+    tokens.extend([first, renewed["token"].as_str().unwrap().to_owned()]);
+    let checker = JwksChecker::fetch(&s);
+    assert!(tokens.iter().all(|t| checker.verifies(t)));
+    assert!(a.audit_intact());
+    let audited = a.audit_records().iter().filter(|r| r["kind"] == "client-token").count();
+    assert_eq!(audited, tokens.len());
+    let status = a.ok(&["status"]);
+    assert_eq!(status["healthy"], true, "{status}");
+}
