@@ -341,4 +341,8 @@ pub struct Capabilities {
     pub host_side_hashing: bool,
     /// How many signing operations the device can run at once (sessions, or 1 for a TPM).
     pub max_concurrency: usize,
+    /// What an operator should know before going live, as (name, value): the library and its
+    /// version, the mechanism of each scheme and whether it hashes on the host, session limits,
+    /// the login model, the clock. `sitesign status` prints them.
+    pub facts: Vec<(String, String)>,
 }

@@ -118,8 +118,14 @@ pub fn status(ctx: &Context, out: Output) -> Result<ExitCode, CliError> {
     let backends = match Backends::open(&ctx.config) {
         Ok(b) => {
             for (name, backend) in b.iter() {
-                out.line(format!("backend       {name}: ok — {}", backend.capabilities().device));
-                backend_reports.push(json!({"name": name, "ok": true, "device": backend.capabilities().device}));
+                let caps = backend.capabilities();
+                out.line(format!("backend       {name}: ok — {}", caps.device));
+                for (fact, value) in &caps.facts {
+                    out.line(format!("              {fact}: {value}"));
+                }
+                let facts: serde_json::Map<String, serde_json::Value> =
+                    caps.facts.iter().map(|(k, v)| (k.clone(), v.clone().into())).collect();
+                backend_reports.push(json!({"name": name, "ok": true, "device": caps.device, "facts": facts}));
             }
             Some(b)
         }

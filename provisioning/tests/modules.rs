@@ -56,4 +56,16 @@ fn opencryptoki_quickstart_bulk_token_registration_renewal_and_batch() {
     assert_eq!(audited, tokens.len());
     let status = a.ok(&["status"]);
     assert_eq!(status["healthy"], true, "{status}");
+    // What the operator learns of the module before going live: its clock is set but not digits
+    // (what cryptoki refused before the patch), no EC, RSA raw with host-side hashing.
+    let facts = &status["backends"][0]["facts"];
+    assert!(
+        facts["library"].as_str().unwrap().contains("openCryptoki")
+            || facts["library"].as_str().unwrap().contains("IBM"),
+        "{facts}"
+    );
+    assert!(facts["clock"].as_str().unwrap().contains("unreadable"), "{facts}");
+    assert!(facts["ES256 mechanism"].as_str().unwrap().starts_with("not offered"), "{facts}");
+    assert!(facts["RS256 mechanism"].as_str().unwrap().starts_with("CKM_RSA_PKCS (raw"), "{facts}");
+    assert!(facts["login"].as_str().unwrap().contains("user PIN"), "{facts}");
 }

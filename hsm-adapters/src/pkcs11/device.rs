@@ -123,6 +123,8 @@ pub(crate) struct Device {
     reinit: Mutex<()>,
     pub mechanisms: Vec<MechanismType>,
     pub token_description: String,
+    /// What the module and token report of themselves (library, sessions, login, clock).
+    pub module_facts: Vec<(String, String)>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -138,6 +140,63 @@ fn initialize(ctx: &Pkcs11) -> Result<()> {
         Ok(()) | Err(cryptoki::error::Error::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => Ok(()),
         Err(e) => Err(Error::from_cryptoki(e)),
     }
+}
+
+/// What the library and the token say of themselves, for an operator (never fails: what cannot
+/// be read is reported as such).
+fn module_facts(ctx: &Pkcs11, slot: Slot, config: &Pkcs11Config) -> Vec<(String, String)> {
+    use cryptoki::slot::Limit;
+    let mut facts = Vec::new();
+    match ctx.get_library_info() {
+        Ok(i) => facts.push((
+            "library".to_owned(),
+            format!(
+                "{} {} {}, PKCS#11 {}",
+                i.manufacturer_id().trim_end(),
+                i.library_description().trim_end(),
+                i.library_version(),
+                i.cryptoki_version()
+            ),
+        )),
+        Err(e) => facts.push(("library".to_owned(), format!("C_GetInfo failed: {e}"))),
+    }
+    let limit = |l: Limit| match l {
+        Limit::Max(n) => n.to_string(),
+        Limit::Infinite => "no limit".to_owned(),
+        Limit::Unavailable => "not reported".to_owned(),
+    };
+    match ctx.get_token_info(slot) {
+        Ok(t) => {
+            facts.push((
+                "sessions".to_owned(),
+                format!(
+                    "token allows {} ({} read-write); sitesign opens {} for signing",
+                    limit(t.max_session_count()),
+                    limit(t.max_rw_session_count()),
+                    config.sessions
+                ),
+            ));
+            let login = if t.protected_authentication_path() {
+                "PIN entered on the device (protected authentication path)"
+            } else if t.login_required() {
+                "user PIN; one login serves every session of the process (PKCS#11 v2.40 §5.6)"
+            } else {
+                "no login required"
+            };
+            facts.push(("login".to_owned(), login.to_owned()));
+            let clock = match (t.clock_on_token(), t.utc_time()) {
+                (false, _) => "none on the token (sitesign uses the host's clock)".to_owned(),
+                (true, Some(u)) => format!(
+                    "on the token: {:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z (sitesign uses the host's clock)",
+                    u.year, u.month, u.day, u.hour, u.minute, u.second
+                ),
+                (true, None) => "on the token, unreadable (not digits); sitesign uses the host's clock".to_owned(),
+            };
+            facts.push(("clock".to_owned(), clock));
+        }
+        Err(e) => facts.push(("token".to_owned(), format!("C_GetTokenInfo failed: {e}"))),
+    }
+    facts
 }
 
 /// Finds the slot holding the configured token.
@@ -268,6 +327,7 @@ impl Device {
         initialize(&ctx)?;
         let (slot, token_description) = find_slot(&ctx, &config)?;
         let mechanisms = ctx.get_mechanism_list(slot).map_err(Error::from_cryptoki)?;
+        let module_facts = module_facts(&ctx, slot, &config);
         Ok(Device {
             ctx,
             config,
@@ -276,6 +336,7 @@ impl Device {
             reinit: Mutex::new(()),
             mechanisms,
             token_description,
+            module_facts,
         })
     }
 

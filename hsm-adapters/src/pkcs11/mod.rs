@@ -130,12 +130,27 @@ fn capabilities(device: &Lane) -> Capabilities {
     let schemes: Vec<SignatureScheme> =
         all.into_iter().filter(|s| Pkcs11Backend::hashing(device, *s).is_some()).collect();
     let host_side_hashing = schemes.iter().all(|s| Pkcs11Backend::hashing(device, *s) == Some(Hashing::Host));
+    let mut facts = device.module_facts.clone();
+    for scheme in all {
+        let (raw, hashed) = match scheme {
+            SignatureScheme::RsaPkcs1Sha256 => ("CKM_RSA_PKCS", "CKM_SHA256_RSA_PKCS"),
+            SignatureScheme::RsaPssSha256 => ("CKM_RSA_PKCS_PSS", "CKM_SHA256_RSA_PKCS_PSS"),
+            SignatureScheme::EcdsaP256Sha256 => ("CKM_ECDSA", "CKM_ECDSA_SHA256"),
+        };
+        let how = match Pkcs11Backend::hashing(device, scheme) {
+            Some(Hashing::Host) => format!("{raw} (raw: SHA-256 on the host, the digest to the device)"),
+            Some(Hashing::Device) => format!("{hashed} (the device hashes the whole message)"),
+            None => format!("not offered (neither {raw} nor {hashed})"),
+        };
+        facts.push((format!("{} mechanism", scheme.jws_alg()), how));
+    }
     Capabilities {
         device: device.token_description.clone(),
         key_algorithms,
         schemes,
         host_side_hashing,
         max_concurrency: device.capacity(),
+        facts,
     }
 }
 

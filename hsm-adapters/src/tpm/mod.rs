@@ -62,6 +62,14 @@ impl TpmBackend {
             schemes,
             host_side_hashing: true,
             max_concurrency: 1,
+            facts: vec![
+                ("vendor".to_owned(), vendor.split_whitespace().collect::<Vec<_>>().join(" ")),
+                ("commands".to_owned(), "one at a time, from one owner thread (queue_depth callers wait)".to_owned()),
+                (
+                    "mechanisms".to_owned(),
+                    "TPM2_Sign of a host-computed SHA-256 digest (RS256, PS256, ES256)".to_owned(),
+                ),
+            ],
         };
         Ok(TpmBackend { worker, capabilities })
     }
