@@ -18,22 +18,7 @@ use faulty_pkcs11::{Fail, Faults};
 use serde_json::{Value, json};
 
 mod common;
-use common::appliance::{Appliance, JwksChecker, Service, faulty_module, set_faults, sha256_hex, thumbprint};
-
-/// Writes an NDJSON batch of `n` internal-proof requests for devices `first..first + n`.
-fn batch_file(dir: &Path, name: &str, first: u32, n: u32) -> PathBuf {
-    let path = dir.join(format!("{name}.ndjson"));
-    let mut f = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
-    for i in first..first + n {
-        writeln!(
-            f,
-            "{{\"device_id\":\"GUID:{i:08X}-0000-4000-8000-000000000000\",\"client_cert_thumbprint\":\"{}\",\"proof\":{{\"kind\":\"internal\"}}}}",
-            thumbprint((i % 251) as u8)
-        )
-        .unwrap();
-    }
-    path
-}
+use common::appliance::{Appliance, JwksChecker, Service, faulty_module, internal_batch_file, set_faults, sha256_hex};
 
 /// Lifts the rate limit: these tests are about faults, not the limit.
 fn unlimited(a: &Appliance) {
@@ -135,7 +120,7 @@ fn device_faults_under_a_20000_line_batch_release_only_good_audited_tokens() {
     set_faults(&faults_path, &base);
     let s = a.start_with(&[("FAULTY_PKCS11_CONFIG", faults_path.to_str().unwrap())]);
     let pid = s.pid();
-    let body = batch_file(&a.dir, "faults", 0, LINES);
+    let body = internal_batch_file(&a.dir, "faults", 0, LINES);
     let started = Instant::now();
     let mut phases = Vec::new();
     std::thread::scope(|scope| {
@@ -243,7 +228,7 @@ fn a_swtpm_killed_and_restarted_under_a_batch_loses_no_line_and_no_record() {
     unlimited(&a);
     let s = a.start();
     let pid = s.pid();
-    let body = batch_file(&a.dir, "tpm", 0, LINES);
+    let body = internal_batch_file(&a.dir, "tpm", 0, LINES);
     let started = Instant::now();
     let mut kills = Vec::new();
     std::thread::scope(|scope| {
@@ -290,7 +275,7 @@ fn kill_9_during_batches_loses_no_audit_record_and_restarts_fast() {
     let loops: u32 = std::env::var("SITESIGN_CRASH_LOOPS").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
     let a = Appliance::new();
     unlimited(&a);
-    let body = batch_file(&a.dir, "crash", 0, 4_000);
+    let body = internal_batch_file(&a.dir, "crash", 0, 4_000);
     let mut received = Vec::new();
     let mut ready_ms = Vec::new();
     let mut before_kill = Vec::new();

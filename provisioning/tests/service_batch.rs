@@ -5,13 +5,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests: a panic is a failure")]
 
 use std::collections::HashSet;
-use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 mod common;
-use common::appliance::{Appliance, Service, claims_of, client_request, device, register, sha256_hex, thumbprint};
+use common::appliance::{
+    Appliance, Service, claims_of, client_request, device, internal_batch_file, register, sha256_hex, thumbprint,
+};
 
 /// A renewal proof forged from a real token: device `n`'s claims with another device's
 /// signature spliced on (what a thief of one token would try).
@@ -91,18 +92,7 @@ fn batches_keep_order_report_per_item_errors_and_audit_every_token() {
 
 /// Sends a batch of `n` internal registrations (from `first`); returns (response bytes, tokens).
 fn internal_batch(s: &Service, name: &str, first: u32, n: u32) -> (u64, u32) {
-    let body_path = s.dir.join(format!("{name}.ndjson"));
-    {
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&body_path).unwrap());
-        for i in first..first + n {
-            writeln!(
-                f,
-                "{{\"device_id\":\"GUID:{i:08X}-0000-4000-8000-000000000000\",\"client_cert_thumbprint\":\"{}\",\"proof\":{{\"kind\":\"internal\"}}}}",
-                thumbprint((i % 251) as u8)
-            )
-            .unwrap();
-        }
-    }
+    let body_path = internal_batch_file(&s.dir, name, first, n);
     let out_path = body_path.with_extension("out");
     let out = s.batch_command(&body_path).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -248,11 +248,7 @@ impl Fixture for SoftHsm {
         self.backend()
     }
     fn open_with_secret(&self, secret: &[u8]) -> Result<Arc<dyn KeyBackend>, hsm_adapters::Error> {
-        let path = self.work_dir.join(format!("other-{}.pin", unique()));
-        write_secret_file(&path, secret);
-        let mut config = self.config(1);
-        config.pin = PinSource::File(path);
-        Ok(Arc::new(Pkcs11Backend::open(config)?))
+        open_with_pin(self.config(1), &self.work_dir, secret)
     }
     fn algorithms(&self) -> Vec<KeyAlgorithm> {
         KeyAlgorithm::ALL.to_vec()
@@ -272,6 +268,18 @@ impl Fixture for SoftHsm {
             fs::rename(token.path(), self.token_root().join(token.file_name())).unwrap();
         }
     }
+}
+
+/// Opens a PKCS#11 backend with `config` but the PIN `secret` (written to a new file in `dir`).
+pub(crate) fn open_with_pin(
+    mut config: Pkcs11Config,
+    dir: &Path,
+    secret: &[u8],
+) -> Result<Arc<dyn KeyBackend>, hsm_adapters::Error> {
+    let path = dir.join(format!("other-{}.pin", unique()));
+    write_secret_file(&path, secret);
+    config.pin = PinSource::File(path);
+    Ok(Arc::new(Pkcs11Backend::open(config)?))
 }
 
 pub(crate) fn unique() -> u64 {

@@ -15,7 +15,7 @@ use hsm_adapters::pkcs11::Pkcs11Backend;
 use hsm_adapters::{KeyAlgorithm, KeyBackend, PinSource, Pkcs11Config, TokenSelector};
 use secrecy::SecretString;
 
-use crate::{Fixture, TOKEN_LABEL, unique, write_secret_file};
+use crate::{Fixture, TOKEN_LABEL, write_secret_file};
 
 /// Debian's opencryptoki PKCS#11 library.
 pub const MODULE: &str = "/usr/lib/x86_64-linux-gnu/pkcs11/libopencryptoki.so";
@@ -136,11 +136,7 @@ impl Fixture for Ock {
         Arc::new(Pkcs11Backend::open(self.config(2)).expect("open the opencryptoki token"))
     }
     fn open_with_secret(&self, secret: &[u8]) -> Result<Arc<dyn KeyBackend>, hsm_adapters::Error> {
-        let path = self.work_dir.join(format!("other-{}.pin", unique()));
-        write_secret_file(&path, secret);
-        let mut config = self.config(1);
-        config.pin = PinSource::File(path);
-        Ok(Arc::new(Pkcs11Backend::open(config)?))
+        crate::open_with_pin(self.config(1), &self.work_dir, secret)
     }
     fn algorithms(&self) -> Vec<KeyAlgorithm> {
         // Debian's build of the soft token has no elliptic curves.

@@ -474,6 +474,21 @@ pub fn python_tool_with_input(tool: &str, args: &[&str], input: &[u8]) -> Output
     child.wait_with_output().unwrap()
 }
 
+/// Writes an NDJSON batch of `n` internal-proof requests for devices `first..first + n`.
+pub fn internal_batch_file(dir: &Path, name: &str, first: u32, n: u32) -> PathBuf {
+    let path = dir.join(format!("{name}.ndjson"));
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+    for i in first..first + n {
+        writeln!(
+            f,
+            "{{\"device_id\":\"GUID:{i:08X}-0000-4000-8000-000000000000\",\"client_cert_thumbprint\":\"{}\",\"proof\":{{\"kind\":\"internal\"}}}}",
+            thumbprint((i % 251) as u8)
+        )
+        .unwrap();
+    }
+    path
+}
+
 /// The fault-injecting PKCS#11 module (`faulty-pkcs11`, built beside the test binaries as a
 /// dev-dependency).
 pub fn faulty_module() -> PathBuf {
