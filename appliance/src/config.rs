@@ -345,6 +345,14 @@ impl ConfigFile {
             });
         }
         let tokens = TokensConfig { clock_skew_seconds, renew_after_days };
+        if let Some(mb) = self.audit.as_ref().and_then(|a| a.max_size_mb)
+            && !(mb.is_finite() && mb > 0.0)
+        {
+            problems.push(ConfigProblem {
+                path: "audit.max_size_mb".into(),
+                message: format!("{mb} is not a size: a positive number of MiB (leave it out for no cap)"),
+            });
+        }
         let service = validate_service(&self.service.clone().unwrap_or_default(), base, &state_dir, &mut problems);
         let audit_file = self.audit.clone().unwrap_or_default();
         let audit = AuditConfig {
@@ -629,5 +637,17 @@ mod tests {
         let err = Config::parse("state_dir = \"/var/lib/sitesign\"\nlisten = 3\n", Path::new("/x.toml")).unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("unknown field `listen`") && msg.contains("line 2"), "{msg}");
+    }
+
+    /// Noticed while writing the `config` fuzz target: a cap of -1, NaN or infinity was taken
+    /// (the first two as a 0-byte cap that stops all signing, the last as no cap).
+    #[test]
+    fn an_audit_cap_must_be_a_positive_size() {
+        for bad in ["-1.0", "nan", "inf", "0.0"] {
+            let text = format!("state_dir = \"/var/lib/sitesign\"\n[audit]\nmax_size_mb = {bad}\n");
+            let err = Config::parse(&text, Path::new("/x/sitesign.toml")).unwrap_err();
+            let ConfigError::Invalid { problems, .. } = err else { panic!("{bad}: {err}") };
+            assert!(problems.iter().any(|p| p.path == "audit.max_size_mb"), "{bad}: {problems:?}");
+        }
     }
 }

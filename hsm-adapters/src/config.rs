@@ -210,7 +210,12 @@ impl TpmConfigFile {
         };
         let parent_handle = match self.parent_handle.as_deref() {
             None => Some(DEFAULT_SRK_HANDLE),
-            Some(h) => match h.strip_prefix("0x").and_then(|x| u32::from_str_radix(x, 16).ok()) {
+            // Hex digits only: `from_str_radix` would also take a sign (`0x+81000001`).
+            Some(h) => match h
+                .strip_prefix("0x")
+                .filter(|x| !x.is_empty() && x.bytes().all(|b| b.is_ascii_hexdigit()))
+                .and_then(|x| u32::from_str_radix(x, 16).ok())
+            {
                 Some(v) if v >> 24 == 0x81 => Some(v),
                 _ => {
                     problem("parent_handle", format!("{h:?} is not a persistent handle (0x81000000 to 0x81FFFFFF)"));
@@ -437,6 +442,12 @@ mod tests {
             paths,
             ["backends.tpm.tcti", "backends.tpm.parent_handle", "backends.tpm.key_dir", "backends.tpm.auth_file"]
         );
+        // Hex digits only (noticed beside the key URI fuzz finding: `from_str_radix` takes a sign).
+        for bad in ["0x+81000001", "0x", "0x81 000001"] {
+            let doc = parse(&format!("{bare}empty_auth = true\nparent_handle = \"{bad}\"\n")).unwrap();
+            let problems = doc.backends["tpm"].validate("backends.tpm").unwrap_err();
+            assert_eq!(problems[0].path, "backends.tpm.parent_handle", "{bad}");
+        }
     }
 
     #[test]
