@@ -286,7 +286,7 @@ fn open(path: &Path, max_bytes: Option<u64>) -> rusqlite::Result<Connection> {
     conn.execute_batch("CREATE INDEX IF NOT EXISTS audit_sha256 ON audit (sha256)")?;
     if let Some(max) = max_bytes {
         let page: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
-        conn.pragma_update(None, "max_page_count", (max as i64 / page).max(16))?;
+        conn.pragma_update(None, "max_page_count", (i64::try_from(max).unwrap_or(i64::MAX) / page).max(16))?;
     }
     Ok(conn)
 }

@@ -341,6 +341,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&root)?;
     // A network HSM: the shim in front of SoftHSM, its latency in a file it reads.
     let shim = match args.hsm_latency_ms {
+        Some(0) => bail!("--hsm-latency-ms must be at least 1"),
         Some(ms) if args.backend == Device::Softhsm => {
             let faults = root.join("faults.toml");
             let config = faulty_pkcs11::Faults {
@@ -392,19 +393,29 @@ fn run(args: &Args) -> anyhow::Result<()> {
     }
     let config = dir.join("sitesign.toml");
     let text = std::fs::read_to_string(&config)?;
-    // The benchmark is one MP: lift its rate limit; keep the default queue.
-    let text =
-        text.replace("[service]\n", "[service]\nrate_limit_per_second = 100000000\nrate_limit_burst = 100000000\n");
-    // As many signing workers as the raw rate had sessions.
-    let text = text.replace("sessions = 2\n", &format!("sessions = {sessions}\n"));
+    // The benchmark is one MP: lift its rate limit; keep the default queue. Edited as TOML, so a
+    // key that moved fails loudly instead of being left out.
+    let mut table: toml::Table = toml::from_str(&text)?;
+    let service = table.get_mut("service").and_then(|v| v.as_table_mut()).context("quickstart wrote no [service]")?;
+    service.insert("rate_limit_per_second".into(), 100_000_000.into());
+    service.insert("rate_limit_burst".into(), 100_000_000.into());
     // A network HSM signs each TLS handshake slowly too: give handshakes sessions to match (as
     // docs/backends.md advises), or the 64 connections of the latency phase queue past their
     // handshake patience.
-    let text = match args.hsm_latency_ms {
-        Some(_) => text.replace("[service]\n", "[service]\ntls_sessions = 16\n"),
-        None => text,
-    };
-    std::fs::write(&config, text)?;
+    if args.hsm_latency_ms.is_some() {
+        service.insert("tls_sessions".into(), 16.into());
+    }
+    // As many signing workers as the raw rate had sessions, when they were chosen.
+    if args.sessions.is_some() || args.hsm_latency_ms.is_some() {
+        let backends = table.get_mut("backends").and_then(|v| v.as_table_mut()).context("no [backends]")?;
+        for (_, backend) in backends.iter_mut() {
+            let Some(backend) = backend.as_table_mut() else { continue };
+            if backend.get("kind").and_then(|k| k.as_str()) == Some("pkcs11") {
+                backend.insert("sessions".into(), i64::try_from(sessions)?.into());
+            }
+        }
+    }
+    std::fs::write(&config, toml::to_string(&table)?)?;
     let mut sitesignd = Command::new(bin("sitesignd")?);
     sitesignd
         .arg("--config")

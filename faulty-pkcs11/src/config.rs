@@ -49,7 +49,31 @@ pub struct Faults {
     pub drop_sessions: u64,
 }
 
-/// A rule that fails calls of one function.
+impl Faults {
+    /// Refuses rules that could never fire: a function this module does not wrap, a return
+    /// value that is neither a known name nor a number, a rule with neither `nth` nor `every`.
+    pub fn check(&self) -> Result<(), String> {
+        for rule in &self.fail {
+            if !crate::WRAPPED.contains(&rule.function.as_str()) {
+                return Err(format!("{} is not wrapped (one of {:?})", rule.function, crate::WRAPPED));
+            }
+            if return_value(&rule.rv).is_none() {
+                return Err(format!("{} is not a return value", rule.rv));
+            }
+            if rule.nth.is_none() && rule.every.is_none() {
+                return Err(format!("the rule for {} has neither nth nor every", rule.function));
+            }
+        }
+        for function in self.latency_ms.keys() {
+            if !crate::WRAPPED.contains(&function.as_str()) {
+                return Err(format!("{function} is not wrapped"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A rule that fails calls of one function (every call counts, a `C_Sign` length query too).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Fail {

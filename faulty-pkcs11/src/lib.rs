@@ -63,8 +63,9 @@ static SHIM: OnceLock<Result<Shim, String>> = OnceLock::new();
 #[derive(Default)]
 struct Live {
     path: Option<PathBuf>,
-    /// (modification time, length) of the file last read.
-    stamp: Option<(SystemTime, u64)>,
+    /// (inode, change time, modification time, length) of the file last read: a file replaced
+    /// by a rename gets a new inode, so no rewrite is missed within one clock tick.
+    stamp: Option<(u64, i64, i64, SystemTime, u64)>,
     checked: Option<Instant>,
     faults: Faults,
     calls: HashMap<&'static str, u64>,
@@ -75,6 +76,9 @@ struct Live {
     open: HashSet<CK_SESSION_HANDLE>,
     /// Of those, the ones a drop invalidated.
     dead: HashSet<CK_SESSION_HANDLE>,
+    /// Set by a drop: the (emulated) restarted HSM forgot the login, so signing and finding keys
+    /// answer `CKR_USER_NOT_LOGGED_IN` until the application logs in again.
+    need_login: bool,
 }
 
 static LIVE: Mutex<Option<Live>> = Mutex::new(None);
@@ -98,16 +102,29 @@ impl Live {
         self.checked = Some(Instant::now());
         let Some(path) = &self.path else { return };
         let Ok(meta) = std::fs::metadata(path) else { return };
-        let stamp = (meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), meta.len());
+        use std::os::unix::fs::MetadataExt as _;
+        let stamp = (
+            meta.ino(),
+            meta.ctime(),
+            meta.ctime_nsec(),
+            meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            meta.len(),
+        );
         if self.stamp == Some(stamp) {
             return;
         }
         // A file being rewritten may be read half-way: keep the old rules until it parses.
-        let Ok(faults) = std::fs::read_to_string(path)
+        let read = std::fs::read_to_string(path)
             .map_err(|e| e.to_string())
             .and_then(|t| toml::from_str::<Faults>(&t).map_err(|e| e.to_string()))
-        else {
-            return;
+            .and_then(|f| f.check().map(|()| f));
+        let faults = match read {
+            Ok(f) => f,
+            Err(e) => {
+                // A rule that can never fire is a test that cannot fail: say so, keep the old rules.
+                self.record(&format!(r#"{{"error":{:?}}}"#, e));
+                return;
+            }
         };
         if self.stamp.is_none() {
             // The first reading sets the baseline: a generation present at load is not a drop.
@@ -149,11 +166,15 @@ fn before_with(name: &'static str, session: Option<CK_SESSION_HANDLE>, slow: boo
         if l.faults.drop_sessions > l.drops_done {
             l.drops_done = l.faults.drop_sessions;
             l.dead.extend(l.open.iter().copied());
+            l.need_login = true;
             let line = format!(r#"{{"fault":"drop_sessions","function":"{name}","sessions":{}}}"#, l.open.len());
             l.record(&line);
         }
         if session.is_some_and(|s| l.dead.contains(&s)) {
             return Err(CKR_SESSION_HANDLE_INVALID);
+        }
+        if l.need_login && matches!(name, "C_SignInit" | "C_Sign" | "C_FindObjectsInit") {
+            return Err(CKR_USER_NOT_LOGGED_IN);
         }
         let rule = l.faults.fail.iter().enumerate().find(|(i, r)| r.function == name && r.fires(call, l.fired[*i]));
         if let Some((i, rule)) = rule {
@@ -249,7 +270,7 @@ pub unsafe extern "C" fn C_GetFunctionList(list: *mut *mut CK_FUNCTION_LIST) -> 
 macro_rules! wrap {
     ($($name:ident($($arg:ident: $ty:ty),*) => $session:expr;)*) => {
         /// The functions whose calls can be failed or delayed.
-        pub const WRAPPED: &[&str] = &[$(stringify!($name), )* "C_OpenSession", "C_CloseSession", "C_Sign"];
+        pub const WRAPPED: &[&str] = &[$(stringify!($name), )* "C_OpenSession", "C_CloseSession", "C_Login", "C_Sign"];
 
         $(
             #[allow(non_snake_case, reason = "PKCS#11's own names")]
@@ -277,6 +298,7 @@ macro_rules! wrap {
                 ours.C_Sign = Some(C_Sign);
             }
             ours.C_OpenSession = real.C_OpenSession.and(Some(C_OpenSession));
+            ours.C_Login = real.C_Login.and(Some(C_Login));
             ours.C_CloseSession = real.C_CloseSession.and(Some(C_CloseSession));
             ours.C_CloseAllSessions = real.C_CloseAllSessions.and(Some(C_CloseAllSessions));
             ours.C_Finalize = real.C_Finalize.and(Some(C_Finalize));
@@ -288,7 +310,6 @@ wrap! {
     C_GetSlotList(present: CK_BBOOL, slots: *mut CK_SLOT_ID, count: *mut CK_ULONG) => None;
     C_GetTokenInfo(slot: CK_SLOT_ID, info: *mut CK_TOKEN_INFO) => None;
     C_GetSessionInfo(session: CK_SESSION_HANDLE, info: *mut CK_SESSION_INFO) => Some(session);
-    C_Login(session: CK_SESSION_HANDLE, user: CK_USER_TYPE, pin: *mut CK_UTF8CHAR, len: CK_ULONG) => Some(session);
     C_Logout(session: CK_SESSION_HANDLE) => Some(session);
     C_FindObjectsInit(session: CK_SESSION_HANDLE, template: *mut CK_ATTRIBUTE, count: CK_ULONG) => Some(session);
     C_FindObjects(session: CK_SESSION_HANDLE, objects: *mut CK_OBJECT_HANDLE, max: CK_ULONG, count: *mut CK_ULONG) => Some(session);
@@ -324,6 +345,28 @@ unsafe extern "C" fn C_OpenSession(
         let l = guard.get_or_insert_with(Live::new);
         l.open.insert(handle);
         l.dead.remove(&handle);
+    }
+    rv
+}
+
+/// `C_Login`: faults and latency as the others; a login that succeeds (or finds the user logged
+/// in) ends the "login forgotten" state a drop leaves.
+#[allow(non_snake_case, reason = "PKCS#11's own name")]
+unsafe extern "C" fn C_Login(
+    session: CK_SESSION_HANDLE,
+    user: CK_USER_TYPE,
+    pin: *mut CK_UTF8CHAR,
+    len: CK_ULONG,
+) -> CK_RV {
+    if let Err(rv) = before("C_Login", Some(session)) {
+        return rv;
+    }
+    let Some(login) = real().C_Login else { return CKR_FUNCTION_NOT_SUPPORTED };
+    // SAFETY: the caller's arguments, unchanged, to the real function; the caller vouches for them.
+    let rv = unsafe { login(session, user, pin, len) };
+    if rv == CKR_OK || rv == CKR_USER_ALREADY_LOGGED_IN {
+        let mut guard = live();
+        guard.get_or_insert_with(Live::new).need_login = false;
     }
     rv
 }

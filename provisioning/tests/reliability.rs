@@ -95,6 +95,7 @@ fn injected(log: &Path) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
     for line in std::fs::read_to_string(log).unwrap_or_default().lines() {
         let v: Value = serde_json::from_str(line).unwrap();
+        assert!(v.get("error").is_none(), "the fault module refused its configuration: {line}");
         let kind = match v["fault"].as_str().unwrap() {
             "rv" => format!("{}:{}", v["function"].as_str().unwrap(), v["rv"].as_str().unwrap()),
             other => other.to_owned(),
@@ -195,7 +196,11 @@ fn device_faults_under_a_20000_line_batch_release_only_good_audited_tokens() {
     let faults = injected(&log);
     assert!(faults.get("flip").copied().unwrap_or(0) > 0, "bits were flipped: {faults:?}");
     let caught = s.metric("sitesign_backend_errors_total", "{code=\"faulty_signature\"}").unwrap_or(0.0);
-    assert_eq!(caught as usize, faults["flip"], "each flipped signature is caught before release, and counted");
+    // Each flipped signature is caught before release and counted — but for an audit
+    // checkpoint's, signed with the same key through the same module every 10 s, which is
+    // caught and logged apart (at most one such in the few seconds of the flip phase).
+    let flips = faults["flip"];
+    assert!(caught as usize <= flips && caught as usize + 1 >= flips, "{caught} caught of {flips} flipped");
     let errors = answer.errors.get("backend_error").copied().unwrap_or(0);
     assert!(
         errors >= faults["flip"] && errors < 1_000,
@@ -298,6 +303,7 @@ fn kill_9_during_batches_loses_no_audit_record_and_restarts_fast() {
         let _ = client.wait();
         received.extend(tokens_received(&body.with_extension("out")));
     }
+    assert!(received.len() > loops as usize, "the clients received tokens before each kill: {}", received.len());
     // One last start: every token any client received has its record, once.
     let s = a.start();
     assert!(a.audit_intact());
@@ -401,9 +407,9 @@ fn a_full_disk_stops_signing_corrupts_nothing_and_recovers_by_itself() {
     let (ready, body) = s.ops("/readyz");
     assert_eq!(ready, 503, "{body}");
     assert!(body.contains("\"audit_writable\":false"), "{body}");
-    // Still full: still refused, and the probe keeps it not ready.
+    // Still full: still refused, and the probe (every second) keeps it not ready.
     assert_eq!(request(30_000).0, 503);
-    assert_eq!(s.ops("/readyz").0, 503);
+    assert!(!s.eventually(Duration::from_secs(3), || s.ops("/readyz").0 == 200), "ready on a full disk");
     // Space returns: ready again by itself — no request needed — and signing.
     std::fs::remove_file(&filler).unwrap();
     let freed = Instant::now();

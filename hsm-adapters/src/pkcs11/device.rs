@@ -170,7 +170,7 @@ fn module_facts(ctx: &Pkcs11, slot: Slot, config: &Pkcs11Config) -> Vec<(String,
             facts.push((
                 "sessions".to_owned(),
                 format!(
-                    "token allows {} ({} read-write); sitesign opens {} for signing",
+                    "token allows {} ({} read-write); sitesign opens {} for signing, plus the service's tls_sessions for handshakes when the TLS key is here",
                     limit(t.max_session_count()),
                     limit(t.max_rw_session_count()),
                     config.sessions

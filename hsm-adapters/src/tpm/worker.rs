@@ -169,16 +169,18 @@ fn srk_template() -> Result<Public> {
     )
 }
 
-/// Auth values at least this long (what `sitesign init` generates: 128 random bits as 32 hex
-/// characters) cannot be guessed, so keys using them are exempt from dictionary-attack
-/// protection (`noDA`).
-pub const NO_DA_AUTH_LEN: usize = 32;
+/// Whether a key auth value is one `sitesign init` generates — 128 random bits as 32 lowercase
+/// hex characters — which cannot be guessed, so keys using it are exempt from dictionary-attack
+/// protection (`noDA`). An operator's own value (a passphrase, however long) keeps it.
+pub fn is_generated_auth(value: &[u8]) -> bool {
+    value.len() == 32 && value.iter().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+}
 
 /// The template of a signing key: fixedTPM, fixedParent, sensitiveDataOrigin, userWithAuth,
 /// sign, no decrypt, not restricted; `noDA` if `no_da`. RSA keys have a null scheme so that each
 /// signature names its own (RS256 or PS256).
 ///
-/// Why `noDA` for keys with an unguessable (or no) auth value: a TPM that loses power while a
+/// Why `noDA` for keys with a generated (or no) auth value: a TPM that loses power while a
 /// DA-protected key is in use counts a failed authorization at its next start-up (TPM 2.0 Part 1
 /// §19.8.6), so a host that crashes a few times locks its own signing keys out for the TPM's
 /// recovery time — an outage that protects nothing when the auth value is 128 random bits. A
@@ -466,7 +468,7 @@ impl Worker {
         fs::create_dir_all(&self.config.key_dir)
             .map_err(|e| Error::Io { path: self.config.key_dir.clone(), reason: format!("cannot create: {e}") })?;
         let auth = self.auth()?;
-        let no_da = auth.as_ref().is_none_or(|a| a.value().len() >= NO_DA_AUTH_LEN);
+        let no_da = auth.as_ref().is_none_or(|a| is_generated_auth(a.value()));
         let template = signing_template(algorithm, no_da)?;
         // Creation needs the parent and the new object in transient slots: free ours first
         // (creating keys is rare; they are reloaded when next used).
@@ -611,4 +613,21 @@ fn write_new(path: &PathBuf, bytes: &[u8]) -> Result<()> {
     let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(io)?;
     f.write_all(bytes).map_err(io)?;
     f.sync_all().map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_generated_auth_value_exempts_keys_from_dictionary_attack_protection() {
+        use secrecy::ExposeSecret;
+        let generated = crate::random_secret().unwrap_or_else(|e| panic!("{e}"));
+        assert!(is_generated_auth(generated.expose_secret().as_bytes()));
+        for operator in
+            [&b"correct horse battery staple and more words"[..], b"0123456789ABCDEF0123456789ABCDEF", b"short"]
+        {
+            assert!(!is_generated_auth(operator), "{}", String::from_utf8_lossy(operator));
+        }
+    }
 }
