@@ -20,14 +20,6 @@ use serde_json::{Value, json};
 mod common;
 use common::appliance::{Appliance, JwksChecker, Service, faulty_module, internal_batch_file, set_faults, sha256_hex};
 
-/// Lifts the rate limit: these tests are about faults, not the limit.
-fn unlimited(a: &Appliance) {
-    a.edit_service(|svc| {
-        svc.rate_limit_per_second = Some(1_000_000);
-        svc.rate_limit_burst = Some(1_000_000);
-    });
-}
-
 /// Client tokens the service has signed so far.
 fn issued(s: &Service) -> f64 {
     s.metric("sitesign_tokens_issued_total", "{kind=\"client\"}").unwrap_or(0.0)
@@ -114,7 +106,7 @@ fn device_faults_under_a_20000_line_batch_release_only_good_audited_tokens() {
     const LINES: u32 = 20_000;
     let module = faulty_module();
     let a = Appliance::with(&["--module", module.to_str().unwrap()]);
-    unlimited(&a);
+    a.edit_service(common::appliance::unlimited);
     let faults_path = a.dir.join("faults.toml");
     let log = a.dir.join("faults.log");
     let base = Faults { log: Some(log.clone()), ..Faults::default() };
@@ -230,7 +222,7 @@ fn a_swtpm_killed_and_restarted_under_a_batch_loses_no_line_and_no_record() {
     let tmp = tempfile::tempdir().unwrap();
     let tpm = device_tests::swtpm::Swtpm::start(tmp.path());
     let a = Appliance::with(&["--backend", "tpm", "--tcti", &tpm.tcti(), "--token-algorithm", "ec-p256"]);
-    unlimited(&a);
+    a.edit_service(common::appliance::unlimited);
     let s = a.start();
     let pid = s.pid();
     let body = internal_batch_file(&a.dir, "tpm", 0, LINES);
@@ -279,7 +271,7 @@ fn kill_9_during_batches_loses_no_audit_record_and_restarts_fast() {
     // SITESIGN_CRASH_LOOPS=1000 for the long run (README: "Reliability").
     let loops: u32 = std::env::var("SITESIGN_CRASH_LOOPS").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
     let a = Appliance::new();
-    unlimited(&a);
+    a.edit_service(common::appliance::unlimited);
     let body = internal_batch_file(&a.dir, "crash", 0, 4_000);
     let mut received = Vec::new();
     let mut ready_ms = Vec::new();
@@ -373,7 +365,7 @@ impl Drop for SmallDisk {
 #[test]
 fn a_full_disk_stops_signing_corrupts_nothing_and_recovers_by_itself() {
     let a = Appliance::new();
-    unlimited(&a);
+    a.edit_service(common::appliance::unlimited);
     // The state store and the audit log on a 2 MiB filesystem of their own.
     let disk = SmallDisk::mount(&a.dir.join("small"), "2m");
     for entry in std::fs::read_dir(a.dir.join("state")).unwrap() {
@@ -471,8 +463,7 @@ fn a_thousand_idle_connections_and_200_slow_bodies_leave_a_management_point_serv
         svc.body_timeout_seconds = Some(60);
         // One MP certificate opens them all (a misbehaving MP, or its stolen key).
         svc.max_connections_per_mp = Some(2_000);
-        svc.rate_limit_per_second = Some(1_000_000);
-        svc.rate_limit_burst = Some(1_000_000);
+        common::appliance::unlimited(svc);
     });
     let s = a.start();
     let baseline = timed_requests(&s, 0, 30);

@@ -114,8 +114,7 @@ fn a_long_batch_streams_in_bounded_memory() {
     // bound is for a window of 4,096 lines (the default 10,000 holds about 20 MiB at most:
     // docs/api.md).
     a.edit_service(|svc| {
-        svc.rate_limit_per_second = Some(1_000_000);
-        svc.rate_limit_burst = Some(1_000_000);
+        common::appliance::unlimited(svc);
         svc.max_batch_lines = Some(4_096);
     });
     let s = a.start();

@@ -62,8 +62,7 @@ fn read_lines(path: &Path) -> Vec<Value> {
 fn fast_appliance(edit: impl FnOnce(&mut sitesign::config::ServiceConfigFile)) -> Appliance {
     let a = Appliance::with(&["--token-algorithm", "ec-p256"]);
     a.edit_service(|svc| {
-        svc.rate_limit_per_second = Some(1_000_000);
-        svc.rate_limit_burst = Some(1_000_000);
+        common::appliance::unlimited(svc);
         edit(svc);
     });
     a
@@ -194,8 +193,7 @@ fn http2_has_the_same_limits_as_http1() {
     a.edit_service(|svc| {
         svc.max_streams_per_connection = Some(8);
         svc.max_batch_lines = Some(100);
-        svc.rate_limit_per_second = Some(1_000_000);
-        svc.rate_limit_burst = Some(1_000_000);
+        common::appliance::unlimited(svc);
         svc.header_timeout_seconds = Some(2);
         svc.body_timeout_seconds = Some(2);
     });
@@ -437,8 +435,7 @@ fn fuzz_examples() -> String {
 fn schemathesis_finds_no_server_error_and_no_answer_outside_the_document() {
     let a = Appliance::new();
     a.edit_service(|svc| {
-        svc.rate_limit_per_second = Some(1_000_000);
-        svc.rate_limit_burst = Some(1_000_000);
+        common::appliance::unlimited(svc);
     });
     let s = a.start();
     let tools = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools");

@@ -142,9 +142,9 @@ fn initialize(ctx: &Pkcs11) -> Result<()> {
     }
 }
 
-/// What the library and the token say of themselves, for an operator (never fails: what cannot
-/// be read is reported as such).
-fn module_facts(ctx: &Pkcs11, slot: Slot, config: &Pkcs11Config) -> Vec<(String, String)> {
+/// What the library and the token say of themselves, for an operator: the token information is
+/// what [`find_slot`] read; a library that cannot describe itself is reported as such.
+fn module_facts(ctx: &Pkcs11, t: &cryptoki::slot::TokenInfo, config: &Pkcs11Config) -> Vec<(String, String)> {
     use cryptoki::slot::Limit;
     let mut facts = Vec::new();
     match ctx.get_library_info() {
@@ -165,42 +165,35 @@ fn module_facts(ctx: &Pkcs11, slot: Slot, config: &Pkcs11Config) -> Vec<(String,
         Limit::Infinite => "no limit".to_owned(),
         Limit::Unavailable => "not reported".to_owned(),
     };
-    match ctx.get_token_info(slot) {
-        Ok(t) => {
-            facts.push((
-                "sessions".to_owned(),
-                format!(
-                    "token allows {} ({} read-write); sitesign opens {} for signing, plus the service's tls_sessions for handshakes when the TLS key is here",
-                    limit(t.max_session_count()),
-                    limit(t.max_rw_session_count()),
-                    config.sessions
-                ),
-            ));
-            let login = if t.protected_authentication_path() {
-                "PIN entered on the device (protected authentication path)"
-            } else if t.login_required() {
-                "user PIN; one login serves every session of the process (PKCS#11 v2.40 §5.6)"
-            } else {
-                "no login required"
-            };
-            facts.push(("login".to_owned(), login.to_owned()));
-            let clock = match (t.clock_on_token(), t.utc_time()) {
-                (false, _) => "none on the token (sitesign uses the host's clock)".to_owned(),
-                (true, Some(u)) => format!(
-                    "on the token: {:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z (sitesign uses the host's clock)",
-                    u.year, u.month, u.day, u.hour, u.minute, u.second
-                ),
-                (true, None) => "on the token, unreadable (not digits); sitesign uses the host's clock".to_owned(),
-            };
-            facts.push(("clock".to_owned(), clock));
-        }
-        Err(e) => facts.push(("token".to_owned(), format!("C_GetTokenInfo failed: {e}"))),
-    }
+    let sessions = format!(
+        "token allows {} ({} read-write); sitesign opens {} for signing, plus the service's tls_sessions for handshakes when the TLS key is here",
+        limit(t.max_session_count()),
+        limit(t.max_rw_session_count()),
+        config.sessions
+    );
+    facts.push(("sessions".to_owned(), sessions));
+    let login = if t.protected_authentication_path() {
+        "PIN entered on the device (protected authentication path)"
+    } else if t.login_required() {
+        "user PIN; one login serves every session of the process (PKCS#11 v2.40 §5.6)"
+    } else {
+        "no login required"
+    };
+    facts.push(("login".to_owned(), login.to_owned()));
+    let clock = match (t.clock_on_token(), t.utc_time()) {
+        (false, _) => "none on the token (sitesign uses the host's clock)".to_owned(),
+        (true, Some(u)) => format!(
+            "on the token: {:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z (sitesign uses the host's clock)",
+            u.year, u.month, u.day, u.hour, u.minute, u.second
+        ),
+        (true, None) => "on the token, unreadable (not digits); sitesign uses the host's clock".to_owned(),
+    };
+    facts.push(("clock".to_owned(), clock));
     facts
 }
 
 /// Finds the slot holding the configured token.
-fn find_slot(ctx: &Pkcs11, config: &Pkcs11Config) -> Result<(Slot, String)> {
+fn find_slot(ctx: &Pkcs11, config: &Pkcs11Config) -> Result<(Slot, String, cryptoki::slot::TokenInfo)> {
     let mut seen = Vec::new();
     for slot in ctx.get_slots_with_token().map_err(Error::from_cryptoki)? {
         let info = match ctx.get_token_info(slot) {
@@ -226,7 +219,7 @@ fn find_slot(ctx: &Pkcs11, config: &Pkcs11Config) -> Result<(Slot, String)> {
                 info.model().trim_end(),
                 config.module.display()
             );
-            return Ok((slot, description));
+            return Ok((slot, description, info));
         }
         seen.push(format!("{label:?}"));
     }
@@ -325,9 +318,9 @@ impl Device {
         })?;
         LOADED.lock().unwrap_or_else(PoisonError::into_inner).push(ctx.clone());
         initialize(&ctx)?;
-        let (slot, token_description) = find_slot(&ctx, &config)?;
+        let (slot, token_description, token_info) = find_slot(&ctx, &config)?;
         let mechanisms = ctx.get_mechanism_list(slot).map_err(Error::from_cryptoki)?;
-        let module_facts = module_facts(&ctx, slot, &config);
+        let module_facts = module_facts(&ctx, &token_info, &config);
         Ok(Device {
             ctx,
             config,
@@ -479,7 +472,7 @@ impl Device {
         }
         state.generation += 1;
         initialize(&self.ctx)?;
-        let (slot, description) = find_slot(&self.ctx, &self.config)?;
+        let (slot, description, _) = find_slot(&self.ctx, &self.config)?;
         state.slot = slot;
         info!(generation = state.generation, token = %description, "PKCS#11 module re-initialised");
         Ok(())

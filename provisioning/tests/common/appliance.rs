@@ -19,6 +19,13 @@ use super::{json, ok, run, sitesign};
 /// machine are slow, and a hung request must still end the test.
 pub const REQUEST_TIMEOUT: &str = "120";
 
+/// Lifts a `[service]` table's per-MP rate limit (inside an [`Appliance::edit_service`]): for
+/// tests about something else than the limit.
+pub fn unlimited(svc: &mut sitesign::config::ServiceConfigFile) {
+    svc.rate_limit_per_second = Some(1_000_000);
+    svc.rate_limit_burst = Some(1_000_000);
+}
+
 /// A quickstart appliance in a temporary folder.
 pub struct Appliance {
     _tmp: tempfile::TempDir,
