@@ -9,8 +9,9 @@
 use serde_json::json;
 
 mod common;
-use common::appliance::{Appliance, JwksChecker, client_request, register};
+use common::appliance::{Appliance, JwksChecker, client_request, faulty_module, register, set_faults};
 use device_tests::opencryptoki::{MODULE, Ock};
+use faulty_pkcs11::{Fail, Faults};
 
 #[test]
 fn opencryptoki_quickstart_bulk_token_registration_renewal_and_batch() {
@@ -68,4 +69,41 @@ fn opencryptoki_quickstart_bulk_token_registration_renewal_and_batch() {
     assert!(facts["ES256 mechanism"].as_str().unwrap().starts_with("not offered"), "{facts}");
     assert!(facts["RS256 mechanism"].as_str().unwrap().starts_with("CKM_RSA_PKCS (raw"), "{facts}");
     assert!(facts["login"].as_str().unwrap().contains("user PIN"), "{facts}");
+}
+
+#[test]
+fn opencryptoki_recovers_in_place_from_a_token_error() {
+    // The token reported missing once (through the fault module in front of opencryptoki): the
+    // module is finalised and initialised again in the same process — which crashed while
+    // sitesign unloaded modules — and the request is signed.
+    let tmp = tempfile::tempdir().unwrap();
+    let token = Ock::create(tmp.path().to_owned());
+    let pin = token.pin_file().to_str().unwrap().to_owned();
+    let faults = tmp.path().join("faults.toml");
+    let log = tmp.path().join("faults.log");
+    let base = Faults { module: Some(MODULE.into()), log: Some(log.clone()), ..Faults::default() };
+    set_faults(&faults, &base);
+    let shim = faulty_module();
+    let mut quickstart = common::sitesign();
+    quickstart.args(["quickstart", "--json", "--listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0", "--dir"]);
+    quickstart.arg(tmp.path().join("appliance")).args(["--backend", "pkcs11", "--module"]).arg(&shim);
+    quickstart.args(["--token-label", device_tests::TOKEN_LABEL, "--pin-file", &pin, "--tls-algorithm", "rsa-2048"]);
+    common::ok(quickstart.env("FAULTY_PKCS11_CONFIG", &faults).output().unwrap());
+    let fail = Fail {
+        function: "C_SignInit".into(),
+        rv: "CKR_TOKEN_NOT_PRESENT".into(),
+        nth: Some(1),
+        every: None,
+        times: None,
+    };
+    set_faults(&faults, &Faults { fail: vec![fail], ..base });
+    let made = common::ok(
+        common::with_config(&tmp.path().join("appliance"), &["bulk-token", "new"])
+            .env("FAULTY_PKCS11_CONFIG", &faults)
+            .output()
+            .unwrap(),
+    );
+    assert!(made["token"].is_string(), "{made}");
+    let injected = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(injected.lines().filter(|l| l.contains("CKR_TOKEN_NOT_PRESENT")).count(), 1, "{injected}");
 }
