@@ -60,6 +60,7 @@ pub const MODULE_ENVIRONMENT: &[&str] = &[
     "CS_PKCS11_R3_CFG",           // Utimaco u.trust
     "YUBIHSM_PKCS11_CONF",        // Yubico YubiHSM 2
     "OPENSC_CONF",                // OpenSC
+    "KRYOPTIC_CONF",              // Kryoptic
 ];
 
 /// The keys of a `kind = "pkcs11"` backend table.

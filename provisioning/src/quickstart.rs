@@ -73,10 +73,22 @@ pub struct Args {
     /// The file holding the existing token's user PIN (mode 0600), for --backend pkcs11.
     #[arg(long)]
     pin_file: Option<PathBuf>,
+    /// A variable the module reads its own configuration from, NAME=VALUE (repeatable), for
+    /// --backend pkcs11: written to the backend's `environment` table, which allows only such
+    /// variables (e.g. KRYOPTIC_CONF, ChrystokiConfigurationPath).
+    #[arg(long = "module-env", value_name = "NAME=VALUE", value_parser = parse_module_env)]
+    module_env: Vec<(String, String)>,
     /// Algorithm of the appliance's TLS key: ec-p256, or rsa-2048 for a module without elliptic
     /// curves (opencryptoki's soft token).
     #[arg(long, default_value = "ec-p256", value_parser = ["ec-p256", "rsa-2048"])]
     tls_algorithm: String,
+}
+
+fn parse_module_env(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_owned(), value.to_owned())),
+        _ => Err("expected NAME=VALUE, e.g. KRYOPTIC_CONF=/etc/kryoptic/token.conf".to_owned()),
+    }
 }
 
 /// The host part of `host:port`, `[v6]:port` or a bare host.
@@ -97,6 +109,9 @@ fn write(path: &Path, text: impl AsRef<[u8]>) -> Result<(), CliError> {
 pub fn run(args: &Args, out: Output) -> Result<ExitCode, CliError> {
     let dir = absolute(&args.dir)?;
     fs::create_dir_all(&dir).map_err(|e| CliError::new("io", format!("cannot create {}: {e}", dir.display())))?;
+    if !args.module_env.is_empty() && args.backend != Device::Pkcs11 {
+        return Err(CliError::new("usage", "--module-env is for --backend pkcs11 (a module of your own)"));
+    }
     let (backend_name, table) = match args.backend {
         Device::Softhsm => {
             let prepared = softhsm::prepare(&dir, &args.module)?;
@@ -128,6 +143,7 @@ pub fn run(args: &Args, out: Output) -> Result<ExitCode, CliError> {
                 token_label: Some(args.token_label.clone()),
                 pin_file: Some(absolute(pin_file)?),
                 sessions: Some(2),
+                environment: args.module_env.iter().cloned().collect(),
                 ..Pkcs11ConfigFile::default()
             };
             ("hsm", BackendConfigFile::Pkcs11(table))
@@ -174,6 +190,9 @@ pub fn run(args: &Args, out: Output) -> Result<ExitCode, CliError> {
         };
         let body = toml::to_string(&file).map_err(|e| CliError::new("encoding", format!("the configuration: {e}")))?;
         let text = format!("# Written by `sitesign quickstart`. See sitesign.sample.toml for every option.\n{body}");
+        // Checked before it is written (a --module-env outside the allow-list, say), so that a
+        // refused configuration never stays behind to be picked up by the next run.
+        sitesign::config::Config::parse(&text, &config_path)?;
         write(&config_path, text)?;
         out.line(format!("wrote {}", config_path.display()));
     }

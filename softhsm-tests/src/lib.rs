@@ -9,12 +9,13 @@
 //! re-executing itself; in the child it creates the device and runs the one test.
 //!
 //! A [`Body::Both`] test is written once against [`Fixture`] and runs as `softhsm::NAME`,
-//! `swtpm::NAME` and `opencryptoki::NAME` (IBM's soft token, [`opencryptoki`]): the conformance
-//! suite. The PKCS#11 module comes from `PKCS11_MODULE`, default
+//! `swtpm::NAME`, `opencryptoki::NAME` (IBM's soft token, [`opencryptoki`]) and `kryoptic::NAME`
+//! (latchset's soft token, [`kryoptic`]): the conformance suite. The PKCS#11 module comes from `PKCS11_MODULE`, default
 //! Debian's SoftHSM2.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test harness: a failure is a test failure")]
 
+pub mod kryoptic;
 pub mod opencryptoki;
 pub mod pytools;
 pub mod swtpm;
@@ -124,7 +125,7 @@ pub fn module_path() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(hsm_adapters::config::DEFAULT_PKCS11_MODULE))
 }
 
-fn random_pin() -> SecretString {
+pub(crate) fn random_pin() -> SecretString {
     hsm_adapters::random_secret().expect("the system random generator")
 }
 
@@ -363,11 +364,23 @@ impl Fixture for TpmEnv {
     }
 }
 
-/// Conformance tests not run on opencryptoki, and why (docs/backends.md's matrix says so too).
-pub const NOT_ON_OPENCRYPTOKI: &[(&str, &str)] = &[(
-    "a_device_restart_is_survived_without_reopening",
-    "its soft token runs inside the application's process: there is no device to take away (killing pkcsslotd does not stop it signing)",
-)];
+/// Conformance tests not run on a module, and why (docs/backends.md's matrix says so too):
+/// (module, test, reason).
+pub const NOT_ON: &[(&str, &str, &str)] = &[
+    (
+        "opencryptoki",
+        "a_device_restart_is_survived_without_reopening",
+        "its soft token runs inside the application's process: there is no device to take away (killing pkcsslotd does not stop it signing)",
+    ),
+    (
+        "kryoptic",
+        "a_device_restart_is_survived_without_reopening",
+        "a soft token inside the application's process, its database held open: there is no device to take away",
+    ),
+];
+
+/// The PKCS#11 modules beside SoftHSM that every conformance test runs on.
+const OTHER_MODULES: &[&str] = &["opencryptoki", "kryoptic"];
 
 /// The trial names a test runs as.
 fn trial_names(test: &Test) -> Vec<String> {
@@ -376,8 +389,10 @@ fn trial_names(test: &Test) -> Vec<String> {
         Body::Swtpm(_) => vec![format!("swtpm::{}", test.name)],
         Body::Both(_) => {
             let mut names = vec![format!("softhsm::{}", test.name), format!("swtpm::{}", test.name)];
-            if !NOT_ON_OPENCRYPTOKI.iter().any(|(n, _)| *n == test.name) {
-                names.push(format!("opencryptoki::{}", test.name));
+            for module in OTHER_MODULES {
+                if !NOT_ON.iter().any(|(m, n, _)| m == module && *n == test.name) {
+                    names.push(format!("{module}::{}", test.name));
+                }
             }
             names
         }
@@ -396,6 +411,7 @@ fn run_child(trial: &str, tests: &[Test]) -> ExitCode {
         ("swtpm", Body::Swtpm(f)) => f(&TpmEnv::create(dir)),
         ("swtpm", Body::Both(f)) => f(&TpmEnv::create(dir)),
         ("opencryptoki", Body::Both(f)) => f(&opencryptoki::Ock::create(dir)),
+        ("kryoptic", Body::Both(f)) => f(&kryoptic::Kryoptic::create(dir)),
         _ => panic!("no such trial: {trial}"),
     }
     ExitCode::SUCCESS
@@ -416,9 +432,12 @@ fn run_helper_process(name: &str, helpers: &[Helper]) -> ExitCode {
 fn run_in_child(name: &str) -> Result<(), Failed> {
     let dir = tempfile::Builder::new().prefix("sitesign-softhsm-").tempdir().map_err(|e| e.to_string())?;
     let conf = SoftHsmDir::create(dir.path()).map_err(|e| e.to_string())?.conf_path();
+    let kryoptic_conf = kryoptic::config_path(dir.path());
+    fs::write(&kryoptic_conf, kryoptic::config_text(dir.path())).map_err(|e| e.to_string())?;
     let out = Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
         .env(CHILD_ENV, name)
         .env("SOFTHSM2_CONF", &conf)
+        .env(kryoptic::CONF_ENV, &kryoptic_conf)
         .env("SITESIGN_TEST_DIR", dir.path())
         .env("RUST_BACKTRACE", "1")
         .stdin(Stdio::null())

@@ -143,9 +143,9 @@ impl Fixture for Ock {
         vec![KeyAlgorithm::Rsa2048, KeyAlgorithm::Rsa3072, KeyAlgorithm::Rsa4096]
     }
     fn device_down(&self) {
-        unreachable!("not run on opencryptoki: NOT_ON_OPENCRYPTOKI")
+        unreachable!("not run on opencryptoki: NOT_ON")
     }
     fn device_up(&self) {
-        unreachable!("not run on opencryptoki: NOT_ON_OPENCRYPTOKI")
+        unreachable!("not run on opencryptoki: NOT_ON")
     }
 }

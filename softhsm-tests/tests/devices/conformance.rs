@@ -35,7 +35,7 @@ pub fn generated_keys_report_the_required_protection(f: &dyn Fixture) {
         report.require_ok("k").unwrap();
         let names: Vec<&str> = report.checks.iter().map(|c| c.name).collect();
         let required: &[&str] = match f.kind() {
-            "softhsm" | "opencryptoki" => {
+            "softhsm" | "opencryptoki" | "kryoptic" => {
                 &["CKA_SENSITIVE", "CKA_EXTRACTABLE", "CKA_NEVER_EXTRACTABLE", "CKA_DECRYPT", "CKA_UNWRAP"]
             }
             _ => &["fixedTPM", "fixedParent", "sensitiveDataOrigin", "userWithAuth", "sign", "decrypt"],
