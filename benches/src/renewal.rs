@@ -60,10 +60,11 @@ struct Args {
     /// Token-signing key: rsa-2048 (RS256) or ec-p256 (ES256).
     #[arg(long, default_value = "rsa-2048")]
     algorithm: String,
-    /// Concurrent MP connections for the single-token latency phase.
-    #[arg(long, default_value_t = 64)]
-    concurrency: usize,
-    /// Seconds of the single-token latency phase.
+    /// Concurrent MP connections for the single-token latency phases: one phase per value
+    /// (comma-separated), each `--latency-seconds` long.
+    #[arg(long, value_delimiter = ',', default_values_t = [16, 64])]
+    concurrency: Vec<usize>,
+    /// Seconds of each single-token latency phase.
     #[arg(long, default_value_t = 10.0)]
     latency_seconds: f64,
     /// Seconds of the raw-rate measurement.
@@ -311,6 +312,38 @@ async fn latency(client: Arc<Client>, concurrency: usize, seconds: f64) -> anyho
     Ok((all, failed))
 }
 
+fn round(value: f64, decimals: i32) -> f64 {
+    let scale = 10f64.powi(decimals);
+    (value * scale).round() / scale
+}
+
+/// The performance targets of issue 15 this run measured, each with its figure and whether it was
+/// met (a target whose phase did not run is left out).
+fn targets(algorithm: &str, ratio: f64, single: &serde_json::Value, tokens: u64, peak_mib: f64) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    let mut target = |name: &str, measured: f64, limit: f64, at_least: bool| {
+        let met = if at_least { measured >= limit } else { measured <= limit };
+        out.insert(name.to_owned(), serde_json::json!({"measured": measured, "target": limit, "met": met}));
+    };
+    match algorithm {
+        "rsa-2048" => target("rs256_renewal_ratio_at_least", ratio, 0.90, true),
+        "ec-p256" => target("es256_renewal_ratio_at_least", ratio, 0.75, true),
+        _ => {}
+    }
+    for phase in single.as_array().into_iter().flatten() {
+        let (p50, p99) = (phase["p50_ms"].as_f64().unwrap_or(f64::NAN), phase["p99_ms"].as_f64().unwrap_or(f64::NAN));
+        match phase["concurrency"].as_u64() {
+            Some(16) => target("single_p99_ms_at_16_at_most", p99, 10.0, false),
+            Some(64) => target("single_p99_over_p50_at_64_at_most", round(p99 / p50, 2), 2.0, false),
+            _ => {}
+        }
+    }
+    if tokens >= 1_000_000 {
+        target("peak_rss_mib_at_1m_at_most", round(peak_mib, 1), 64.0, false);
+    }
+    out.into()
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -499,33 +532,43 @@ fn run(args: &Args) -> anyhow::Result<()> {
     let (renewed, renew_errors, renew_seconds) =
         runtime.block_on(batch(&client, lines, tokens, "renew", |line| line.starts_with(br#"{"token""#)))?;
 
-    // 4. Single-token latency under concurrent load.
-    eprintln!("single-token requests from {} connections for {} s…", args.concurrency, args.latency_seconds);
-    let (latencies, single_failures) =
-        runtime.block_on(latency(Arc::clone(&client), args.concurrency, args.latency_seconds))?;
+    // 4. Single-token latency under concurrent load, one phase per connection count.
+    let mut single = Vec::new();
+    for &concurrency in &args.concurrency {
+        eprintln!("single-token requests from {concurrency} connections for {} s…", args.latency_seconds);
+        let (latencies, failures) =
+            runtime.block_on(latency(Arc::clone(&client), concurrency, args.latency_seconds))?;
+        single.push(serde_json::json!({
+            "concurrency": concurrency,
+            "requests": latencies.len(),
+            "failures": failures,
+            "rate_per_s": round(latencies.len() as f64 / args.latency_seconds, 1),
+            "p50_ms": round(percentile(&latencies, 0.50), 2),
+            "p99_ms": round(percentile(&latencies, 0.99), 2),
+        }));
+    }
     let peak = peak_rss_mib(pid);
     drop(service);
     drop(swtpm);
 
     let e2e = renewed as f64 / renew_seconds;
+    let ratio = round(e2e / raw_rate, 3);
     let mut line = serde_json::json!({
         "backend": backend_name,
         "algorithm": args.algorithm,
         "sessions": sessions,
         "tokens": tokens,
-        "raw_rate_per_s": (raw_rate * 10.0).round() / 10.0,
-        "registration_rate_per_s": (registered as f64 / reg_seconds * 10.0).round() / 10.0,
-        "renewal_rate_per_s": (e2e * 10.0).round() / 10.0,
-        "ratio": (e2e / raw_rate * 1000.0).round() / 1000.0,
+        "raw_rate_per_s": round(raw_rate, 1),
+        "registration_rate_per_s": round(registered as f64 / reg_seconds, 1),
+        "renewal_rate_per_s": round(e2e, 1),
+        "ratio": ratio,
         "renewal_errors": renew_errors,
-        "single_concurrency": args.concurrency,
-        "single_requests": latencies.len(),
-        "single_failures": single_failures,
-        "single_rate_per_s": (latencies.len() as f64 / args.latency_seconds * 10.0).round() / 10.0,
-        "single_p50_ms": (percentile(&latencies, 0.50) * 100.0).round() / 100.0,
-        "single_p99_ms": (percentile(&latencies, 0.99) * 100.0).round() / 100.0,
-        "peak_rss_mib": (peak * 10.0).round() / 10.0,
+        "single": single,
+        "peak_rss_mib": round(peak, 1),
     });
+    if args.hsm_latency_ms.is_none() {
+        line["targets"] = targets(&args.algorithm, ratio, &line["single"], tokens, peak);
+    }
     if let Some(ms) = args.hsm_latency_ms {
         // What the sessions could do if the host cost nothing: each waits `ms` per signature.
         let bound = sessions as f64 * 1000.0 / ms as f64;

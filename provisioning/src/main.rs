@@ -12,6 +12,7 @@ mod keys;
 mod output;
 mod quickstart;
 mod selftest;
+mod setup;
 mod softhsm;
 mod token;
 
@@ -102,6 +103,10 @@ enum Command {
     /// Create everything a working appliance needs under DIR: a device, keys, certificates, a
     /// configuration and a demo management point.
     Quickstart(quickstart::Args),
+    /// Set up a production appliance on an existing PKCS#11 token or TPM: write the
+    /// configuration (--config) and the device secret as a systemd credential, run `init` as the
+    /// service user, and print what is left to do.
+    Setup(setup::Args),
     /// Create (or reuse) a SoftHSM token under DIR, generate an RS256 and an ES256 key in it, sign
     /// and verify independently, and print the result.
     Selftest(selftest::Args),
@@ -308,6 +313,7 @@ fn run(cli: Cli, out: Output) -> Result<ExitCode, CliError> {
         }
         Command::Audit { command: AuditCommand::Export { out: path } } => audit::export(&load()?, path.as_deref()),
         Command::Quickstart(args) => quickstart::run(&args, out),
+        Command::Setup(args) => setup::run(&cli.config, &args, out),
         Command::Selftest(args) => selftest::run(&args, out),
     }
 }

@@ -84,7 +84,7 @@ pub struct Args {
     tls_algorithm: String,
 }
 
-fn parse_module_env(text: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_module_env(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((name, value)) if !name.is_empty() => Ok((name.to_owned(), value.to_owned())),
         _ => Err("expected NAME=VALUE, e.g. KRYOPTIC_CONF=/etc/kryoptic/token.conf".to_owned()),

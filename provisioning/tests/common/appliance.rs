@@ -28,7 +28,7 @@ pub fn unlimited(svc: &mut sitesign::config::ServiceConfigFile) {
 
 /// A quickstart appliance in a temporary folder.
 pub struct Appliance {
-    _tmp: tempfile::TempDir,
+    _tmp: Option<tempfile::TempDir>,
     /// The appliance's folder (`sitesign.toml`, `ca.pem`, `mp/`, `state/` …).
     pub dir: PathBuf,
     /// What quickstart reported.
@@ -50,7 +50,14 @@ impl Appliance {
             .arg(&dir)
             .args(args);
         let made = ok(run(&mut cmd));
-        Appliance { _tmp: tmp, dir, made }
+        Appliance { _tmp: Some(tmp), dir, made }
+    }
+
+    /// An appliance made otherwise (`sitesign setup`, a restore) in `dir`: its configuration
+    /// `dir/sitesign.toml`, the SMS Issuing certificate `dir/ca.pem` and a management point's
+    /// `dir/mp/mp.{crt,key}`, as [`Service::mtls`] expects them.
+    pub fn at(dir: PathBuf) -> Appliance {
+        Appliance { _tmp: None, dir, made: Value::Null }
     }
 
     /// The configuration file.
