@@ -18,6 +18,7 @@
 pub mod admin;
 pub mod audit;
 pub mod backends;
+pub mod backup;
 pub mod config;
 pub mod environment;
 pub mod keys;

@@ -11,18 +11,37 @@ use crate::Confirm;
 use crate::context::Context;
 use crate::output::{CliError, Output};
 
-/// `sitesign audit verify [--anchor FILE]`: recomputes the hash chain, checks the signed
-/// checkpoints, and holds the log against its witnesses — the head witnessed in the state store,
-/// and every checkpoint in the anchor file; exit 1 at the first break.
-pub fn verify(ctx: &Context, anchor: Option<&Path>, out: Output) -> Result<ExitCode, CliError> {
-    let dir = &ctx.config.audit.dir;
+/// What [`check`] found in an intact log.
+#[derive(Debug)]
+pub struct Intact {
+    /// Records.
+    pub records: usize,
+    /// Signed checkpoints.
+    pub checkpoints: usize,
+    /// The head's hash.
+    pub head: String,
+    /// The last checkpoint's seq.
+    pub last_checkpoint: Option<i64>,
+    /// The head the state store witnessed.
+    pub witnessed_seq: Option<i64>,
+    /// Checkpoints in the anchor file.
+    pub anchored: usize,
+}
+
+/// Recomputes the audit log's hash chain in `config`'s audit folder, checks its signed
+/// checkpoints (with the token-signing certificates of `config`'s state store) and holds it
+/// against its witnesses — the head the state store witnessed and every checkpoint of `anchor`.
+/// The inner error is the first break.
+pub fn check(
+    config: &sitesign::config::Config,
+    anchor: Option<&Path>,
+) -> Result<Result<Intact, sitesign::audit::ChainBreak>, CliError> {
+    let dir = &config.audit.dir;
     let records = sitesign::audit::read_all(dir)?;
     let checkpoints = sitesign::audit::read_checkpoints(dir)?;
-    let path = sitesign::audit::AuditLog::path_in(dir);
-    // Checkpoint signatures are checked with the token-signing certificates in the state store.
-    let state = ctx.state()?;
-    let witness = ctx.store()?.audit_witness()?;
-    let anchor = anchor.or(ctx.config.audit.anchor_file.as_deref());
+    let store = sitesign::store::Store::open(&config.state_dir)?;
+    let state = sitesign::state::State::load(&store, config, sitesign::time::now_unix())?;
+    let witness = store.audit_witness()?;
     let anchored = match anchor {
         Some(a) => witness::anchored(&witness::read_anchor(a)?),
         None => Vec::new(),
@@ -41,27 +60,47 @@ pub fn verify(ctx: &Context, anchor: Option<&Path>, out: Output) -> Result<ExitC
             })?;
             Ok(found)
         });
-    let witness_seq = witness.as_ref().map(|w| w.seq);
-    match result {
-        Ok((n, c)) => {
-            let head = records.last().map(|r| r.hash.clone()).unwrap_or_else(|| sitesign::audit::GENESIS.into());
-            let last = checkpoints.last().map(|cp| cp.seq);
+    Ok(result.map(|(n, c)| Intact {
+        records: n,
+        checkpoints: c,
+        head: records.last().map(|r| r.hash.clone()).unwrap_or_else(|| sitesign::audit::GENESIS.into()),
+        last_checkpoint: checkpoints.last().map(|cp| cp.seq),
+        witnessed_seq: witness.as_ref().map(|w| w.seq),
+        anchored: anchored.len(),
+    }))
+}
+
+/// `sitesign audit verify [--anchor FILE]`: [`check`] on the configured log; exit 1 at the first
+/// break.
+pub fn verify(ctx: &Context, anchor: Option<&Path>, out: Output) -> Result<ExitCode, CliError> {
+    let path = sitesign::audit::AuditLog::path_in(&ctx.config.audit.dir);
+    let anchor = anchor.or(ctx.config.audit.anchor_file.as_deref());
+    match check(&ctx.config, anchor)? {
+        Ok(i) => {
             out.line(format!(
-                "audit chain intact: {n} records in {}; head {head}; {c} signed checkpoint(s){}; witnessed head {}{}",
+                "audit chain intact: {} records in {}; head {}; {} signed checkpoint(s){}; witnessed head {}{}",
+                i.records,
                 path.display(),
-                last.map(|s| format!(", the last at seq {s}")).unwrap_or_default(),
-                witness_seq.map_or_else(|| "none yet".to_owned(), |s| format!("at seq {s}")),
+                i.head,
+                i.checkpoints,
+                i.last_checkpoint.map(|s| format!(", the last at seq {s}")).unwrap_or_default(),
+                i.witnessed_seq.map_or_else(|| "none yet".to_owned(), |s| format!("at seq {s}")),
                 anchor
-                    .map(|a| format!("; {} anchored checkpoint(s) in {}", anchored.len(), a.display()))
+                    .map(|a| format!("; {} anchored checkpoint(s) in {}", i.anchored, a.display()))
                     .unwrap_or_default()
             ));
-            out.json(&json!({"intact": true, "records": n, "head": head, "checkpoints": c, "last_checkpoint": last,
-                "witnessed_seq": witness_seq, "anchored": anchored.len(), "path": path}));
+            out.json(&json!({"intact": true, "records": i.records, "head": i.head, "checkpoints": i.checkpoints,
+                "last_checkpoint": i.last_checkpoint, "witnessed_seq": i.witnessed_seq, "anchored": i.anchored,
+                "path": path}));
             Ok(ExitCode::SUCCESS)
         }
         Err(brk) => {
+            let records = sitesign::audit::read_all(&ctx.config.audit.dir)?.len();
+            let witness_seq = ctx.store()?.audit_witness()?.map(|w| w.seq);
             out.line(format!("AUDIT LOG NOT INTACT in {}: {brk}", path.display()));
-            out.json(&json!({"intact": false, "records": records.len(), "break": brk, "witnessed_seq": witness_seq, "path": path}));
+            out.json(
+                &json!({"intact": false, "records": records, "break": brk, "witnessed_seq": witness_seq, "path": path}),
+            );
             Ok(ExitCode::FAILURE)
         }
     }

@@ -5,6 +5,7 @@
 mod admin_client;
 mod appliance;
 mod audit;
+mod backup;
 mod bulk;
 mod certs;
 mod context;
@@ -103,6 +104,24 @@ enum Command {
     /// Create everything a working appliance needs under DIR: a device, keys, certificates, a
     /// configuration and a demo management point.
     Quickstart(quickstart::Args),
+    /// An online copy of the state and the audit log (not the keys: those are the HSM's own
+    /// backup's), with its SHA-256 in FILE.sha256; works while the service runs.
+    Backup {
+        /// The archive to write (a tar file; refused if it exists).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Put a backup back: refused while the service runs; the archive's checksums and the audit
+    /// chain in it are checked before anything is replaced.
+    Restore {
+        /// The archive `sitesign backup` wrote.
+        file: PathBuf,
+        /// Set an existing state aside (renamed, never deleted) instead of refusing.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        confirm: Confirm,
+    },
     /// Set up a production appliance on an existing PKCS#11 token or TPM: write the
     /// configuration (--config) and the device secret as a systemd credential, run `init` as the
     /// service user, and print what is left to do.
@@ -314,6 +333,8 @@ fn run(cli: Cli, out: Output) -> Result<ExitCode, CliError> {
         Command::Audit { command: AuditCommand::Export { out: path } } => audit::export(&load()?, path.as_deref()),
         Command::Quickstart(args) => quickstart::run(&args, out),
         Command::Setup(args) => setup::run(&cli.config, &args, out),
+        Command::Backup { out: dest } => backup::create(&load()?, &dest, out),
+        Command::Restore { file, force, confirm } => backup::restore(&load()?, &file, force, confirm, out),
         Command::Selftest(args) => selftest::run(&args, out),
     }
 }

@@ -95,6 +95,20 @@ impl Output {
         }
     }
 
+    /// Progress of a long operation with a known size: a bar on a terminal; in scripts (no
+    /// terminal, or `--json`) one quiet line on standard error as each step finishes (a JSON
+    /// object with `--json`), so that logs stay readable.
+    pub fn steps(&self) -> Steps {
+        let bar = (!self.json && std::io::stderr().is_terminal()).then(|| {
+            let bar = indicatif::ProgressBar::new(0);
+            if let Ok(style) = indicatif::ProgressStyle::with_template("{msg:>10} [{bar:40}] {percent:>3}% {eta}") {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar
+        });
+        Steps { bar, json: self.json, step: String::new(), reported: false }
+    }
+
     /// The JSON result (printed only with `--json`).
     pub fn json(&self, value: &impl serde::Serialize) {
         if self.json {
@@ -124,6 +138,49 @@ impl Output {
             Ok(())
         } else {
             Err(CliError::new("cancelled", "nothing was changed"))
+        }
+    }
+}
+
+/// See [`Output::steps`].
+#[derive(Debug)]
+pub struct Steps {
+    bar: Option<indicatif::ProgressBar>,
+    json: bool,
+    step: String,
+    reported: bool,
+}
+
+impl Steps {
+    /// `done` of `total` of step `step`.
+    pub fn update(&mut self, step: &str, done: u64, total: u64) {
+        if step != self.step {
+            self.step = step.to_owned();
+            self.reported = false;
+            if let Some(bar) = &self.bar {
+                bar.reset();
+                bar.set_message(step.to_owned());
+            }
+        }
+        if let Some(bar) = &self.bar {
+            bar.set_length(total);
+            bar.set_position(done);
+            return;
+        }
+        if done >= total && !self.reported {
+            self.reported = true;
+            if self.json {
+                eprintln!("{}", serde_json::json!({"progress": step, "done": done, "total": total}));
+            } else {
+                eprintln!("… {step}: {done} of {total}");
+            }
+        }
+    }
+
+    /// Clears the bar.
+    pub fn finish(self) {
+        if let Some(bar) = self.bar {
+            bar.finish_and_clear();
         }
     }
 }
