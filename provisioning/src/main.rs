@@ -122,6 +122,13 @@ enum Command {
         #[command(flatten)]
         confirm: Confirm,
     },
+    /// Write the man pages and shell completions (for packaging).
+    #[command(hide = true)]
+    GenerateDocs {
+        /// The folder to write `man/` and `completions/` into.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Set up a production appliance on an existing PKCS#11 token or TPM: write the
     /// configuration (--config) and the device secret as a systemd credential, run `init` as the
     /// service user, and print what is left to do.
@@ -273,6 +280,46 @@ enum CertCommand {
     },
 }
 
+/// The man pages (`sitesign.1`, one `sitesign-COMMAND.1` per command and subcommand) and the
+/// bash, zsh and fish completions, written under `dir` for the Debian package (scripts/package).
+fn generate_docs(dir: &std::path::Path) -> Result<ExitCode, CliError> {
+    use clap::CommandFactory as _;
+    let io = |p: &std::path::Path, e: std::io::Error| CliError::new("io", format!("{}: {e}", p.display()));
+    let (man, completions) = (dir.join("man"), dir.join("completions"));
+    for d in [&man, &completions] {
+        std::fs::create_dir_all(d).map_err(|e| io(d, e))?;
+    }
+    fn pages(cmd: &clap::Command, name: String, dir: &std::path::Path, out: &mut Vec<(PathBuf, Vec<u8>)>) {
+        let cmd = cmd.clone().name(name.clone());
+        let mut roff = Vec::new();
+        if clap_mangen::Man::new(cmd.clone()).render(&mut roff).is_ok() {
+            out.push((dir.join(format!("{name}.1")), roff));
+        }
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set() && s.get_name() != "help") {
+            pages(sub, format!("{name}-{}", sub.get_name()), dir, out);
+        }
+    }
+    let mut cmd = Cli::command();
+    cmd.build();
+    let mut files = Vec::new();
+    pages(&cmd, "sitesign".into(), &man, &mut files);
+    for shell in [clap_complete::Shell::Bash, clap_complete::Shell::Zsh, clap_complete::Shell::Fish] {
+        let mut text = Vec::new();
+        clap_complete::generate(shell, &mut cmd, "sitesign", &mut text);
+        let name = match shell {
+            clap_complete::Shell::Bash => "sitesign".to_owned(),
+            clap_complete::Shell::Zsh => "_sitesign".to_owned(),
+            _ => "sitesign.fish".to_owned(),
+        };
+        files.push((completions.join(name), text));
+    }
+    for (path, bytes) in &files {
+        std::fs::write(path, bytes).map_err(|e| io(path, e))?;
+    }
+    println!("{}", serde_json::json!({"written": files.len(), "dir": dir}));
+    Ok(ExitCode::SUCCESS)
+}
+
 fn algorithm(text: Option<&str>) -> Result<Option<KeyAlgorithm>, CliError> {
     text.map(|a| a.parse::<KeyAlgorithm>().map_err(CliError::from)).transpose()
 }
@@ -333,6 +380,7 @@ fn run(cli: Cli, out: Output) -> Result<ExitCode, CliError> {
         Command::Audit { command: AuditCommand::Export { out: path } } => audit::export(&load()?, path.as_deref()),
         Command::Quickstart(args) => quickstart::run(&args, out),
         Command::Setup(args) => setup::run(&cli.config, &args, out),
+        Command::GenerateDocs { out: dest } => generate_docs(&dest),
         Command::Backup { out: dest } => backup::create(&load()?, &dest, out),
         Command::Restore { file, force, confirm } => backup::restore(&load()?, &file, force, confirm, out),
         Command::Selftest(args) => selftest::run(&args, out),

@@ -11,7 +11,7 @@ use sitesign::config::Config;
 /// sitesignd: the sitesign signing service for ConfigMgr management points (mTLS API, admin
 /// socket, ops endpoints). See README.md and docs/api.md.
 #[derive(Debug, Parser)]
-#[command(name = "sitesignd", version, about)]
+#[command(name = "sitesignd", version)]
 struct Args {
     /// Configuration file.
     #[arg(long, default_value = "/etc/sitesign/sitesign.toml")]
@@ -19,6 +19,9 @@ struct Args {
     /// Run as root anyway (only on a throw-away development machine).
     #[arg(long)]
     allow_root: bool,
+    /// Print this program's man page (roff) and exit (for packaging).
+    #[arg(long, hide = true)]
+    man: bool,
 }
 
 /// SPEC §9: no core dumps, not dumpable (no ptrace by the same user, no /proc/PID/mem), memory
@@ -64,6 +67,19 @@ fn fail_with(status: u8, code: &str, message: impl std::fmt::Display) -> ExitCod
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.man {
+        use clap::CommandFactory as _;
+        use std::io::Write as _;
+        let mut roff = Vec::new();
+        return match clap_mangen::Man::new(Args::command())
+            .section("8")
+            .render(&mut roff)
+            .and_then(|()| std::io::stdout().write_all(&roff))
+        {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail("io", e),
+        };
+    }
     let config = match Config::load(&args.config) {
         Ok(c) => c,
         Err(e) => return fail_with(EXIT_CONFIG, "config", e),
