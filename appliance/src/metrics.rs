@@ -54,6 +54,22 @@ pub struct OutcomeLabel {
     pub outcome: &'static str,
 }
 
+/// A key in service.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeyLabel {
+    /// `issuing`, `token-signing` or `tls`.
+    pub role: &'static str,
+    /// The key's id (`sitesign keys list`).
+    pub key: String,
+}
+
+/// An SMS Issuing root.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IssuerLabel {
+    /// The root key's id.
+    pub issuer: String,
+}
+
 /// Everything the service measures.
 #[derive(Debug)]
 pub struct Metrics {
@@ -86,6 +102,12 @@ pub struct Metrics {
     pub handshakes: Family<OutcomeLabel, Counter>,
     /// Connections open on the API listener.
     pub connections_open: Gauge<i64, AtomicI64>,
+    /// Signing jobs waiting for a worker (a job is one single request, or up to 32 batch lines).
+    pub queue_depth: Gauge<i64, AtomicI64>,
+    /// When each key in service stops being usable: its retirement, or its certificate's end.
+    pub key_expiry: Family<KeyLabel, Gauge<i64, AtomicI64>>,
+    /// The nextUpdate of each SMS Issuing root's latest CRL.
+    pub crl_next_update: Family<IssuerLabel, Gauge<i64, AtomicI64>>,
 }
 
 impl Default for Metrics {
@@ -99,6 +121,10 @@ impl Default for Metrics {
         let batch_size = Histogram::new(SIZE_BUCKETS);
         let sign_seconds = Histogram::new(LATENCY_BUCKETS);
         let backend_errors = Family::<CodeLabel, Counter>::default();
+        for &code in hsm_adapters::Error::DEVICE_CODES {
+            // Shown from the start, at 0: an alert on increase() then sees the first error.
+            let _ = backend_errors.get_or_create(&CodeLabel { code });
+        }
         let sessions_in_use = Gauge::<i64, AtomicI64>::default();
         let responses = Family::<StatusLabel, Counter>::default();
         let audit_fsync_seconds = Histogram::new(LATENCY_BUCKETS);
@@ -115,6 +141,9 @@ impl Default for Metrics {
             let _ = handshakes.get_or_create(&OutcomeLabel { outcome });
         }
         let connections_open = Gauge::<i64, AtomicI64>::default();
+        let queue_depth = Gauge::<i64, AtomicI64>::default();
+        let key_expiry = Family::<KeyLabel, Gauge<i64, AtomicI64>>::default();
+        let crl_next_update = Family::<IssuerLabel, Gauge<i64, AtomicI64>>::default();
         registry.register("sitesign_tokens_issued", "Tokens issued, by kind", tokens_issued.clone());
         registry.register("sitesign_batch_size", "Lines per batch request", batch_size.clone());
         registry.register("sitesign_sign_seconds", "Time in the key device per signature", sign_seconds.clone());
@@ -149,6 +178,21 @@ impl Default for Metrics {
             "Connections open on the API listener",
             connections_open.clone(),
         );
+        registry.register(
+            "sitesign_queue_depth",
+            "Signing jobs waiting for a worker (a single request, or up to 32 lines of a batch)",
+            queue_depth.clone(),
+        );
+        registry.register(
+            "sitesign_key_expiry_timestamp_seconds",
+            "When each key in service stops being usable (its retirement or its certificate's notAfter), Unix time",
+            key_expiry.clone(),
+        );
+        registry.register(
+            "sitesign_crl_next_update_timestamp_seconds",
+            "nextUpdate of each SMS Issuing root's latest CRL, Unix time",
+            crl_next_update.clone(),
+        );
         Metrics {
             registry,
             tokens_issued,
@@ -165,6 +209,9 @@ impl Default for Metrics {
             connections_refused,
             handshakes,
             connections_open,
+            queue_depth,
+            key_expiry,
+            crl_next_update,
         }
     }
 }
@@ -183,6 +230,19 @@ impl Metrics {
     /// Counts a response.
     pub fn response(&self, status: u16) {
         self.responses.get_or_create(&StatusLabel { status }).inc();
+    }
+
+    /// Sets the key gauges from `state`: every key that is not retired or revoked, with the
+    /// earlier of its scheduled retirement and its certificate's end.
+    pub fn set_keys(&self, state: &crate::state::State) {
+        self.key_expiry.clear();
+        for k in state.keys.iter().filter(|k| k.revoked.is_none()) {
+            if k.retires.is_some_and(|r| r <= state.at) {
+                continue;
+            }
+            let expiry = k.retires.map_or(k.not_after, |r| r.min(k.not_after));
+            self.key_expiry.get_or_create(&KeyLabel { role: k.role.as_str(), key: k.id.clone() }).set(expiry);
+        }
     }
 
     /// The text exposition.

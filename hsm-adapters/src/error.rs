@@ -296,6 +296,21 @@ impl Error {
         }
     }
 
+    /// The codes a device call can end in ([`Error::code`]), for metrics that show every one
+    /// from the start (at 0), so that an alert on their increase sees the first error.
+    pub const DEVICE_CODES: &'static [&'static str] = &[
+        "backend_busy",
+        "backend_unavailable",
+        "backend_failure",
+        "backend_module",
+        "key_unavailable",
+        "key_not_found",
+        "faulty_signature",
+        "pin_incorrect",
+        "tpm_auth_failed",
+        "tpm_lockout",
+    ];
+
     /// A short, stable identifier of this error for logs, metrics and API error codes.
     pub fn code(&self) -> &'static str {
         match self {

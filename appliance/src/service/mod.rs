@@ -100,6 +100,21 @@ fn refresh_crls(app: &App) {
         Ok(n) => tracing::info!(signed = n, "CRLs signed"),
         Err(e) => tracing::error!(code = e.code(), error = %e, "CRL refresh failed"),
     }
+    // What the CRL alert watches: each root's latest CRL's nextUpdate.
+    let state = app.signing.load_full().state.clone();
+    app.metrics.crl_next_update.clear();
+    for root in state.keys.iter().filter(|k| k.role == crate::keys::KeyRole::Issuing && k.revoked.is_none()) {
+        match store.latest_crl(&root.id) {
+            Ok(Some(crl)) => {
+                app.metrics
+                    .crl_next_update
+                    .get_or_create(&crate::metrics::IssuerLabel { issuer: root.id.clone() })
+                    .set(crl.next_update);
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot read the latest CRL"),
+        }
+    }
 }
 
 /// Runs `work` on a blocking thread every `every`, until `stop`.

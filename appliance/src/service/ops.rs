@@ -34,5 +34,7 @@ pub(super) async fn readyz(State(app): State<Arc<App>>) -> Response {
 /// `GET /metrics`: the Prometheus text format.
 pub(super) async fn metrics(State(app): State<Arc<App>>) -> Response {
     app.metrics.ready.set(i64::from(app.ready()));
+    app.metrics.queue_depth.set(i64::try_from(app.pipeline.queued()).unwrap_or(i64::MAX));
+    app.metrics.set_keys(&app.signing.load().state);
     ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], app.metrics.render()).into_response()
 }
