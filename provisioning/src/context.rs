@@ -12,6 +12,15 @@ use sitesign::store::Store;
 
 use crate::output::CliError;
 
+/// Whether a backend's secret is a systemd credential.
+fn uses_credentials(config: &Config) -> bool {
+    config.backends.values().any(|b| match b {
+        hsm_adapters::BackendConfig::Pkcs11(c) => matches!(c.pin, hsm_adapters::PinSource::Credential(_)),
+        hsm_adapters::BackendConfig::Tpm(t) => matches!(t.auth, Some(hsm_adapters::PinSource::Credential(_))),
+        _ => false,
+    })
+}
+
 /// A loaded configuration.
 #[derive(Debug)]
 pub struct Context {
@@ -22,10 +31,21 @@ pub struct Context {
 }
 
 impl Context {
-    /// Reads `path`; re-runs this program with the modules' environment if it is not set.
+    /// Reads `path`; re-runs this program with the modules' environment if it is not set — and,
+    /// for a configuration whose secrets are systemd credentials, run by an administrator rather
+    /// than by systemd, with `CREDENTIALS_DIRECTORY` naming the `credentials/` folder beside the
+    /// configuration, where `sitesign setup` puts them (and the unit's `LoadCredential=` reads
+    /// them from): `sudo sitesign status` works like the service.
     pub fn load(path: &Path) -> Result<Context, CliError> {
         let config = Config::load(path)?;
-        sitesign::environment::ensure(&config.module_environment())
+        let mut wanted = config.module_environment();
+        if std::env::var_os("CREDENTIALS_DIRECTORY").is_none() && uses_credentials(&config) {
+            let dir = path.parent().unwrap_or(Path::new(".")).join("credentials");
+            if dir.is_dir() {
+                wanted.push(("CREDENTIALS_DIRECTORY".to_owned(), crate::absolute(&dir)?.display().to_string()));
+            }
+        }
+        sitesign::environment::ensure(&wanted)
             .map_err(|e| CliError::new("io", format!("cannot re-run with the module environment: {e}")))?;
         Ok(Context { path: path.to_owned(), config })
     }

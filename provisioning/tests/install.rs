@@ -310,6 +310,10 @@ fn the_package_installs_on_clean_debian_sets_up_starts_as_sitesign_serves_and_up
     );
     let answer = token_request(&root, port, 1);
     assert_eq!(answer["token"].as_str().unwrap().split('.').count(), 3, "{answer}");
+    // The administrator's view, as root: every key checked in the device.
+    let status: serde_json::Value =
+        serde_json::from_str(run_in(&root, "status", "sitesign --json status\n").trim()).unwrap();
+    assert_eq!(status["healthy"], true, "{status}");
 
     // The installed unit's exposure.
     let analyze = Command::new("systemd-analyze")

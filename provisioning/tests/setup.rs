@@ -78,6 +78,12 @@ fn setup_makes_an_appliance_that_serves_with_its_pin_as_a_systemd_credential() {
     common::fails_with(again, "already_configured");
     assert_eq!(std::fs::read(&config).unwrap(), before);
 
+    // An administrator's command that needs the device finds the PIN where the unit loads it
+    // from (the credentials folder beside the configuration), as the service would.
+    let mut status = common::sitesign();
+    let status = common::ok(common::run(status.arg("--config").arg(&config).args(["--json", "status"])));
+    assert_eq!(status["healthy"], true, "{status}");
+
     // Started as systemd starts it: the credential copied to a folder of its own, named by
     // CREDENTIALS_DIRECTORY; no PIN file in the configuration.
     let creds = tmp.path().join("credentials-dir");
