@@ -110,8 +110,12 @@ fn plan_then_do(
     }
     print_plan(out, &plan, false);
     out.confirm("Carry this out?", confirm.yes)?;
-    out.progress("working (keys are generated and certificates signed in the device)");
-    let (plan, done) = plan_of(call(ctx, &again(plan.generation))?)?;
+    let spinner = out.working("working: keys are generated and certificates signed in the device");
+    let result = call(ctx, &again(plan.generation));
+    if let Some(s) = spinner {
+        s.finish_and_clear();
+    }
+    let (plan, done) = plan_of(result?)?;
     if done {
         for k in &plan.new_keys {
             out.line(format!("new key: {k}"));

@@ -109,6 +109,27 @@ impl Output {
         Steps { bar, json: self.json, step: String::new(), reported: false }
     }
 
+    /// Progress of a long operation whose size is not known (one request to the service or the
+    /// device): a spinner with the time elapsed on a terminal, the quiet `… text` line otherwise
+    /// (nothing with `--json`). Cleared when dropped.
+    pub fn working(&self, text: impl Into<String>) -> Option<indicatif::ProgressBar> {
+        let text = text.into();
+        if self.json {
+            return None;
+        }
+        if !std::io::stderr().is_terminal() {
+            self.progress(&text);
+            return None;
+        }
+        let spinner = indicatif::ProgressBar::new_spinner();
+        if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {msg} ({elapsed})") {
+            spinner.set_style(style);
+        }
+        spinner.set_message(text);
+        spinner.enable_steady_tick(std::time::Duration::from_millis(120));
+        Some(spinner)
+    }
+
     /// The JSON result (printed only with `--json`).
     pub fn json(&self, value: &impl serde::Serialize) {
         if self.json {

@@ -351,8 +351,12 @@ pub fn run(config_path: &Path, args: &Args, out: Output) -> Result<ExitCode, Cli
     write_file(&config_path, text.as_bytes(), 0o640, Some((0, user.gid)))?;
     out.progress(format!("wrote {} and {}", config_path.display(), credential.display()));
 
-    out.progress("running `sitesign init` as the service user: generating the keys inside the device");
-    let init = match run_init(&config_path, &args.service_user, user, me, &secret) {
+    let spinner = out.working("running `sitesign init` as the service user: generating the keys inside the device");
+    let init = run_init(&config_path, &args.service_user, user, me, &secret);
+    if let Some(s) = spinner {
+        s.finish_and_clear();
+    }
+    let init = match init {
         Ok(v) => v,
         Err(e) => {
             // Nothing half-done: the next attempt starts from the same place.
