@@ -79,6 +79,54 @@ struct Args {
     /// Milliseconds added to every C_Sign (a network HSM), through the faulty-pkcs11 shim.
     #[arg(long)]
     hsm_latency_ms: Option<u64>,
+    /// Scrape sitesignd's /metrics every half second into this file (JSON lines: seconds since
+    /// the service started, the phase, every sample); `scripts/plot-metrics` draws it.
+    #[arg(long)]
+    metrics_out: Option<PathBuf>,
+}
+
+/// The benchmark's phase, as the metrics scraper labels its samples.
+static PHASE: std::sync::Mutex<&'static str> = std::sync::Mutex::new("start");
+
+fn phase(name: &'static str) {
+    *PHASE.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = name;
+}
+
+/// The samples of a Prometheus text exposition: `name{labels}` → value.
+fn samples(text: &str) -> serde_json::Map<String, serde_json::Value> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter_map(|(k, v)| Some((k.to_owned(), serde_json::Value::from(v.parse::<f64>().ok()?))))
+        .collect()
+}
+
+/// Scrapes `http://127.0.0.1:PORT/metrics` every 500 ms into `out` until `stop` is set.
+fn scrape(
+    port: u16,
+    out: PathBuf,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<anyhow::Result<()>> {
+    std::thread::spawn(move || {
+        let mut file = BufWriter::new(std::fs::File::create(&out)?);
+        let started = Instant::now();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let next = Instant::now() + Duration::from_millis(500);
+            let mut s = TcpStream::connect(("127.0.0.1", port))?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+            let mut answer = String::new();
+            s.read_to_string(&mut answer)?;
+            let body = answer.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+            let phase = *PHASE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let line =
+                serde_json::json!({"t": started.elapsed().as_secs_f64(), "phase": phase, "samples": samples(body)});
+            writeln!(file, "{line}")?;
+            std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        }
+        file.flush()?;
+        Ok(())
+    })
 }
 
 /// The fault-injecting module, built beside the binaries (a dependency).
@@ -470,12 +518,15 @@ fn run(args: &Args) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
     let pid = service.0.id();
+    let stop_scraping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let scraper = args.metrics_out.clone().map(|out| scrape(port + 1, out, Arc::clone(&stop_scraping)));
 
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let client = Arc::new(Client::new(&dir, port)?);
     let tokens_path = root.join("tokens.txt");
 
     // 3a. Registration: N devices, internal proofs; their tokens kept for the renewal.
+    phase("registration");
     let lines = generate(tokens, |i, out| {
         let (id, tp) = device(i);
         let _ = write!(out, r#"{{"device_id":"{id}","client_cert_thumbprint":"{tp}","proof":{{"kind":"internal"}}}}"#);
@@ -498,6 +549,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
 
     // 3b. The security team rotates the token-signing key; the service takes it up live.
     eprintln!("rotating the token-signing key (activate now)…");
+    phase("rotation");
     let old_x5t = first_line_x5t(&tokens_path)?;
     let rotated = Command::new(bin("sitesign")?)
         .arg("--config")
@@ -529,6 +581,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         );
         out.push(b'\n');
     });
+    phase("renewal");
     let (renewed, renew_errors, renew_seconds) =
         runtime.block_on(batch(&client, lines, tokens, "renew", |line| line.starts_with(br#"{"token""#)))?;
 
@@ -536,6 +589,13 @@ fn run(args: &Args) -> anyhow::Result<()> {
     let mut single = Vec::new();
     for &concurrency in &args.concurrency {
         eprintln!("single-token requests from {concurrency} connections for {} s…", args.latency_seconds);
+        phase(if concurrency == 16 {
+            "single 16"
+        } else if concurrency == 64 {
+            "single 64"
+        } else {
+            "single"
+        });
         let (latencies, failures) =
             runtime.block_on(latency(Arc::clone(&client), concurrency, args.latency_seconds))?;
         single.push(serde_json::json!({
@@ -548,6 +608,10 @@ fn run(args: &Args) -> anyhow::Result<()> {
         }));
     }
     let peak = peak_rss_mib(pid);
+    stop_scraping.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(scraper) = scraper {
+        scraper.join().map_err(|_| anyhow::anyhow!("the metrics scraper panicked"))??;
+    }
     drop(service);
     drop(swtpm);
 

@@ -803,6 +803,51 @@ mod tests {
     }
 
     #[test]
+    fn the_previous_schema_migrates_keeping_the_inventory_bulk_tokens_and_revocations() {
+        // What a package upgrade from the release before meets: a schema-3 store with its keys,
+        // a revoked MP certificate, a blocked bulk token and a CRL.
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(Store::path_in(dir.path())).unwrap();
+        let previous = MIGRATIONS.len() - 1;
+        for (i, sql) in MIGRATIONS[..previous].iter().enumerate() {
+            conn.execute_batch(sql).unwrap();
+            conn.pragma_update(None, "user_version", i as i64 + 1).unwrap();
+        }
+        conn.execute_batch(
+            "INSERT INTO keys (id, backend, uri, algorithm, role, created, activates, not_after)
+                VALUES ('root', 'hsm', 'pkcs11:object=root', 'rsa-3072', 'issuing', 10, 10, 900);
+             INSERT INTO keys (id, backend, uri, algorithm, role, created, activates, deactivates, retires, not_after)
+                VALUES ('ts0', 'hsm', 'pkcs11:object=ts0', 'rsa-2048', 'token-signing', 5, 5, 11, 700, 700);
+             INSERT INTO keys (id, backend, uri, algorithm, role, created, activates, not_after)
+                VALUES ('ts', 'hsm', 'pkcs11:object=ts', 'ec-p256', 'token-signing', 11, 11, 800);
+             INSERT INTO certificates (serial, profile, subject, issuer_key, not_before, not_after, sha256, der, issued,
+                    requested_by, subject_key, revoked, revoke_reason, revoked_by)
+                VALUES ('dd', 'mp-client', 'CN=mp1', 'root', 0, 500, 'h', x'04', 12, 'cli', NULL, 13, 'keyCompromise', 'cli');
+             INSERT INTO bulk_tokens (guid, lifetime, created, expires, creator, key_id, blocked, changed, changed_by)
+                VALUES ('0d2b7c6e-1f3a-4b5c-9d8e-7f6a5b4c3d2e', 60, 12, 3612, 'cli', 'ts', 1, 14, 'cli');
+             INSERT INTO crls (issuer_key, number, this_update, next_update, der) VALUES ('root', 1, 13, 617, x'05');",
+        )
+        .unwrap();
+        drop(conn);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        let keys = store.keys().unwrap();
+        assert_eq!(keys.len(), 3);
+        let key = |id: &str| keys.iter().find(|k| k.id == id).unwrap();
+        assert_eq!((key("ts0").deactivates, key("ts0").retires), (Some(11), Some(700)));
+        assert_eq!(key("ts").algorithm, "ec-p256");
+        assert_eq!(store.latest_crl("root").unwrap().unwrap().next_update, 617);
+        let certs = store.certificates().unwrap();
+        let mp = certs.iter().find(|c| c.serial == "dd").unwrap();
+        assert_eq!((mp.revoked, mp.revoke_reason.as_deref()), (Some(13), Some("keyCompromise")));
+        assert!(store.audit_witness().unwrap().is_none(), "no witness yet: the first checkpoint makes one");
+        assert!(store.meta("low_s_since").unwrap().is_some());
+        let bulk = store.bulk_tokens().unwrap();
+        assert_eq!(bulk.len(), 1);
+        assert!(bulk[0].blocked);
+    }
+
+    #[test]
     fn a_schema_2_database_migrates_with_its_keys_and_certificates() {
         let dir = tempfile::tempdir().unwrap();
         let conn = Connection::open(Store::path_in(dir.path())).unwrap();
