@@ -73,8 +73,10 @@ fn in_root(root: &Path, script: &str) -> Command {
         format!("step-{}.sh", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
     std::fs::write(root.join("tmp").join(&name), script).unwrap();
     let mut cmd = Command::new("unshare");
-    cmd.args(["-m", "--propagation", "private", "sh", "-c"])
-        .arg(r#"mount --rbind /dev "$1/dev" && mount -t proc proc "$1/proc" && exec chroot "$1" /bin/sh -e "/tmp/$2""#)
+    // Mounts made private inside the namespace where `/` is a mount point; in a chroot (CI's
+    // fresh machine) it is not, and its namespace is private already.
+    cmd.args(["-m", "--propagation", "unchanged", "sh", "-c"])
+        .arg(r#"mount --make-rprivate / 2>/dev/null; mount --rbind /dev "$1/dev" && mount -t proc proc "$1/proc" && exec chroot "$1" /bin/sh -e "/tmp/$2""#)
         .arg("sh")
         .arg(root)
         .arg(name)
