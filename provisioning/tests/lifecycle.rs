@@ -17,7 +17,7 @@ mod common;
 use common::appliance::{
     Appliance, Service, claims_of, client_request, device, header_of, python_tool, register, thumbprint,
 };
-use common::{fails_with, json as parse, openssl};
+use common::{fails_with, json as parse};
 
 /// The key ids of the inventory with `role` and `status`.
 fn keys(a: &Appliance, role: &str, status: &str) -> Vec<String> {
@@ -201,24 +201,8 @@ fn rotation_while_a_long_batch_streams_fails_no_line() {
 
 /// A new management point: an openssl key, a PKCS#10 request, a certificate issued by sitesign.
 fn enrol_mp(a: &Appliance, name: &str) -> (PathBuf, PathBuf, String) {
-    let key = a.dir.join(format!("{name}.key"));
-    let csr = a.dir.join(format!("{name}.csr"));
+    let (key, csr) = common::key_and_csr(&a.dir, name, &format!("{name}.contoso.test"), None);
     let crt = a.dir.join(format!("{name}.crt"));
-    openssl(&[
-        "req",
-        "-new",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-subj",
-        &format!("/CN={name}.contoso.test"),
-        "-keyout",
-        key.to_str().unwrap(),
-        "-out",
-        csr.to_str().unwrap(),
-    ]);
     let issued = a.ok(&[
         "cert",
         "issue",

@@ -25,30 +25,6 @@ fn attempt(s: &common::appliance::Service, cert_key: Option<(&std::path::Path, &
     (parse_curl(&out).0, String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
-/// A new P-256 key and a PKCS#10 request for `cn` (with `san`), made by openssl.
-fn key_and_csr(dir: &std::path::Path, name: &str, cn: &str, san: &str) -> (std::path::PathBuf, std::path::PathBuf) {
-    let key = dir.join(format!("{name}.key"));
-    let csr = dir.join(format!("{name}.csr"));
-    openssl(&[
-        "req",
-        "-new",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-subj",
-        &format!("/CN={cn}"),
-        "-addext",
-        &format!("subjectAltName={san}"),
-        "-keyout",
-        key.to_str().unwrap(),
-        "-out",
-        csr.to_str().unwrap(),
-    ]);
-    (key, csr)
-}
-
 #[test]
 fn tls_refuses_missing_foreign_server_and_old_clients_with_the_right_alert() {
     let a = Appliance::new();
@@ -81,7 +57,8 @@ fn tls_refuses_missing_foreign_server_and_old_clients_with_the_right_alert() {
         "-out",
         &d("rogue-ca.crt"),
     ]);
-    let (rogue_key, rogue_csr) = key_and_csr(&s.dir, "rogue", "demo-mp.sitesign.local", "DNS:demo-mp.sitesign.local");
+    let (rogue_key, rogue_csr) =
+        common::key_and_csr(&s.dir, "rogue", "demo-mp.sitesign.local", Some("DNS:demo-mp.sitesign.local"));
     std::fs::write(s.dir.join("rogue.ext"), "extendedKeyUsage=clientAuth\nkeyUsage=digitalSignature\n").unwrap();
     openssl(&[
         "x509",
@@ -110,7 +87,7 @@ fn tls_refuses_missing_foreign_server_and_old_clients_with_the_right_alert() {
 
     // A serverAuth certificate from the right CA (a role-ssl certificate sitesign issued) is not
     // an MP identity.
-    let (key, csr) = key_and_csr(&s.dir, "site-system", "site.contoso.test", "DNS:site.contoso.test");
+    let (key, csr) = common::key_and_csr(&s.dir, "site-system", "site.contoso.test", Some("DNS:site.contoso.test"));
     let crt = s.dir.join("site-system.crt");
     a.ok(&["cert", "issue", "--profile", "role-ssl", "--csr", csr.to_str().unwrap(), "--out", crt.to_str().unwrap()]);
     let (status, err) = attempt(&s, Some((&crt, &key)));

@@ -32,6 +32,12 @@ fn existing_token(dir: &Path) -> PathBuf {
 /// `sitesign setup` for appliance folder `dir` (configuration `dir/sitesign.toml`) with `extra`
 /// (and the service user root, unless `extra` names one).
 fn setup(dir: &Path, conf: &Path, pin_file: &Path, extra: &[&str]) -> std::process::Output {
+    let mut cmd = setup_command(dir, conf, extra);
+    common::run(cmd.arg("--pin-file").arg(pin_file))
+}
+
+/// [`setup`] without the PIN.
+fn setup_command(dir: &Path, conf: &Path, extra: &[&str]) -> Command {
     let mut cmd = common::sitesign();
     cmd.arg("--config").arg(dir.join("sitesign.toml")).args(["--json", "setup", "--yes", "--backend", "pkcs11"]);
     if !extra.contains(&"--service-user") {
@@ -39,9 +45,10 @@ fn setup(dir: &Path, conf: &Path, pin_file: &Path, extra: &[&str]) -> std::proce
     }
     cmd.args(["--token-label", "prod", "--site-name", "Contoso CM01"]);
     cmd.args(["--name", "localhost", "--name", "127.0.0.1", "--listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0"]);
-    cmd.arg("--pin-file").arg(pin_file).arg("--module-env").arg(format!("SOFTHSM2_CONF={}", conf.display()));
+    cmd.arg("--module-env").arg(format!("SOFTHSM2_CONF={}", conf.display()));
     cmd.arg("--state-dir").arg(dir.join("state")).arg("--runtime-dir").arg(dir.join("run"));
-    common::run(cmd.args(extra))
+    cmd.args(extra);
+    cmd
 }
 
 fn mode(path: &Path) -> u32 {
@@ -98,24 +105,7 @@ fn setup_makes_an_appliance_that_serves_with_its_pin_as_a_systemd_credential() {
     // service's admin socket, as root.
     let mp = dir.join("mp");
     std::fs::create_dir_all(&mp).unwrap();
-    let (key, csr) = (mp.join("mp.key"), mp.join("mp.csr"));
-    common::openssl(&[
-        "req",
-        "-new",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-subj",
-        "/CN=mp1.contoso.com",
-        "-addext",
-        "subjectAltName=DNS:mp1.contoso.com",
-        "-keyout",
-        key.to_str().unwrap(),
-        "-out",
-        csr.to_str().unwrap(),
-    ]);
+    let (_, csr) = common::key_and_csr(&mp, "mp", "mp1.contoso.com", Some("DNS:mp1.contoso.com"));
     let mut issue = common::sitesign();
     issue.arg("--config").arg(&config).args(["--json", "cert", "issue", "--profile", "mp-client", "--csr"]);
     common::ok(common::run(issue.arg(&csr).arg("--out").arg(mp.join("mp.crt"))));
@@ -160,11 +150,6 @@ fn setup_refuses_a_missing_service_user_and_an_empty_pin_before_writing() {
     common::fails_with(setup(&dir, &conf, &pin_file, &[]), "pin_missing");
     assert!(!dir.join("sitesign.toml").exists());
     // A PIN on standard input (no --pin-file) works for scripts.
-    let mut cmd = common::sitesign();
-    cmd.arg("--config").arg(dir.join("sitesign.toml")).args(["--json", "setup", "--yes", "--backend", "pkcs11"]);
-    cmd.args(["--token-label", "prod", "--service-user", "root", "--name", "localhost", "--listen", "127.0.0.1:0"]);
-    cmd.args(["--ops-listen", "127.0.0.1:0", "--module-env"]).arg(format!("SOFTHSM2_CONF={}", conf.display()));
-    cmd.arg("--state-dir").arg(dir.join("state")).arg("--runtime-dir").arg(dir.join("run"));
-    let out = common::run_with_input(&mut cmd, format!("{PIN}\n").as_bytes());
+    let out = common::run_with_input(&mut setup_command(&dir, &conf, &[]), format!("{PIN}\n").as_bytes());
     common::ok(out);
 }

@@ -70,3 +70,20 @@ pub fn openssl(args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// A new P-256 key and a PKCS#10 request for `cn` (with the subjectAltName `san`, e.g.
+/// `DNS:mp1.contoso.com`), made by openssl as on a management point: `dir/NAME.key`, `dir/NAME.csr`.
+pub fn key_and_csr(dir: &Path, name: &str, cn: &str, san: Option<&str>) -> (std::path::PathBuf, std::path::PathBuf) {
+    let key = dir.join(format!("{name}.key"));
+    let csr = dir.join(format!("{name}.csr"));
+    let subject = format!("/CN={cn}");
+    let mut args =
+        vec!["req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", &subject];
+    let alt = san.map(|s| format!("subjectAltName={s}"));
+    if let Some(alt) = &alt {
+        args.extend(["-addext", alt.as_str()]);
+    }
+    args.extend(["-keyout", key.to_str().unwrap(), "-out", csr.to_str().unwrap()]);
+    openssl(&args);
+    (key, csr)
+}
