@@ -171,14 +171,17 @@ impl Unit {
         std::os::unix::fs::chown(&notify, Some(uid), Some(gid)).unwrap();
         socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
         let log = root.join("tmp/sitesignd.log");
-        let mut child =
+        let child =
             in_root(root, &script).stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap()).spawn().unwrap();
+        // Held from here, so that a failed start kills it too.
+        let mut unit = Unit { child, log };
         let deadline = Instant::now() + Duration::from_secs(120);
         let mut buf = [0u8; 1024];
+        let log_text = |u: &Unit| std::fs::read_to_string(&u.log).unwrap_or_default();
         loop {
-            assert!(Instant::now() < deadline, "no READY=1: {}", std::fs::read_to_string(&log).unwrap_or_default());
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!("sitesignd exited with {status}: {}", std::fs::read_to_string(&log).unwrap_or_default());
+            assert!(Instant::now() < deadline, "no READY=1: {}", log_text(&unit));
+            if let Some(status) = unit.child.try_wait().unwrap() {
+                panic!("sitesignd exited with {status}: {}", log_text(&unit));
             }
             if let Ok(n) = socket.recv(&mut buf)
                 && String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "READY=1")
@@ -186,7 +189,7 @@ impl Unit {
                 break;
             }
         }
-        Unit { child, log }
+        unit
     }
 
     /// The service's real uid (from /proc).
