@@ -16,7 +16,7 @@
 //! JSON; [`verify`] recomputes the chain and reports the first edit, deletion or reordering.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
@@ -246,6 +246,18 @@ pub struct AuditLog {
     healthy: Arc<AtomicBool>,
     stats: Arc<AuditStats>,
     path: PathBuf,
+    coming: Arc<AtomicUsize>,
+}
+
+/// Held by a signing worker while it signs a job whose records it will submit (see
+/// [`AuditLog::expect`]); dropped once they are submitted.
+#[derive(Debug)]
+pub struct Coming(Arc<AtomicUsize>);
+
+impl Drop for Coming {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 fn open(path: &Path, max_bytes: Option<u64>) -> rusqlite::Result<Connection> {
@@ -319,12 +331,22 @@ impl AuditLog {
         let (tx, rx) = mpsc::sync_channel::<Message>(65_536);
         let healthy = Arc::new(AtomicBool::new(true));
         let stats = Arc::new(stats);
-        let (h, s, p) = (Arc::clone(&healthy), Arc::clone(&stats), path.clone());
+        let coming = Arc::new(AtomicUsize::new(0));
+        let (h, s, p, c) = (Arc::clone(&healthy), Arc::clone(&stats), path.clone(), Arc::clone(&coming));
         std::thread::Builder::new()
             .name("audit-writer".into())
-            .spawn(move || writer(conn, rx, &h, &s, &p))
+            .spawn(move || writer(conn, rx, &h, &s, &p, &c))
             .map_err(|e| fail(&e))?;
-        Ok(AuditLog { tx, healthy, stats, path })
+        Ok(AuditLog { tx, healthy, stats, path, coming })
+    }
+
+    /// Tells the writer that records are on their way (a worker is signing a job) until the
+    /// guard is dropped: only then is it worth holding a group open for more. When every request
+    /// in flight is already in the group, the writer commits at once instead of waiting out its
+    /// window for records that cannot come (16 single requests waited ~5 ms each that way).
+    pub fn expect(&self) -> Coming {
+        self.coming.fetch_add(1, Ordering::Relaxed);
+        Coming(Arc::clone(&self.coming))
     }
 
     /// Records `events` durably (in order, consecutive); returns the last one's `seq`. Blocks
@@ -374,10 +396,16 @@ impl AuditLog {
 
 /// Most records one commit takes.
 const GROUP_MAX: usize = 4096;
-/// While records keep arriving, a group stays open this long after its first record before it is
-/// committed: each commit costs an fsync and a WAL frame whatever its size, so under load fewer,
-/// larger commits leave the CPU to the signing workers. An idle log commits at once.
+/// While records keep arriving and more are being signed ([`AuditLog::expect`]), a group stays
+/// open this long after its first record before it is committed: each commit costs an fsync and
+/// a WAL frame whatever its size, so under load fewer, larger commits leave the CPU to the
+/// signing workers. An idle log — or one whose every awaited record is in the group — commits at
+/// once.
 const GROUP_WINDOW: Duration = Duration::from_millis(5);
+
+/// A group holds itself open for more records only from this many on (a batch's job brings up to
+/// 32): records of single requests are each someone waiting, and commit at once.
+const WAIT_FROM: usize = 32;
 
 /// How often an unhealthy log probes whether it can be written again.
 pub const PROBE_EVERY: Duration = Duration::from_secs(1);
@@ -391,7 +419,14 @@ fn probe(conn: &mut Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
-fn writer(mut conn: Connection, rx: mpsc::Receiver<Message>, healthy: &AtomicBool, stats: &AuditStats, path: &Path) {
+fn writer(
+    mut conn: Connection,
+    rx: mpsc::Receiver<Message>,
+    healthy: &AtomicBool,
+    stats: &AuditStats,
+    path: &Path,
+    coming: &AtomicUsize,
+) {
     // The chain head, kept between commits (re-read after a failure).
     let mut head_cache: Option<(i64, String)> = None;
     let mut deferred: Option<Message> = None;
@@ -425,8 +460,8 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Message>, healthy: &AtomicBoo
         while n < GROUP_MAX && deferred.is_none() {
             let next = match rx.try_recv() {
                 Ok(m) => Some(m),
-                Err(mpsc::TryRecvError::Empty) if group.len() > 1 => {
-                    // Busy: wait a little for more, up to the window.
+                Err(mpsc::TryRecvError::Empty) if n >= WAIT_FROM && coming.load(Ordering::Relaxed) > 0 => {
+                    // Busy, and records are being signed: wait a little for more, up to the window.
                     rx.recv_timeout(GROUP_WINDOW.saturating_sub(opened.elapsed())).ok()
                 }
                 Err(_) => None,

@@ -241,6 +241,8 @@ fn worker(rx: &async_channel::Receiver<Job>, ctx: &WorkerContext) {
             continue; // the caller went away: do not sign for nobody
         }
         let _turn = ctx.barrier.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Records on their way to the audit writer until this job's are submitted.
+        let _coming = ctx.audit.expect();
         let current = ctx.signing.load_full();
         // Sign every token of the job; a failure fails that token only.
         let mut signed: Vec<JobResult> = Vec::with_capacity(job.items.len());
