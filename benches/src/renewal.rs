@@ -151,6 +151,19 @@ fn bin(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// The `Environment=` settings of the shipped unit (systemd/sitesignd.service): the service is
+/// measured with the environment it runs with.
+fn unit_environment() -> anyhow::Result<Vec<(String, String)>> {
+    let unit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd/sitesignd.service");
+    let text = std::fs::read_to_string(&unit).with_context(|| unit.display().to_string())?;
+    Ok(text
+        .lines()
+        .filter_map(|l| l.strip_prefix("Environment="))
+        .flat_map(|v| v.split_whitespace())
+        .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+        .collect())
+}
+
 fn free_port() -> anyhow::Result<u16> {
     loop {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
@@ -501,6 +514,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
     sitesignd
         .arg("--config")
         .arg(&config)
+        .envs(unit_environment()?)
         .env_remove("SOFTHSM2_CONF")
         .stderr(std::fs::File::create(root.join("sitesignd.log"))?);
     if let Some((_, faults)) = &shim {

@@ -148,6 +148,8 @@ impl Unit {
             ));
         }
         // LimitNOFILE=, up to what this machine's hard limit allows.
+        let environment: Vec<String> =
+            unit_values(&unit, "Environment").iter().flat_map(|v| v.split_whitespace().map(str::to_owned)).collect();
         let limits: Vec<String> = unit_values(&unit, "LimitNOFILE")
             .iter()
             .map(|v| format!("ulimit -n {v} 2>/dev/null || ulimit -n \"$(ulimit -Hn)\""))
@@ -161,9 +163,10 @@ impl Unit {
              exec setpriv --reuid={user} --regid={group} --groups={} --inh-caps=-all --no-new-privs \
              env -i PATH=/usr/bin:/bin CREDENTIALS_DIRECTORY=/run/credentials/sitesignd.service \
              RUNTIME_DIRECTORY=/run/{runtime} STATE_DIRECTORY=/var/lib/{state} NOTIFY_SOCKET=/run/sitesign-notify.sock \
-             {exec}\n",
+             {} {exec}\n",
             limits.join("\n"),
-            groups.join(",")
+            groups.join(","),
+            environment.join(" ")
         );
         let socket = UnixDatagram::bind(&notify).unwrap();
         // The service user must be able to write to it, as to systemd's.
