@@ -260,7 +260,7 @@ impl Drop for Coming {
     }
 }
 
-fn open(path: &Path, max_bytes: Option<u64>) -> rusqlite::Result<Connection> {
+pub(crate) fn open(path: &Path, max_bytes: Option<u64>) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;

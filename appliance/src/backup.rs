@@ -113,20 +113,24 @@ fn copy_database(src: &Path, dst: &Path, label: &str, progress: Progress<'_>) ->
     from.busy_timeout(std::time::Duration::from_secs(5)).map_err(sql(src))?;
     let mut to = Connection::open(dst).map_err(sql(dst))?;
     {
+        // All pages in one step, inside one read transaction: in WAL mode the service's writers
+        // carry on meanwhile, and a step-wise copy would restart whenever they commit (forever,
+        // under steady load on a large log). Busy or locked: try again, for at most a minute.
         let backup = rusqlite::backup::Backup::new(&from, &mut to).map_err(sql(src))?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         loop {
             use rusqlite::backup::StepResult;
-            let step = backup.step(256).map_err(sql(src))?;
-            let p = backup.progress();
-            let total = u64::try_from(p.pagecount).unwrap_or(0);
-            progress(label, total.saturating_sub(u64::try_from(p.remaining).unwrap_or(0)), total);
-            match step {
+            match backup.step(-1).map_err(sql(src))? {
                 StepResult::Done => break,
-                StepResult::More => {}
-                // The service holds a write lock for a moment: try again shortly.
-                _ => std::thread::sleep(std::time::Duration::from_millis(2)),
+                _ if std::time::Instant::now() > deadline => {
+                    return Err(BackupError::Sqlite { path: src.to_owned(), source: rusqlite::Error::InvalidQuery });
+                }
+                _ => std::thread::sleep(std::time::Duration::from_millis(5)),
             }
         }
+        let p = backup.progress();
+        let total = u64::try_from(p.pagecount).unwrap_or(0);
+        progress(label, total, total);
     }
     // One self-contained file (no WAL beside it).
     to.pragma_update(None, "journal_mode", "DELETE").map_err(sql(dst))?;
@@ -276,31 +280,44 @@ pub fn unpack(archive: &Path) -> Result<Unpacked, BackupError> {
     let mut tar = tar::Archive::new(file);
     let mut manifest: Option<Manifest> = None;
     let mut seen: Vec<String> = Vec::new();
-    for entry in tar.entries().map_err(io(archive))? {
+    let entries = tar.entries().map_err(|e| damaged(format!("not a tar archive: {e}")))?;
+    for entry in entries {
         let mut entry = entry.map_err(|e| damaged(format!("unreadable tar entry: {e}")))?;
         let name = entry.path().map_err(|e| damaged(e.to_string()))?.to_string_lossy().into_owned();
-        if seen.contains(&name) {
-            return Err(damaged(format!("{name} appears twice")));
+        if entry.header().entry_type() != tar::EntryType::Regular {
+            return Err(damaged(format!("{name:?} is not a regular file")));
         }
-        let target = match name.as_str() {
-            MANIFEST => {
-                let mut text = Vec::new();
-                (&mut entry).take(1 << 20).read_to_end(&mut text).map_err(io(archive))?;
-                let m: Manifest = serde_json::from_slice(&text).map_err(|e| damaged(format!("manifest.json: {e}")))?;
-                if m.format != FORMAT {
-                    return Err(damaged(format!("format {:?}; this sitesign reads {FORMAT}", m.format)));
-                }
-                manifest = Some(m);
-                seen.push(name);
-                continue;
+        if seen.contains(&name) {
+            return Err(damaged(format!("{name:?} appears twice")));
+        }
+        if name == MANIFEST {
+            if !seen.is_empty() {
+                return Err(damaged("manifest.json is not the first member".into()));
             }
-            STATE => crate::store::Store::path_in(&state_dir),
-            AUDIT => crate::audit::AuditLog::path_in(&audit_dir),
+            let mut text = Vec::new();
+            (&mut entry).take(1 << 20).read_to_end(&mut text).map_err(|e| damaged(format!("manifest.json: {e}")))?;
+            let m: Manifest = serde_json::from_slice(&text).map_err(|e| damaged(format!("manifest.json: {e}")))?;
+            if m.format != FORMAT {
+                return Err(damaged(format!("format {:?}; this sitesign reads {FORMAT}", m.format)));
+            }
+            manifest = Some(m);
+            seen.push(name);
+            continue;
+        }
+        let m = manifest.as_ref().ok_or_else(|| damaged("manifest.json is not the first member".into()))?;
+        let (target, expected) = match name.as_str() {
+            STATE => (crate::store::Store::path_in(&state_dir), m.state.bytes),
+            AUDIT => (crate::audit::AuditLog::path_in(&audit_dir), m.audit.bytes),
             other => return Err(damaged(format!("unexpected member {other:?}"))),
         };
+        // Never more than the manifest says (a forged size or a sparse member cannot fill the
+        // disk); the SHA-256 check below catches any other difference.
+        if entry.size() != expected {
+            return Err(damaged(format!("{name} is {} bytes; the manifest says {expected}", entry.size())));
+        }
         let mut out =
             fs::OpenOptions::new().write(true).create_new(true).mode_0600().open(&target).map_err(io(&target))?;
-        std::io::copy(&mut entry, &mut out).map_err(io(&target))?;
+        std::io::copy(&mut (&mut entry).take(expected), &mut out).map_err(|e| damaged(format!("{name}: {e}")))?;
         out.sync_all().map_err(io(&target))?;
         seen.push(name);
     }
@@ -323,31 +340,96 @@ pub fn unpack(archive: &Path) -> Result<Unpacked, BackupError> {
     Ok(Unpacked { dir, manifest, archive_checksum })
 }
 
-/// Moves the unpacked databases into `state_dir` and `audit_dir` (which must hold none), and
-/// gives them `owner` (the service user, when a root restore puts them back).
-pub fn install(
+/// The schema objects (type, name, SQL) of the database at `path`.
+fn schema_of(path: &Path) -> Result<Vec<(String, String, Option<String>)>, BackupError> {
+    let sql = |source| BackupError::Sqlite { path: path.to_owned(), source };
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(sql)?;
+    let mut stmt = conn.prepare("SELECT type, name, sql FROM sqlite_master").map_err(sql)?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).map_err(sql)?;
+    rows.collect::<Result<Vec<_>, _>>().map_err(sql)
+}
+
+/// Refuses a backup whose databases hold schema objects sitesign does not make — a trigger that
+/// quietly undoes revocations, a view shadowing a table — before anything opens them for
+/// writing: every object's name must be one a database of this version has, and every trigger
+/// and view must be exactly this version's. (Older schemas have fewer objects, not others.)
+pub fn check_schema(unpacked: &Unpacked) -> Result<(), BackupError> {
+    let fresh = tempfile::Builder::new().prefix("sitesign-schema-").tempdir().map_err(io(Path::new("/tmp")))?;
+    drop(
+        crate::store::Store::open(fresh.path())
+            .map_err(|e| BackupError::Damaged { path: fresh.path().to_owned(), reason: e.to_string() })?,
+    );
+    let fresh_audit = crate::audit::AuditLog::path_in(fresh.path());
+    drop(
+        crate::audit::open(&fresh_audit, None)
+            .map_err(|source| BackupError::Sqlite { path: fresh_audit.clone(), source })?,
+    );
+    for (name, ours, theirs) in [
+        (STATE, crate::store::Store::path_in(fresh.path()), crate::store::Store::path_in(&unpacked.state_dir())),
+        (AUDIT, fresh_audit.clone(), crate::audit::AuditLog::path_in(&unpacked.audit_dir())),
+    ] {
+        let expected = schema_of(&ours)?;
+        for (kind, object, sql) in schema_of(&theirs)? {
+            let known = expected.iter().find(|(_, n, _)| *n == object);
+            let same = match (kind.as_str(), known) {
+                (_, None) => false,
+                ("trigger" | "view", Some((k, _, s))) => *k == kind && *s == sql,
+                (_, Some((k, _, _))) => *k == kind,
+            };
+            if !same {
+                return Err(BackupError::Damaged {
+                    path: theirs.clone(),
+                    reason: format!("{name} holds a {kind} {object:?} that sitesign does not make"),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The databases of a backup copied beside their places, not yet in them ([`Staged::commit`]).
+#[derive(Debug)]
+pub struct Staged {
+    files: Vec<(tempfile::NamedTempFile, PathBuf)>,
+}
+
+/// Copies the unpacked databases into new files beside their places in `state_dir` and
+/// `audit_dir` (created with random names and `O_EXCL`, so no link left there is followed), owned
+/// by `owner` (the service user, when root restores), synced. Nothing is replaced yet; dropped,
+/// they are removed.
+pub fn stage(
     unpacked: &Unpacked,
     state_dir: &Path,
     audit_dir: &Path,
     owner: Option<(u32, u32)>,
-) -> Result<(), BackupError> {
+) -> Result<Staged, BackupError> {
+    let mut files = Vec::new();
     for (from, to) in [
         (crate::store::Store::path_in(&unpacked.state_dir()), crate::store::Store::path_in(state_dir)),
         (crate::audit::AuditLog::path_in(&unpacked.audit_dir()), crate::audit::AuditLog::path_in(audit_dir)),
     ] {
-        if let Some(parent) = to.parent() {
-            fs::create_dir_all(parent).map_err(io(parent))?;
-        }
-        // Copied, then renamed: the temporary folder may be on another filesystem.
-        let partial = to.with_extension("restoring");
-        fs::copy(&from, &partial).map_err(io(&partial))?;
+        let parent = to.parent().unwrap_or(Path::new("."));
+        fs::create_dir_all(parent).map_err(io(parent))?;
+        let mut staged = tempfile::Builder::new().prefix(".restoring-").tempfile_in(parent).map_err(io(parent))?;
+        let mut source = fs::File::open(&from).map_err(io(&from))?;
+        std::io::copy(&mut source, staged.as_file_mut()).map_err(io(staged.path()))?;
         if let Some((uid, gid)) = owner {
-            std::os::unix::fs::chown(&partial, Some(uid), Some(gid)).map_err(io(&partial))?;
+            std::os::unix::fs::fchown(staged.as_file(), Some(uid), Some(gid)).map_err(io(staged.path()))?;
         }
-        fs::File::open(&partial).and_then(|f| f.sync_all()).map_err(io(&partial))?;
-        fs::rename(&partial, &to).map_err(io(&to))?;
+        staged.as_file().sync_all().map_err(io(staged.path()))?;
+        files.push((staged, to));
     }
-    Ok(())
+    Ok(Staged { files })
+}
+
+impl Staged {
+    /// Renames the staged files into their places (after the caller set what was there aside).
+    pub fn commit(self) -> Result<(), BackupError> {
+        for (staged, to) in self.files {
+            staged.persist_noclobber(&to).map_err(|e| BackupError::Io { path: to.clone(), source: e.error })?;
+        }
+        Ok(())
+    }
 }
 
 /// `mode(0o600)` for new files, in one place.

@@ -242,7 +242,7 @@ fn worker(rx: &async_channel::Receiver<Job>, ctx: &WorkerContext) {
         }
         let _turn = ctx.barrier.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         // Records on their way to the audit writer until this job's are submitted.
-        let _coming = ctx.audit.expect();
+        let coming = ctx.audit.expect();
         let current = ctx.signing.load_full();
         // Sign every token of the job; a failure fails that token only.
         let mut signed: Vec<JobResult> = Vec::with_capacity(job.items.len());
@@ -257,6 +257,8 @@ fn worker(rx: &async_channel::Receiver<Job>, ctx: &WorkerContext) {
                 Err(e) => signed.push(Err(e)),
             }
         }
+        // This job's records are on their way now: the writer need not wait for them.
+        drop(coming);
         let (reply, metrics) = (job.reply, Arc::clone(&ctx.metrics));
         if events.is_empty() {
             let _ = reply.send(signed);

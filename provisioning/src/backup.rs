@@ -62,6 +62,7 @@ pub fn restore(ctx: &Context, file: &Path, force: bool, confirm: Confirm, out: O
     let mut steps = out.steps();
     steps.update("checking", 0, 1);
     let unpacked = backup::unpack(file)?;
+    backup::check_schema(&unpacked)?;
     // The audit chain in the backup, against the state in the backup (its checkpoints' keys and
     // its witnessed head).
     let mut config = ctx.config.clone();
@@ -77,7 +78,10 @@ pub fn restore(ctx: &Context, file: &Path, force: bool, confirm: Confirm, out: O
     steps.finish();
 
     let (state_db, audit_db) = (Store::path_in(&ctx.config.state_dir), AuditLog::path_in(&ctx.config.audit.dir));
-    let existing = state_db.exists() || audit_db.exists();
+    let with_wal = |db: &std::path::Path| {
+        ["", "-wal", "-shm"].iter().any(|ext| std::path::PathBuf::from(format!("{}{ext}", db.display())).exists())
+    };
+    let existing = with_wal(&state_db) || with_wal(&audit_db);
     if existing && !force {
         return Err(CliError::new(
             "state_exists",
@@ -88,7 +92,7 @@ pub fn restore(ctx: &Context, file: &Path, force: bool, confirm: Confirm, out: O
         ));
     }
     out.line(format!(
-        "backup of {} by sitesign {}: audit log intact, {} records, head {}{}",
+        "backup of {} by sitesign {:?}: audit log intact, {} records, head {}{}",
         rfc3339(unpacked.manifest.created),
         unpacked.manifest.version,
         intact.records,
@@ -107,8 +111,15 @@ pub fn restore(ctx: &Context, file: &Path, force: bool, confirm: Confirm, out: O
         return Ok(ExitCode::SUCCESS);
     }
     out.confirm("restore this backup?", confirm.yes)?;
+    // The files belong to whoever owns the state folder (the service user), also when root
+    // restores. Both databases are staged beside their places first; only then is the current
+    // state set aside and the staged files renamed in.
+    let owner = std::fs::metadata(&ctx.config.state_dir).ok().map(|m| (m.uid(), m.gid()));
+    let owner = owner.filter(|_| rustix::process::geteuid().is_root());
+    let staged = backup::stage(&unpacked, &ctx.config.state_dir, &ctx.config.audit.dir, owner)?;
     if existing {
-        let suffix = stamp(now_unix());
+        // Unique among restores: the second and the process id.
+        let suffix = format!("{}-{}", stamp(now_unix()), std::process::id());
         Store::set_aside(&ctx.config.state_dir, &suffix)?;
         for ext in ["", "-wal", "-shm"] {
             let from = std::path::PathBuf::from(format!("{}{ext}", audit_db.display()));
@@ -119,11 +130,7 @@ pub fn restore(ctx: &Context, file: &Path, force: bool, confirm: Confirm, out: O
             }
         }
     }
-    // The files belong to whoever owns the state folder (the service user), also when root
-    // restores.
-    let owner = std::fs::metadata(&ctx.config.state_dir).ok().map(|m| (m.uid(), m.gid()));
-    let owner = owner.filter(|_| rustix::process::geteuid().is_root());
-    backup::install(&unpacked, &ctx.config.state_dir, &ctx.config.audit.dir, owner)?;
+    staged.commit()?;
     // The anchor file, if there is one, may have witnessed more than this backup holds.
     let mut warnings = Vec::new();
     if let Some(anchor) = ctx.config.audit.anchor_file.as_deref().filter(|a| a.exists()) {

@@ -12,7 +12,7 @@
 
 use std::fs;
 use std::io::{BufRead as _, IsTerminal as _, Write as _};
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
@@ -184,22 +184,32 @@ fn read_pin(pin_file: Option<&Path>) -> Result<SecretString, CliError> {
     Ok(SecretString::from(pin))
 }
 
-/// Writes `content` to `path` (a new file, mode `mode`), owned by `owner`: written beside it and
-/// renamed into place, so a reader never sees half of it.
+/// Writes `content` to `path` (a new file, mode `mode`), owned by `owner`: written beside it
+/// under a random name (`O_EXCL`) and renamed into place, so a reader never sees half of it; on
+/// any failure nothing is left.
 fn write_file(path: &Path, content: &[u8], mode: u32, owner: Option<(u32, u32)>) -> Result<(), CliError> {
     let io = |e: std::io::Error| CliError::new("io", format!("cannot write {}: {e}", path.display()));
-    let tmp = path.with_extension("partial");
-    let _ = fs::remove_file(&tmp);
-    let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp).map_err(io)?;
-    f.write_all(content).and_then(|()| f.sync_all()).map_err(io)?;
+    let folder = path.parent().unwrap_or(Path::new("."));
+    let mut f = tempfile::Builder::new()
+        .prefix(".sitesign-setup-")
+        .permissions(fs::Permissions::from_mode(mode))
+        .tempfile_in(folder)
+        .map_err(io)?;
+    f.write_all(content).and_then(|()| f.as_file().sync_all()).map_err(io)?;
     if let Some((uid, gid)) = owner {
-        std::os::unix::fs::fchown(&f, Some(uid), Some(gid)).map_err(io)?;
+        std::os::unix::fs::fchown(f.as_file(), Some(uid), Some(gid)).map_err(io)?;
     }
-    fs::rename(&tmp, path).map_err(io)
+    f.persist_noclobber(path).map_err(|e| io(e.error))?;
+    Ok(())
 }
 
-/// Creates `dir` (and its parents) and sets its mode and owner.
+/// Creates `dir` (and its parents) with this mode and owner; a folder that exists already is
+/// left as it is (the package's tmpfiles.d made it so; setup never re-permissions `/etc` or
+/// `/var/lib` given by mistake).
 fn make_dir(dir: &Path, mode: u32, owner: Option<(u32, u32)>) -> Result<(), CliError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
     let io = |e: std::io::Error| CliError::new("io", format!("cannot prepare {}: {e}", dir.display()));
     fs::create_dir_all(dir).map_err(io)?;
     fs::set_permissions(dir, fs::Permissions::from_mode(mode)).map_err(io)?;
@@ -231,7 +241,7 @@ pub fn run(config_path: &Path, args: &Args, out: Output) -> Result<ExitCode, Cli
         )
     })?;
     let me = rustix::process::geteuid().as_raw();
-    if me != 0 && me != user.uid {
+    if me != 0 {
         return Err(CliError::new(
             "not_root",
             "setup writes /etc/sitesign and hands the state to the service user: run it as root (sudo)",
@@ -348,7 +358,10 @@ pub fn run(config_path: &Path, args: &Args, out: Output) -> Result<ExitCode, Cli
         ));
     }
     write_file(&credential, secret.expose_secret().as_bytes(), 0o600, Some((0, 0)))?;
-    write_file(&config_path, text.as_bytes(), 0o640, Some((0, user.gid)))?;
+    if let Err(e) = write_file(&config_path, text.as_bytes(), 0o640, Some((0, user.gid))) {
+        let _ = fs::remove_file(&credential);
+        return Err(e);
+    }
     out.progress(format!("wrote {} and {}", config_path.display(), credential.display()));
 
     let spinner = out.working("running `sitesign init` as the service user: generating the keys inside the device");
@@ -413,7 +426,15 @@ fn run_init(
     secret: &SecretString,
 ) -> Result<serde_json::Value, CliError> {
     let io = |what: &str, e: std::io::Error| CliError::new("io", format!("{what}: {e}"));
-    let creds = tempfile::Builder::new().prefix("sitesign-setup-").tempdir().map_err(|e| io("temporary folder", e))?;
+    // On /run (a tmpfs) where there is one, so the PIN's copy never reaches a disk; removed when
+    // init ends.
+    let base = if Path::new("/run").is_dir() && rustix::process::geteuid().is_root() {
+        PathBuf::from("/run")
+    } else {
+        std::env::temp_dir()
+    };
+    let creds =
+        tempfile::Builder::new().prefix("sitesign-setup-").tempdir_in(&base).map_err(|e| io("temporary folder", e))?;
     std::os::unix::fs::chown(creds.path(), Some(user.uid), Some(user.gid)).map_err(|e| io("temporary folder", e))?;
     write_file(&creds.path().join(CREDENTIAL), secret.expose_secret().as_bytes(), 0o400, Some((user.uid, user.gid)))?;
     let exe = std::env::current_exe().map_err(|e| io("this program", e))?;

@@ -96,11 +96,19 @@ fn a_damaged_or_forged_backup_is_refused_and_nothing_is_replaced() {
 
     // Forged: a record edited and every checksum recomputed — the hash chain refuses it.
     let forged = a.dir.join("forged.tar");
-    let out = python_tool("backup_tamper.py", &[archive.to_str().unwrap(), forged.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let msg =
-        common::fails_with(a.cli(&["restore", forged.to_str().unwrap(), "--yes", "--force"]), "backup_audit_broken");
+    let forge = |mode: &str| {
+        let out = python_tool("backup_tamper.py", &[mode, archive.to_str().unwrap(), forged.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        a.cli(&["restore", forged.to_str().unwrap(), "--yes", "--force"])
+    };
+    let msg = common::fails_with(forge("edit-record"), "backup_audit_broken");
     assert!(msg.contains("nothing restored"), "{msg}");
+    // A trigger that would quietly forget every bulk token (the chain is intact): refused.
+    let msg = common::fails_with(forge("add-trigger"), "backup_damaged");
+    assert!(msg.contains("trigger") && msg.contains("bulk_forget"), "{msg}");
+    // A member that is a link, not a file: refused.
+    let msg = common::fails_with(forge("symlink"), "backup_damaged");
+    assert!(msg.contains("not a regular file"), "{msg}");
     assert_eq!(std::fs::read(a.dir.join("state/state.db")).unwrap(), before, "the state was touched");
 
     // The genuine one, with --force: the current state set aside, not deleted.
