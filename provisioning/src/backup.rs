@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use serde_json::json;
 use sitesign::audit::AuditLog;
 use sitesign::backup::{self, BackupError};
-use sitesign::store::Store;
+use sitesign::store::{Store, database_exists, set_aside_database};
 use sitesign::time::{now_unix, rfc3339, stamp};
 
 use crate::Confirm;
@@ -78,10 +78,7 @@ pub fn restore(ctx: &Context, file: &Path, force: bool, confirm: Confirm, out: O
     steps.finish();
 
     let (state_db, audit_db) = (Store::path_in(&ctx.config.state_dir), AuditLog::path_in(&ctx.config.audit.dir));
-    let with_wal = |db: &std::path::Path| {
-        ["", "-wal", "-shm"].iter().any(|ext| std::path::PathBuf::from(format!("{}{ext}", db.display())).exists())
-    };
-    let existing = with_wal(&state_db) || with_wal(&audit_db);
+    let existing = database_exists(&state_db) || database_exists(&audit_db);
     if existing && !force {
         return Err(CliError::new(
             "state_exists",
@@ -120,15 +117,8 @@ pub fn restore(ctx: &Context, file: &Path, force: bool, confirm: Confirm, out: O
     if existing {
         // Unique among restores: the second and the process id.
         let suffix = format!("{}-{}", stamp(now_unix()), std::process::id());
-        Store::set_aside(&ctx.config.state_dir, &suffix)?;
-        for ext in ["", "-wal", "-shm"] {
-            let from = std::path::PathBuf::from(format!("{}{ext}", audit_db.display()));
-            if from.exists() {
-                let to = format!("{}.set-aside-{suffix}{ext}", audit_db.display());
-                std::fs::rename(&from, &to)
-                    .map_err(|e| CliError::new("io", format!("cannot set {} aside: {e}", from.display())))?;
-            }
-        }
+        set_aside_database(&state_db, &suffix)?;
+        set_aside_database(&audit_db, &suffix)?;
     }
     staged.commit()?;
     // The anchor file, if there is one, may have witnessed more than this backup holds.

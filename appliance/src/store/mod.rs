@@ -232,6 +232,31 @@ const CERT_COLUMNS: &str = "serial, profile, subject, issuer_key, subject_key, n
      requested_by, revoked, revoke_reason, revoked_by";
 const BULK_COLUMNS: &str = "guid, lifetime, created, expires, creator, key_id, blocked, changed, changed_by";
 
+/// The files of the SQLite database `db`: itself and its WAL files.
+fn database_files(db: &Path) -> impl Iterator<Item = PathBuf> + '_ {
+    ["", "-wal", "-shm"].into_iter().map(move |ext| PathBuf::from(format!("{}{ext}", db.display())))
+}
+
+/// Whether any file of the SQLite database `db` (itself or its WAL files) exists.
+pub fn database_exists(db: &Path) -> bool {
+    database_files(db).any(|f| f.exists())
+}
+
+/// Sets the SQLite database `db` aside — renamed `DB.set-aside-SUFFIX`, with its WAL files (also a
+/// WAL file left without its database, which SQLite would otherwise apply to a new one), never
+/// deleted; returns the new name, or `None` if there was nothing to move.
+pub fn set_aside_database(db: &Path, suffix: &str) -> Result<Option<PathBuf>, StoreError> {
+    let aside = PathBuf::from(format!("{}.set-aside-{suffix}", db.display()));
+    let mut moved = false;
+    for (from, to) in database_files(db).zip(database_files(&aside)) {
+        if from.exists() {
+            std::fs::rename(&from, &to).map_err(|source| StoreError::Io { path: from.clone(), source })?;
+            moved = true;
+        }
+    }
+    Ok(moved.then_some(aside))
+}
+
 impl Store {
     /// The database file inside `state_dir`.
     pub fn path_in(state_dir: &Path) -> PathBuf {
@@ -261,19 +286,7 @@ impl Store {
     /// deleted) so that a new hierarchy can start; returns the new name, or `None` if there was
     /// no database.
     pub fn set_aside(state_dir: &Path, suffix: &str) -> Result<Option<PathBuf>, StoreError> {
-        let db = Self::path_in(state_dir);
-        if !db.exists() {
-            return Ok(None);
-        }
-        let aside = state_dir.join(format!("state.db.set-aside-{suffix}"));
-        for ext in ["", "-wal", "-shm"] {
-            let from = PathBuf::from(format!("{}{ext}", db.display()));
-            if from.exists() {
-                let to = PathBuf::from(format!("{}{ext}", aside.display()));
-                std::fs::rename(&from, &to).map_err(|source| StoreError::Io { path: from.clone(), source })?;
-            }
-        }
-        Ok(Some(aside))
+        set_aside_database(&Self::path_in(state_dir), suffix)
     }
 
     fn err(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
