@@ -16,6 +16,7 @@
 
 use std::fs;
 use std::io::{Read as _, Write as _};
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags};
@@ -101,8 +102,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BackupError + '_ {
     move |source| BackupError::Io { path: path.to_owned(), source }
 }
 
-/// Copies the live database `src` into the new file `dst` with SQLite's online backup, a few
-/// hundred pages at a time so that the service's writers are never held up for long.
+/// Copies the live database `src` into the new file `dst` with SQLite's online backup.
 fn copy_database(src: &Path, dst: &Path, label: &str, progress: Progress<'_>) -> Result<(), BackupError> {
     let sql = |path: &Path| {
         let path = path.to_owned();
@@ -193,24 +193,24 @@ pub fn create(
     let partial = work.path().join("archive.partial");
     {
         let file =
-            fs::OpenOptions::new().write(true).create_new(true).mode_0600().open(&partial).map_err(io(&partial))?;
+            fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&partial).map_err(io(&partial))?;
         let mut tar = tar::Builder::new(file);
         tar.mode(tar::HeaderMode::Deterministic);
-        let json = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
-        let mut header = tar::Header::new_ustar();
-        header.set_size(json.len() as u64);
-        header.set_mode(0o600);
-        header.set_mtime(u64::try_from(now).unwrap_or(0));
-        header.set_cksum();
-        tar.append_data(&mut header, MANIFEST, json.as_slice()).map_err(io(&partial))?;
-        for (name, path) in [(STATE, &state_copy), (AUDIT, &audit_copy)] {
-            let mut f = fs::File::open(path).map_err(io(path))?;
+        // A ustar header for a private regular file of `size` bytes, made at `now`.
+        let header = |size: u64| {
             let mut header = tar::Header::new_ustar();
-            header.set_size(f.metadata().map_err(io(path))?.len());
+            header.set_size(size);
             header.set_mode(0o600);
             header.set_mtime(u64::try_from(now).unwrap_or(0));
             header.set_cksum();
-            tar.append_data(&mut header, name, &mut f).map_err(io(&partial))?;
+            header
+        };
+        let json = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
+        tar.append_data(&mut header(json.len() as u64), MANIFEST, json.as_slice()).map_err(io(&partial))?;
+        for (name, path) in [(STATE, &state_copy), (AUDIT, &audit_copy)] {
+            let mut f = fs::File::open(path).map_err(io(path))?;
+            let size = f.metadata().map_err(io(path))?.len();
+            tar.append_data(&mut header(size), name, &mut f).map_err(io(&partial))?;
         }
         let file = tar.into_inner().map_err(io(&partial))?;
         file.sync_all().map_err(io(&partial))?;
@@ -316,7 +316,7 @@ pub fn unpack(archive: &Path) -> Result<Unpacked, BackupError> {
             return Err(damaged(format!("{name} is {} bytes; the manifest says {expected}", entry.size())));
         }
         let mut out =
-            fs::OpenOptions::new().write(true).create_new(true).mode_0600().open(&target).map_err(io(&target))?;
+            fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&target).map_err(io(&target))?;
         std::io::copy(&mut (&mut entry).take(expected), &mut out).map_err(|e| damaged(format!("{name}: {e}")))?;
         out.sync_all().map_err(io(&target))?;
         seen.push(name);
@@ -429,16 +429,5 @@ impl Staged {
             staged.persist_noclobber(&to).map_err(|e| BackupError::Io { path: to.clone(), source: e.error })?;
         }
         Ok(())
-    }
-}
-
-/// `mode(0o600)` for new files, in one place.
-trait Private {
-    fn mode_0600(&mut self) -> &mut Self;
-}
-
-impl Private for fs::OpenOptions {
-    fn mode_0600(&mut self) -> &mut Self {
-        std::os::unix::fs::OpenOptionsExt::mode(self, 0o600)
     }
 }

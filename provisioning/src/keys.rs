@@ -110,11 +110,9 @@ fn plan_then_do(
     }
     print_plan(out, &plan, false);
     out.confirm("Carry this out?", confirm.yes)?;
-    let spinner = out.working("working: keys are generated and certificates signed in the device");
+    let working = out.working("working: keys are generated and certificates signed in the device");
     let result = call(ctx, &again(plan.generation));
-    if let Some(s) = spinner {
-        s.finish_and_clear();
-    }
+    drop(working);
     let (plan, done) = plan_of(result?)?;
     if done {
         for k in &plan.new_keys {

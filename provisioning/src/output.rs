@@ -111,15 +111,15 @@ impl Output {
 
     /// Progress of a long operation whose size is not known (one request to the service or the
     /// device): a spinner with the time elapsed on a terminal, the quiet `… text` line otherwise
-    /// (nothing with `--json`). Cleared when dropped.
-    pub fn working(&self, text: impl Into<String>) -> Option<indicatif::ProgressBar> {
+    /// (nothing with `--json`). The spinner is cleared when the guard is dropped.
+    pub fn working(&self, text: impl Into<String>) -> Working {
         let text = text.into();
         if self.json {
-            return None;
+            return Working(None);
         }
         if !std::io::stderr().is_terminal() {
             self.progress(&text);
-            return None;
+            return Working(None);
         }
         let spinner = indicatif::ProgressBar::new_spinner();
         if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {msg} ({elapsed})") {
@@ -127,7 +127,7 @@ impl Output {
         }
         spinner.set_message(text);
         spinner.enable_steady_tick(std::time::Duration::from_millis(120));
-        Some(spinner)
+        Working(Some(spinner))
     }
 
     /// The JSON result (printed only with `--json`).
@@ -202,6 +202,18 @@ impl Steps {
     pub fn finish(self) {
         if let Some(bar) = self.bar {
             bar.finish_and_clear();
+        }
+    }
+}
+
+/// See [`Output::working`].
+#[derive(Debug)]
+pub struct Working(Option<indicatif::ProgressBar>);
+
+impl Drop for Working {
+    fn drop(&mut self) {
+        if let Some(spinner) = self.0.take() {
+            spinner.finish_and_clear();
         }
     }
 }

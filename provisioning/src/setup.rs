@@ -364,11 +364,9 @@ pub fn run(config_path: &Path, args: &Args, out: Output) -> Result<ExitCode, Cli
     }
     out.progress(format!("wrote {} and {}", config_path.display(), credential.display()));
 
-    let spinner = out.working("running `sitesign init` as the service user: generating the keys inside the device");
+    let working = out.working("running `sitesign init` as the service user: generating the keys inside the device");
     let init = run_init(&config_path, &args.service_user, user, me, &secret);
-    if let Some(s) = spinner {
-        s.finish_and_clear();
-    }
+    drop(working);
     let init = match init {
         Ok(v) => v,
         Err(e) => {
