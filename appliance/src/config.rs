@@ -27,6 +27,77 @@ pub struct ConfigFile {
     pub service: Option<ServiceConfigFile>,
     /// The audit log (`[audit]`).
     pub audit: Option<AuditConfigFile>,
+    /// The state store (`[store]`): the embedded SQLite database, or PostgreSQL shared by
+    /// several appliances.
+    pub store: Option<StoreConfigFile>,
+    /// This appliance among several (`[node]`).
+    pub node: Option<NodeConfigFile>,
+}
+
+/// The `[store]` table as written.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfigFile {
+    /// `sqlite` (default: `state.db` in the state folder) or `postgres`.
+    pub kind: Option<String>,
+    /// PostgreSQL: a libpq connection string (`host=db1.example.org dbname=sitesign
+    /// user=sitesign`), without a password. A Unix-socket host needs no TLS; a network host is
+    /// reached only over TLS, its certificate checked against `ca_file` and its name.
+    pub url: Option<String>,
+    /// A file holding the database password (mode 0600, owned by the service user).
+    pub password_file: Option<PathBuf>,
+    /// The systemd credential holding it, instead of `password_file`.
+    pub password_credential: Option<String>,
+    /// The CA certificate(s), PEM, that the database server's certificate must chain to.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// The `[node]` table as written.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfigFile {
+    /// This node's id, unique among the appliances sharing a store (letters, digits, `.`, `-`,
+    /// `_`; at most 64); default the host name.
+    pub id: Option<String>,
+    /// Where its API is reached (for the node registry); default `[service] listen`.
+    pub address: Option<String>,
+}
+
+/// The validated `[store]` table.
+#[derive(Debug, Clone)]
+pub enum StoreConfig {
+    /// The embedded SQLite database in the state folder.
+    Sqlite,
+    /// A PostgreSQL database.
+    Postgres(PgConfig),
+}
+
+/// How to reach the PostgreSQL database.
+#[derive(Clone)]
+pub struct PgConfig {
+    /// The parsed connection string (no password).
+    pub config: postgres::Config,
+    /// Where the password is read from at each connection, if the server asks for one.
+    pub password: Option<hsm_adapters::PinSource>,
+    /// The CA the server's certificate must chain to (network hosts).
+    pub ca_file: Option<PathBuf>,
+    /// Host(s), database and user, for messages.
+    pub describe: String,
+}
+
+impl std::fmt::Debug for PgConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgConfig").field("database", &self.describe).field("ca_file", &self.ca_file).finish()
+    }
+}
+
+/// The validated `[node]` table.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// This node's id.
+    pub id: String,
+    /// Where its API is reached.
+    pub address: String,
 }
 
 /// The `[service]` table as written.
@@ -257,6 +328,10 @@ pub struct Config {
     pub service: ServiceConfig,
     /// The audit log.
     pub audit: AuditConfig,
+    /// The state store.
+    pub store: StoreConfig,
+    /// This node.
+    pub node: NodeConfig,
 }
 
 /// Why a configuration could not be used.
@@ -372,10 +447,117 @@ impl ConfigFile {
                 .as_ref()
                 .map(|f| if f.is_absolute() { f.clone() } else { base.join(f) }),
         };
+        let store = validate_store(&self.store.clone().unwrap_or_default(), base, &mut problems);
+        let node = validate_node(&self.node.clone().unwrap_or_default(), &service, &mut problems);
         if problems.is_empty() {
-            Ok(Config { state_dir, backends, pki, tokens, service, audit })
+            Ok(Config { state_dir, backends, pki, tokens, service, audit, store, node })
         } else {
             Err(problems)
+        }
+    }
+}
+
+/// The host name, as the default node id.
+fn host_name() -> String {
+    rustix::system::uname().nodename().to_string_lossy().into_owned()
+}
+
+fn validate_node(n: &NodeConfigFile, service: &ServiceConfig, problems: &mut Vec<ConfigProblem>) -> NodeConfig {
+    let id = n.id.clone().unwrap_or_else(host_name);
+    if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')) {
+        problems.push(ConfigProblem {
+            path: "node.id".into(),
+            message: format!("{id:?} is not a node id: 1 to 64 letters, digits, '.', '-' or '_' (default: the host name)"),
+        });
+    }
+    NodeConfig { id, address: n.address.clone().unwrap_or_else(|| service.listen.to_string()) }
+}
+
+fn validate_store(s: &StoreConfigFile, base: &Path, problems: &mut Vec<ConfigProblem>) -> StoreConfig {
+    let mut problem = |key: &str, message: String| problems.push(ConfigProblem { path: format!("store.{key}"), message });
+    match s.kind.as_deref().unwrap_or("sqlite") {
+        "sqlite" => {
+            for (key, set) in [
+                ("url", s.url.is_some()),
+                ("password_file", s.password_file.is_some()),
+                ("password_credential", s.password_credential.is_some()),
+                ("ca_file", s.ca_file.is_some()),
+            ] {
+                if set {
+                    problem(key, "only for kind = \"postgres\"".into());
+                }
+            }
+            StoreConfig::Sqlite
+        }
+        "postgres" => {
+            let Some(url) = &s.url else {
+                problem("url", "missing: a libpq connection string, e.g. \"host=db1.example.org dbname=sitesign user=sitesign\"".into());
+                return StoreConfig::Sqlite;
+            };
+            let config: postgres::Config = match url.parse() {
+                Ok(c) => c,
+                Err(e) => {
+                    // The parser's message names the option, never a value.
+                    problem("url", format!("not a connection string: {e}"));
+                    return StoreConfig::Sqlite;
+                }
+            };
+            if config.get_password().is_some() {
+                problem("url", "holds a password: put it in password_file (mode 0600) or password_credential, never in the configuration".into());
+            }
+            if config.get_user().is_none() {
+                problem("url", "names no user: add user=NAME".into());
+            }
+            if config.get_dbname().is_none() {
+                problem("url", "names no database: add dbname=NAME".into());
+            }
+            let network = config.get_hosts().iter().any(|h| matches!(h, postgres::config::Host::Tcp(_)));
+            if config.get_hosts().is_empty() {
+                problem("url", "names no host: add host=NAME (or host=/run/postgresql for the local socket)".into());
+            }
+            if network && s.ca_file.is_none() {
+                problem("ca_file", "missing: a network database is reached only over TLS; set the CA (PEM) its certificate chains to".into());
+            }
+            if network && config.get_ssl_mode() == postgres::config::SslMode::Disable {
+                problem("url", "sslmode=disable: a network database is reached only over TLS".into());
+            }
+            let password = match (&s.password_file, &s.password_credential) {
+                (Some(_), Some(_)) => {
+                    problem("password_credential", "set password_file or password_credential, not both".into());
+                    None
+                }
+                (Some(f), None) if !f.is_absolute() => {
+                    problem("password_file", format!("{} must be an absolute path", f.display()));
+                    None
+                }
+                (Some(f), None) => Some(hsm_adapters::PinSource::File(f.clone())),
+                (None, Some(c)) if c.is_empty() || c.contains('/') => {
+                    problem("password_credential", "must be a credential name without '/'".into());
+                    None
+                }
+                (None, Some(c)) => Some(hsm_adapters::PinSource::Credential(c.clone())),
+                (None, None) => None,
+            };
+            let ca_file = s.ca_file.as_ref().map(|f| if f.is_absolute() { f.clone() } else { base.join(f) });
+            let hosts: Vec<String> = config
+                .get_hosts()
+                .iter()
+                .map(|h| match h {
+                    postgres::config::Host::Tcp(name) => name.clone(),
+                    postgres::config::Host::Unix(path) => path.display().to_string(),
+                })
+                .collect();
+            let describe = format!(
+                "host={} dbname={} user={}",
+                hosts.join(","),
+                config.get_dbname().unwrap_or("?"),
+                config.get_user().unwrap_or("?")
+            );
+            StoreConfig::Postgres(PgConfig { config, password, ca_file, describe })
+        }
+        other => {
+            problem("kind", format!("{other:?} is not a store: \"sqlite\" (one appliance) or \"postgres\" (several)"));
+            StoreConfig::Sqlite
         }
     }
 }

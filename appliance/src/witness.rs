@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::audit::{AuditError, AuditEvent, AuditLog, Checkpoint, CheckpointSigner};
+use crate::audit::{AuditError, AuditEvent, AuditLog, AuditPlace, AuditStats, Checkpoint, CheckpointSigner};
 use crate::store::{Store, StoreError};
 
 /// Why the log's head cannot be witnessed, or the log is not the one witnessed.
@@ -132,13 +132,13 @@ pub fn anchored(entries: &[AnchorEntry]) -> Vec<Checkpoint> {
         .collect()
 }
 
-/// Checks that the log in `dir` reaches `cp`, as witnessed by `witness`: it has no gap (as many
+/// Checks that the chain at `place` reaches `cp`, as witnessed by `witness`: it has no gap (as many
 /// records as its highest `seq`), at least `cp.seq` records, and record `cp.seq` is the one
 /// witnessed — its hash recomputed from its content is `cp.hash`, and it chains to the record
 /// before it. A few indexed reads: cheap enough for every start (`sitesign audit verify` checks
 /// the whole chain).
-pub fn check_reaches(dir: &Path, cp: &Checkpoint, witness: &str) -> Result<(), WitnessError> {
-    let (count, max, around) = crate::audit::records_around(dir, cp.seq)?;
+pub fn check_reaches(place: &AuditPlace, cp: &Checkpoint, witness: &str) -> Result<(), WitnessError> {
+    let (count, max, around) = crate::audit::records_around(place, cp.seq)?;
     let at = around.iter().find(|r| r.seq == cp.seq);
     let before = around.iter().find(|r| r.seq == cp.seq - 1);
     let found = if count != max {
@@ -159,7 +159,7 @@ pub fn check_reaches(dir: &Path, cp: &Checkpoint, witness: &str) -> Result<(), W
         }
     };
     Err(WitnessError::Truncated {
-        log: AuditLog::path_in(dir),
+        log: place.name(),
         witness: witness.to_owned(),
         seq: cp.seq,
         hash: cp.hash.clone(),
@@ -170,15 +170,15 @@ pub fn check_reaches(dir: &Path, cp: &Checkpoint, witness: &str) -> Result<(), W
 /// Checks the log in `config`'s audit folder against every witness: the state store's, and the
 /// anchor file's last checkpoint.
 pub fn check(config: &crate::config::Config, store: &Store) -> Result<(), WitnessError> {
-    let dir = &config.audit.dir;
+    let place = &AuditPlace::of(config);
     if let Some(cp) = store.audit_witness()? {
-        check_reaches(dir, &cp, "the state store")?;
+        check_reaches(place, &cp, "the state store")?;
     }
     // The anchor's furthest checkpoint: lines may land out of order when two checkpoints race.
     if let Some(path) = &config.audit.anchor_file
         && let Some(cp) = anchored(&read_anchor(path)?).into_iter().max_by_key(|cp| cp.seq)
     {
-        check_reaches(dir, &cp, &format!("the anchor file {}", path.display()))?;
+        check_reaches(place, &cp, &format!("the anchor file {}", path.display()))?;
     }
     Ok(())
 }
@@ -191,7 +191,7 @@ pub fn open_log(
     stats: crate::audit::AuditStats,
 ) -> Result<AuditLog, WitnessError> {
     check(config, store)?;
-    Ok(AuditLog::open_with(&config.audit.dir, config.audit.max_bytes, stats)?)
+    Ok(AuditLog::open_place(&AuditPlace::of(config), stats)?)
 }
 
 /// Signs a checkpoint of the log's head with `sign` (if records were added since the last) and
@@ -229,15 +229,15 @@ pub fn acknowledge_loss(
     reason: &str,
     sign: CheckpointSigner,
 ) -> Result<Checkpoint, WitnessError> {
-    let dir = &config.audit.dir;
+    let place = AuditPlace::of(config);
     let previous = store.audit_witness()?;
     let (prev_seq, prev_hash) = previous.as_ref().map_or((0, String::new()), |cp| (cp.seq, cp.hash.clone()));
-    let audit = AuditLog::open(dir, config.audit.max_bytes)?;
+    let audit = AuditLog::open_place(&place, AuditStats::default())?;
     let now = crate::time::now_unix();
     let detail = format!("the log did not reach its witnessed head (record {prev_seq}, hash {prev_hash}): {reason}");
     audit.append(vec![AuditEvent::transition(now, actor, "audit-loss", "audit log", "", detail)])?;
     let cp = audit.checkpoint(sign)?.ok_or_else(|| WitnessError::Anchor {
-        path: AuditLog::path_in(dir),
+        path: place.name(),
         reason: "no checkpoint could be made after recording the loss".into(),
     })?;
     store.replace_audit_witness(&cp)?;

@@ -39,7 +39,7 @@ pub fn check(
     let dir = &config.audit.dir;
     let records = sitesign::audit::read_all(dir)?;
     let checkpoints = sitesign::audit::read_checkpoints(dir)?;
-    let store = sitesign::store::Store::open(&config.state_dir)?;
+    let store = sitesign::store::Store::connect(&config)?;
     let state = sitesign::state::State::load(&store, config, sitesign::time::now_unix())?;
     let witness = store.audit_witness()?;
     let anchored = match anchor {

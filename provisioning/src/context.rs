@@ -52,7 +52,7 @@ impl Context {
 
     /// Opens the state store.
     pub fn store(&self) -> Result<Store, CliError> {
-        Ok(Store::open(&self.config.state_dir)?)
+        Ok(Store::connect(&self.config)?)
     }
 
     /// The state as of now.

@@ -378,7 +378,7 @@ pub fn run(config_path: &Path, args: &Args, out: Output) -> Result<ExitCode, Cli
     };
     // The state only (no device, so no re-run with the module's environment).
     let config = sitesign::config::Config::load(&config_path)?;
-    let store = sitesign::store::Store::open(&config.state_dir)?;
+    let store = sitesign::store::Store::connect(&config)?;
     let state = sitesign::state::State::load(&store, &config, sitesign::time::now_unix())?;
     let trust = config_dir.join("trust");
     let exported = crate::certs::export(&state, &trust)?;

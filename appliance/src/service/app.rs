@@ -224,8 +224,8 @@ impl App {
     /// verify independently, protection attributes) and builds the signer and the TLS
     /// configuration; a failure refuses to start.
     pub fn open(config: Config) -> Result<App, StartError> {
-        let store = Store::open(&config.state_dir)?;
-        let reader = Store::open(&config.state_dir)?;
+        let store = Store::connect(&config)?;
+        let reader = Store::connect(&config)?;
         let mut backends = Backends::open(&config)?;
         backends.open_handshake_lanes(config.service.tls_sessions);
         let metrics = Arc::new(Metrics::default());
@@ -264,7 +264,7 @@ impl App {
         tracing::info!(workers, queue = config.service.queue_depth, "signing pipeline started");
         let admission = Admission::new(&config.service, Arc::clone(&metrics));
         Ok(App {
-            issued: Lookup::new(&config.audit.dir),
+            issued: Lookup::new(&crate::audit::AuditPlace::of(&config)),
             store: Mutex::new(store),
             reader: Mutex::new(reader),
             backends,

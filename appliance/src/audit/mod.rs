@@ -14,6 +14,12 @@
 //!
 //! Each record's hash is SHA-256 over the previous record's hash and the record's canonical
 //! JSON; [`verify`] recomputes the chain and reports the first edit, deletion or reordering.
+//!
+//! Where the chain lives is an [`AuditPlace`]: `audit.db` in a folder (one appliance), or — when
+//! several appliances share a PostgreSQL store — this node's chain (node id + sequence) in that
+//! database ([`postgres`]), written by the same group-commit writer.
+
+pub mod postgres;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -239,6 +245,159 @@ impl AuditStats {
     }
 }
 
+/// Where an audit chain lives.
+#[derive(Debug, Clone)]
+pub enum AuditPlace {
+    /// `audit.db` in this folder, at most this large.
+    Local {
+        /// The folder.
+        dir: PathBuf,
+        /// The cap, bytes.
+        max_bytes: Option<u64>,
+    },
+    /// Node `node`'s chain in the shared PostgreSQL store.
+    Shared {
+        /// The database.
+        db: crate::config::PgConfig,
+        /// The node.
+        node: String,
+    },
+}
+
+impl AuditPlace {
+    /// Where `config` keeps this node's chain.
+    pub fn of(config: &crate::config::Config) -> AuditPlace {
+        match &config.store {
+            crate::config::StoreConfig::Sqlite => {
+                AuditPlace::Local { dir: config.audit.dir.clone(), max_bytes: config.audit.max_bytes }
+            }
+            crate::config::StoreConfig::Postgres(db) => AuditPlace::Shared { db: db.clone(), node: config.node.id.clone() },
+        }
+    }
+
+    /// A name for messages: the file, or the node and the database.
+    pub fn name(&self) -> PathBuf {
+        match self {
+            AuditPlace::Local { dir, .. } => AuditLog::path_in(dir),
+            AuditPlace::Shared { db, node } => PathBuf::from(format!("node {node} in PostgreSQL ({})", db.describe)),
+        }
+    }
+
+    /// The node whose chain this is (`None`: the one appliance's).
+    pub fn node(&self) -> Option<&str> {
+        match self {
+            AuditPlace::Local { .. } => None,
+            AuditPlace::Shared { node, .. } => Some(node),
+        }
+    }
+
+    /// Every chain there is: this one, or every node's in the shared store (any node with
+    /// records, checkpoints, a witnessed head or a registration), by id.
+    pub fn chains(&self) -> Result<Vec<AuditPlace>, AuditError> {
+        match self {
+            AuditPlace::Local { .. } => Ok(vec![self.clone()]),
+            AuditPlace::Shared { db, .. } => Ok(postgres::nodes(db)
+                .map_err(|e| self.fail(&e))?
+                .into_iter()
+                .map(|node| AuditPlace::Shared { db: db.clone(), node })
+                .collect()),
+        }
+    }
+
+    fn fail(&self, e: &dyn std::fmt::Display) -> AuditError {
+        AuditError { path: self.name(), reason: e.to_string() }
+    }
+}
+
+/// Where a chain is written: the writer thread's only contact with its database.
+trait Sink: Send {
+    /// Appends `events` after the chain's head in one durable transaction; the first's `seq`.
+    fn commit(&mut self, events: &[&AuditEvent]) -> Result<i64, String>;
+    /// Whether a write succeeds again (after a failure).
+    fn probe(&mut self) -> Result<(), String>;
+    /// The chain's head: its last `seq` and hash.
+    fn head(&mut self) -> Result<(i64, String), String>;
+    /// The `seq` of the last checkpoint.
+    fn last_checkpoint(&mut self) -> Result<Option<i64>, String>;
+    /// Stores a checkpoint.
+    fn add_checkpoint(&mut self, cp: &Checkpoint) -> Result<(), String>;
+}
+
+/// The records of `events` chained after (`seq`, `prev`).
+fn chain(events: &[&AuditEvent], mut seq: i64, prev: &str) -> Vec<AuditRecord> {
+    let mut prev = prev.to_owned();
+    events
+        .iter()
+        .map(|e| {
+            seq += 1;
+            let hash = chain_hash(seq, e, &prev);
+            let record = AuditRecord { seq, event: (*e).clone(), prev: std::mem::replace(&mut prev, hash.clone()), hash };
+            record
+        })
+        .collect()
+}
+
+/// The chain in `audit.db`, its head kept between commits (re-read after a failure).
+struct SqliteSink {
+    conn: Connection,
+    head: Option<(i64, String)>,
+}
+
+impl Sink for SqliteSink {
+    fn commit(&mut self, events: &[&AuditEvent]) -> Result<i64, String> {
+        let head = self.head.take();
+        let tx = self.conn.transaction().map_err(|e| e.to_string())?;
+        let (seq, prev) = match head {
+            Some(h) => h,
+            None => head_of(&tx).map_err(|e| e.to_string())?,
+        };
+        let records = chain(events, seq, &prev);
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO audit (seq, time, caller, kind, subject, key_id, sha256, prev, hash, detail)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                )
+                .map_err(|e| e.to_string())?;
+            for r in &records {
+                let e = &r.event;
+                insert
+                    .execute(params![
+                        r.seq, e.time, e.caller, e.kind, e.subject, e.key_id, e.sha256, r.prev, r.hash, e.detail
+                    ])
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        tx.commit().map_err(|e| e.to_string())?;
+        self.head = Some(records.last().map_or((seq, prev), |r| (r.seq, r.hash.clone())));
+        Ok(seq + 1)
+    }
+
+    fn probe(&mut self) -> Result<(), String> {
+        self.conn.execute("INSERT INTO probe (data) VALUES (zeroblob(?1))", [PROBE_BYTES]).map_err(|e| e.to_string())?;
+        self.conn.execute("DELETE FROM probe", []).map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    fn head(&mut self) -> Result<(i64, String), String> {
+        head_of(&self.conn).map_err(|e| e.to_string())
+    }
+
+    fn last_checkpoint(&mut self) -> Result<Option<i64>, String> {
+        self.conn.query_row("SELECT max(seq) FROM checkpoints", [], |r| r.get(0)).map_err(|e| e.to_string())
+    }
+
+    fn add_checkpoint(&mut self, cp: &Checkpoint) -> Result<(), String> {
+        self.conn
+            .execute(
+                "INSERT INTO checkpoints (seq, hash, time, key_id, signature) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![cp.seq, cp.hash, cp.time, cp.key_id, cp.signature],
+            )
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
 /// The audit log, shared by every signing path.
 #[derive(Debug, Clone)]
 pub struct AuditLog {
@@ -303,7 +462,7 @@ pub(crate) fn open(path: &Path, max_bytes: Option<u64>) -> rusqlite::Result<Conn
     Ok(conn)
 }
 
-fn head(conn: &Connection) -> rusqlite::Result<(i64, String)> {
+fn head_of(conn: &Connection) -> rusqlite::Result<(i64, String)> {
     Ok(conn
         .query_row("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?
@@ -324,10 +483,21 @@ impl AuditLog {
 
     /// [`AuditLog::open`], counting into `stats`.
     pub fn open_with(dir: &Path, max_bytes: Option<u64>, stats: AuditStats) -> Result<AuditLog, AuditError> {
-        let path = Self::path_in(dir);
-        let fail = |e: &dyn std::fmt::Display| AuditError { path: path.clone(), reason: e.to_string() };
-        std::fs::create_dir_all(dir).map_err(|e| fail(&e))?;
-        let conn = open(&path, max_bytes).map_err(|e| fail(&e))?;
+        Self::open_place(&AuditPlace::Local { dir: dir.to_owned(), max_bytes }, stats)
+    }
+
+    /// Opens the chain at `place` for appending (creating it) and starts its writer thread.
+    pub fn open_place(place: &AuditPlace, stats: AuditStats) -> Result<AuditLog, AuditError> {
+        let path = place.name();
+        let sink: Box<dyn Sink> = match place {
+            AuditPlace::Local { dir, max_bytes } => {
+                std::fs::create_dir_all(dir).map_err(|e| place.fail(&e))?;
+                let conn = open(&path, *max_bytes).map_err(|e| place.fail(&e))?;
+                Box::new(SqliteSink { conn, head: None })
+            }
+            AuditPlace::Shared { db, node } => Box::new(postgres::PgSink::open(db, node).map_err(|e| place.fail(&e))?),
+        };
+        let fail = |e: &dyn std::fmt::Display| place.fail(e);
         let (tx, rx) = mpsc::sync_channel::<Message>(65_536);
         let healthy = Arc::new(AtomicBool::new(true));
         let stats = Arc::new(stats);
@@ -335,7 +505,7 @@ impl AuditLog {
         let (h, s, p, c) = (Arc::clone(&healthy), Arc::clone(&stats), path.clone(), Arc::clone(&coming));
         std::thread::Builder::new()
             .name("audit-writer".into())
-            .spawn(move || writer(conn, rx, &h, &s, &p, &c))
+            .spawn(move || writer(sink, rx, &h, &s, &p, &c))
             .map_err(|e| fail(&e))?;
         Ok(AuditLog { tx, healthy, stats, path, coming })
     }
@@ -412,23 +582,14 @@ pub const PROBE_EVERY: Duration = Duration::from_secs(1);
 /// The size of the probe's write: about a thousand records' worth.
 const PROBE_BYTES: i64 = 256 * 1024;
 
-/// Whether the log can take a large write again: a blob committed (with its fsync), then removed.
-fn probe(conn: &mut Connection) -> rusqlite::Result<()> {
-    conn.execute("INSERT INTO probe (data) VALUES (zeroblob(?1))", [PROBE_BYTES])?;
-    conn.execute("DELETE FROM probe", [])?;
-    Ok(())
-}
-
 fn writer(
-    mut conn: Connection,
+    mut sink: Box<dyn Sink>,
     rx: mpsc::Receiver<Message>,
     healthy: &AtomicBool,
     stats: &AuditStats,
     path: &Path,
     coming: &AtomicUsize,
 ) {
-    // The chain head, kept between commits (re-read after a failure).
-    let mut head_cache: Option<(i64, String)> = None;
     let mut deferred: Option<Message> = None;
     loop {
         let next = match deferred.take() {
@@ -439,7 +600,7 @@ fn writer(
         let first = match next {
             Ok(m) => m,
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                if probe(&mut conn).is_ok() {
+                if sink.probe().is_ok() {
                     healthy.store(true, Ordering::Relaxed);
                     tracing::info!(path = %path.display(), "audit log writable again: signing resumes");
                 }
@@ -449,7 +610,7 @@ fn writer(
         };
         let first = match first {
             Message::Checkpoint(sign, reply) => {
-                let _ = reply.send(write_checkpoint(&mut conn, sign, path));
+                let _ = reply.send(write_checkpoint(&mut *sink, sign, path));
                 continue;
             }
             Message::Records(p) => p,
@@ -476,7 +637,7 @@ fn writer(
             }
         }
         let started = Instant::now();
-        let result = commit(&mut conn, &group, &mut head_cache);
+        let result = commit(&mut *sink, &group);
         stats.commit_seconds.observe(started.elapsed().as_secs_f64());
         match result {
             Ok(lasts) => {
@@ -500,61 +661,32 @@ fn writer(
     }
 }
 
-fn write_checkpoint(
-    conn: &mut Connection,
-    sign: CheckpointSigner,
-    path: &Path,
-) -> Result<Option<Checkpoint>, AuditError> {
+fn write_checkpoint(sink: &mut dyn Sink, sign: CheckpointSigner, path: &Path) -> Result<Option<Checkpoint>, AuditError> {
     let fail = |reason: String| AuditError { path: path.to_owned(), reason };
-    let (seq, hash) = head(conn).map_err(|e| fail(e.to_string()))?;
-    let last: Option<i64> =
-        conn.query_row("SELECT max(seq) FROM checkpoints", [], |r| r.get(0)).map_err(|e| fail(e.to_string()))?;
+    let (seq, hash) = sink.head().map_err(fail)?;
+    let last = sink.last_checkpoint().map_err(fail)?;
     if seq == 0 || last == Some(seq) {
         return Ok(None);
     }
     let time = crate::time::now_unix();
     let (key_id, signature) = sign(&Checkpoint::statement(seq, &hash, time)).map_err(fail)?;
     let cp = Checkpoint { seq, hash, time, key_id, signature: crate::token::b64::encode(&signature) };
-    conn.execute(
-        "INSERT INTO checkpoints (seq, hash, time, key_id, signature) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![cp.seq, cp.hash, cp.time, cp.key_id, cp.signature],
-    )
-    .map_err(|e| fail(e.to_string()))?;
+    sink.add_checkpoint(&cp).map_err(fail)?;
     tracing::info!(seq = cp.seq, hash = %cp.hash, key = %cp.key_id, "audit checkpoint signed");
     Ok(Some(cp))
 }
 
-fn commit(
-    conn: &mut Connection,
-    group: &[Pending],
-    head_cache: &mut Option<(i64, String)>,
-) -> rusqlite::Result<Vec<i64>> {
-    let tx = conn.transaction()?;
-    let (mut seq, mut prev) = match head_cache.take() {
-        Some(h) => h,
-        None => head(&tx)?,
-    };
-    let mut lasts = Vec::with_capacity(group.len());
-    {
-        let mut insert = tx.prepare_cached(
-            "INSERT INTO audit (seq, time, caller, kind, subject, key_id, sha256, prev, hash, detail)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        )?;
-        for p in group {
-            for e in &p.events {
-                seq += 1;
-                let hash = chain_hash(seq, e, &prev);
-                insert.execute(params![
-                    seq, e.time, e.caller, e.kind, e.subject, e.key_id, e.sha256, prev, hash, e.detail
-                ])?;
-                prev = hash;
-            }
-            lasts.push(seq);
-        }
-    }
-    tx.commit()?;
-    *head_cache = Some((seq, prev));
-    Ok(lasts)
+/// Commits a group's records; the last `seq` of each of its members.
+fn commit(sink: &mut dyn Sink, group: &[Pending]) -> Result<Vec<i64>, String> {
+    let events: Vec<&AuditEvent> = group.iter().flat_map(|p| p.events.iter()).collect();
+    let mut last = sink.commit(&events)? - 1;
+    Ok(group
+        .iter()
+        .map(|p| {
+            last += p.events.len() as i64;
+            last
+        })
+        .collect())
 }
 
 /// Runs `read` on a read-only connection to the log in `dir`; an absent log reads as empty.
@@ -569,38 +701,69 @@ fn read_only<T: Default>(dir: &Path, read: impl FnOnce(&Connection) -> rusqlite:
 }
 
 /// Looks issued tokens up in the log by their SHA-256 (an index), on a read-only connection of
-/// its own: the policy asks before renewing a token of a revoked key.
+/// its own: the policy asks before renewing a token of a revoked key. In a shared store, every
+/// node's chain is asked: a token another node issued is this site's too.
 #[derive(Debug)]
 pub struct Lookup {
-    path: PathBuf,
-    conn: std::sync::Mutex<Option<Connection>>,
+    place: AuditPlace,
+    conn: std::sync::Mutex<Option<LookupConnection>>,
+}
+
+enum LookupConnection {
+    Sqlite(Connection),
+    Postgres(::postgres::Client),
+}
+
+impl std::fmt::Debug for LookupConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LookupConnection::Sqlite(_) => "Sqlite",
+            LookupConnection::Postgres(_) => "Postgres",
+        })
+    }
 }
 
 impl Lookup {
-    /// A lookup in the log in `dir` (opened at the first question).
-    pub fn new(dir: &Path) -> Lookup {
-        Lookup { path: AuditLog::path_in(dir), conn: std::sync::Mutex::new(None) }
+    /// A lookup in the chain(s) at `place` (connected at the first question).
+    pub fn new(place: &AuditPlace) -> Lookup {
+        Lookup { place: place.clone(), conn: std::sync::Mutex::new(None) }
     }
 }
 
 impl crate::policy::IssuedTokens for Lookup {
     fn issued(&self, sha256_hex: &str) -> Result<bool, String> {
+        let fail = |e: &dyn std::fmt::Display| format!("audit log {}: {e}", self.place.name().display());
         let mut guard = self.conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if guard.is_none() {
-            let conn = Connection::open_with_flags(&self.path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-                .map_err(|e| format!("audit log {}: {e}", self.path.display()))?;
-            *guard = Some(conn);
+        let lost = matches!(&*guard, Some(LookupConnection::Postgres(c)) if c.is_closed());
+        if guard.is_none() || lost {
+            *guard = Some(match &self.place {
+                AuditPlace::Local { dir, .. } => LookupConnection::Sqlite(
+                    Connection::open_with_flags(AuditLog::path_in(dir), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                        .map_err(|e| fail(&e))?,
+                ),
+                AuditPlace::Shared { db, .. } => {
+                    LookupConnection::Postgres(crate::store::postgres::connect(db).map_err(|e| fail(&e))?)
+                }
+            });
         }
-        let conn = guard.as_ref().ok_or("no connection")?;
-        conn.query_row("SELECT count(*) FROM audit WHERE sha256 = ?1", [sha256_hex], |r| r.get::<_, i64>(0))
-            .map(|n| n > 0)
-            .map_err(|e| format!("audit log {}: {e}", self.path.display()))
+        match guard.as_mut() {
+            Some(LookupConnection::Sqlite(conn)) => conn
+                .query_row("SELECT count(*) FROM audit WHERE sha256 = ?1", [sha256_hex], |r| r.get::<_, i64>(0))
+                .map(|n| n > 0)
+                .map_err(|e| fail(&e)),
+            Some(LookupConnection::Postgres(client)) => postgres::issued(client, sha256_hex).map_err(|e| fail(&e)),
+            None => Err(fail(&"no connection")),
+        }
     }
 }
 
-/// What the log in `dir` holds around record `seq`: how many records, the highest `seq`, and
-/// records `seq - 1` and `seq` if it holds them (an absent log holds none).
-pub fn records_around(dir: &Path, seq: i64) -> Result<(i64, i64, Vec<AuditRecord>), AuditError> {
+/// What the chain at `place` holds around record `seq`: how many records, the highest `seq`,
+/// and records `seq - 1` and `seq` if it holds them (an absent log holds none).
+pub fn records_around(place: &AuditPlace, seq: i64) -> Result<(i64, i64, Vec<AuditRecord>), AuditError> {
+    let dir = match place {
+        AuditPlace::Local { dir, .. } => dir,
+        AuditPlace::Shared { db, node } => return postgres::records_around(db, node, seq).map_err(|e| place.fail(&e)),
+    };
     read_only(dir, |conn| {
         let has: bool =
             conn.query_row("SELECT count(*) FROM sqlite_master WHERE name = 'audit'", [], |r| r.get::<_, i64>(0))? > 0;
@@ -635,8 +798,12 @@ fn record_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRecord> {
     })
 }
 
-/// Every record, in `seq` order.
-pub fn read_all(dir: &Path) -> Result<Vec<AuditRecord>, AuditError> {
+/// Every record of the chain at `place`, in storage order (`seq` order in a shared store).
+pub fn read_all(place: &AuditPlace) -> Result<Vec<AuditRecord>, AuditError> {
+    let dir = match place {
+        AuditPlace::Local { dir, .. } => dir,
+        AuditPlace::Shared { db, node } => return postgres::read_all(db, node).map_err(|e| place.fail(&e)),
+    };
     read_only(dir, |conn| {
         let mut stmt = conn.prepare(
             "SELECT seq, time, caller, kind, subject, key_id, sha256, prev, hash, detail FROM audit ORDER BY rowid",
@@ -646,8 +813,12 @@ pub fn read_all(dir: &Path) -> Result<Vec<AuditRecord>, AuditError> {
     })
 }
 
-/// Every checkpoint, in `seq` order.
-pub fn read_checkpoints(dir: &Path) -> Result<Vec<Checkpoint>, AuditError> {
+/// Every checkpoint of the chain at `place`, in `seq` order.
+pub fn read_checkpoints(place: &AuditPlace) -> Result<Vec<Checkpoint>, AuditError> {
+    let dir = match place {
+        AuditPlace::Local { dir, .. } => dir,
+        AuditPlace::Shared { db, node } => return postgres::read_checkpoints(db, node).map_err(|e| place.fail(&e)),
+    };
     read_only(dir, |conn| {
         let has: bool = conn
             .query_row("SELECT count(*) FROM sqlite_master WHERE name = 'checkpoints'", [], |r| r.get::<_, i64>(0))?
@@ -731,6 +902,10 @@ pub fn verify(records: &[AuditRecord]) -> Result<usize, ChainBreak> {
 mod tests {
     use super::*;
 
+    fn local(dir: &Path) -> AuditPlace {
+        AuditPlace::Local { dir: dir.to_owned(), max_bytes: None }
+    }
+
     fn event(i: i64) -> AuditEvent {
         AuditEvent {
             time: 1_795_600_000 + i,
@@ -759,7 +934,7 @@ mod tests {
         seqs.sort_unstable();
         assert_eq!(seqs, (1..=200).collect::<Vec<_>>());
         assert_eq!(log.stats().records.load(Ordering::Relaxed), 200);
-        let records = read_all(dir.path()).unwrap();
+        let records = read_all(&local(dir.path())).unwrap();
         assert_eq!(verify(&records), Ok(200));
     }
 
@@ -777,7 +952,7 @@ mod tests {
         assert!((0..1000).all(|_| finished.recv().unwrap()));
         let commits = log.stats().commits.load(Ordering::Relaxed);
         assert!(commits < 250, "{commits} commits for 1000 records submitted at once");
-        assert_eq!(verify(&read_all(dir.path()).unwrap()), Ok(1000));
+        assert_eq!(verify(&read_all(&local(dir.path())).unwrap()), Ok(1000));
     }
 
     #[test]
@@ -785,7 +960,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = AuditLog::open(dir.path(), None).unwrap();
         log.append((1..=5).map(event).collect()).unwrap();
-        let records = read_all(dir.path()).unwrap();
+        let records = read_all(&local(dir.path())).unwrap();
         let mut edited = records.clone();
         edited[2].event.subject = "GUID:forged".into();
         assert_eq!(verify(&edited).unwrap_err().position, 3);
@@ -819,6 +994,6 @@ mod tests {
         assert!(e.reason.contains("full"), "{e}");
         assert!(!log.healthy());
         // What was committed before still verifies.
-        assert!(verify(&read_all(dir.path()).unwrap()).is_ok());
+        assert!(verify(&read_all(&local(dir.path())).unwrap()).is_ok());
     }
 }
