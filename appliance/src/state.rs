@@ -58,6 +58,21 @@ pub struct State {
     pub mp_clients: HashMap<String, i64>,
     /// Cross-certificates between SMS Issuing roots (`rotate issuing`): (issuing key, DER).
     pub cross_certificates: Vec<(String, Vec<u8>)>,
+    /// Where a bulk token's block status is asked at each use instead of `bulk`: the shared
+    /// store, when several appliances share one (another node may have blocked it a moment
+    /// ago). Unreachable, it answers an error: the request is refused, never decided on a
+    /// stale snapshot.
+    pub bulk_live: Option<LiveBulk>,
+}
+
+/// A bulk-token registry asked at each use (see [`State::bulk_live`]).
+#[derive(Clone)]
+pub struct LiveBulk(pub std::sync::Arc<dyn BulkRegistry + Send + Sync>);
+
+impl std::fmt::Debug for LiveBulk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LiveBulk")
+    }
 }
 
 impl State {
@@ -117,6 +132,7 @@ impl State {
             revoked,
             mp_clients,
             cross_certificates,
+            bulk_live: None,
         })
     }
 
@@ -195,6 +211,9 @@ fn spki_of(der: &[u8]) -> Option<Vec<u8>> {
 
 impl BulkRegistry for State {
     fn bulk_blocked(&self, guid: Guid) -> Result<Option<bool>, String> {
-        Ok(self.bulk.get(&guid).copied())
+        match &self.bulk_live {
+            Some(live) => live.0.bulk_blocked(guid),
+            None => Ok(self.bulk.get(&guid).copied()),
+        }
     }
 }

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use serde_json::json;
-use sitesign::audit::Checkpoint;
+use sitesign::audit::{AuditPlace, Checkpoint};
 use sitesign::witness;
 
 use crate::Confirm;
@@ -28,7 +28,7 @@ pub struct Intact {
     pub anchored: usize,
 }
 
-/// Recomputes the audit log's hash chain in `config`'s audit folder, checks its signed
+/// Recomputes the hash chain of this node's audit log (`config`'s), checks its signed
 /// checkpoints (with the token-signing certificates of `config`'s state store) and holds it
 /// against its witnesses — the head the state store witnessed and every checkpoint of `anchor`.
 /// The inner error is the first break.
@@ -36,12 +36,21 @@ pub fn check(
     config: &sitesign::config::Config,
     anchor: Option<&Path>,
 ) -> Result<Result<Intact, sitesign::audit::ChainBreak>, CliError> {
-    let dir = &config.audit.dir;
-    let records = sitesign::audit::read_all(dir)?;
-    let checkpoints = sitesign::audit::read_checkpoints(dir)?;
-    let store = sitesign::store::Store::connect(&config)?;
+    let store = sitesign::store::Store::connect(config)?;
     let state = sitesign::state::State::load(&store, config, sitesign::time::now_unix())?;
-    let witness = store.audit_witness()?;
+    check_chain(&AuditPlace::of(config), &store, &state, anchor)
+}
+
+/// [`check`] of the chain at `place` (one of several nodes' in a shared store).
+fn check_chain(
+    place: &AuditPlace,
+    store: &sitesign::store::Store,
+    state: &sitesign::state::State,
+    anchor: Option<&Path>,
+) -> Result<Result<Intact, sitesign::audit::ChainBreak>, CliError> {
+    let records = sitesign::audit::read_all(place)?;
+    let checkpoints = sitesign::audit::read_checkpoints(place)?;
+    let witness = store.audit_witness_of(place.node())?;
     let anchored = match anchor {
         Some(a) => witness::anchored(&witness::read_anchor(a)?),
         None => Vec::new(),
@@ -70,40 +79,55 @@ pub fn check(
     }))
 }
 
-/// `sitesign audit verify [--anchor FILE]`: [`check`] on the configured log; exit 1 at the first
-/// break.
+/// `sitesign audit verify [--anchor FILE]`: [`check`] on the configured log — in a shared store,
+/// on every node's chain, each named — exit 1 if any breaks. The anchor file is this node's.
 pub fn verify(ctx: &Context, anchor: Option<&Path>, out: Output) -> Result<ExitCode, CliError> {
-    let path = sitesign::audit::AuditLog::path_in(&ctx.config.audit.dir);
     let anchor = anchor.or(ctx.config.audit.anchor_file.as_deref());
-    match check(&ctx.config, anchor)? {
-        Ok(i) => {
-            out.line(format!(
-                "audit chain intact: {} records in {}; head {}; {} signed checkpoint(s){}; witnessed head {}{}",
-                i.records,
-                path.display(),
-                i.head,
-                i.checkpoints,
-                i.last_checkpoint.map(|s| format!(", the last at seq {s}")).unwrap_or_default(),
-                i.witnessed_seq.map_or_else(|| "none yet".to_owned(), |s| format!("at seq {s}")),
-                anchor
-                    .map(|a| format!("; {} anchored checkpoint(s) in {}", i.anchored, a.display()))
-                    .unwrap_or_default()
-            ));
-            out.json(&json!({"intact": true, "records": i.records, "head": i.head, "checkpoints": i.checkpoints,
-                "last_checkpoint": i.last_checkpoint, "witnessed_seq": i.witnessed_seq, "anchored": i.anchored,
-                "path": path}));
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(brk) => {
-            let records = sitesign::audit::read_all(&ctx.config.audit.dir)?.len();
-            let witness_seq = ctx.store()?.audit_witness()?.map(|w| w.seq);
-            out.line(format!("AUDIT LOG NOT INTACT in {}: {brk}", path.display()));
-            out.json(
-                &json!({"intact": false, "records": records, "break": brk, "witnessed_seq": witness_seq, "path": path}),
-            );
-            Ok(ExitCode::FAILURE)
-        }
+    let here = AuditPlace::of(&ctx.config);
+    let store = ctx.store()?;
+    let state = sitesign::state::State::load(&store, &ctx.config, sitesign::time::now_unix())?;
+    let mut reports = Vec::new();
+    let mut intact = true;
+    for place in here.chains()? {
+        let own = place.node() == here.node();
+        let path = place.name();
+        let who = place.node().map(|n| format!("node {n}: ")).unwrap_or_default();
+        let report = match check_chain(&place, &store, &state, anchor.filter(|_| own))? {
+            Ok(i) => {
+                out.line(format!(
+                    "{who}audit chain intact: {} records in {}; head {}; {} signed checkpoint(s){}; witnessed head {}{}",
+                    i.records,
+                    path.display(),
+                    i.head,
+                    i.checkpoints,
+                    i.last_checkpoint.map(|s| format!(", the last at seq {s}")).unwrap_or_default(),
+                    i.witnessed_seq.map_or_else(|| "none yet".to_owned(), |s| format!("at seq {s}")),
+                    anchor
+                        .filter(|_| own)
+                        .map(|a| format!("; {} anchored checkpoint(s) in {}", i.anchored, a.display()))
+                        .unwrap_or_default()
+                ));
+                json!({"node": place.node(), "intact": true, "records": i.records, "head": i.head,
+                    "checkpoints": i.checkpoints, "last_checkpoint": i.last_checkpoint,
+                    "witnessed_seq": i.witnessed_seq, "anchored": i.anchored, "path": path})
+            }
+            Err(brk) => {
+                intact = false;
+                let records = sitesign::audit::read_all(&place)?.len();
+                let witness_seq = store.audit_witness_of(place.node())?.map(|w| w.seq);
+                out.line(format!("{who}AUDIT LOG NOT INTACT in {}: {brk}", path.display()));
+                json!({"node": place.node(), "intact": false, "records": records, "break": brk,
+                    "witnessed_seq": witness_seq, "path": path})
+            }
+        };
+        reports.push(report);
     }
+    match (&here, reports.as_slice()) {
+        // One appliance: its one chain's report, as it always was.
+        (AuditPlace::Local { .. }, [one]) => out.json(one),
+        _ => out.json(&json!({"intact": intact, "chains": reports})),
+    }
+    Ok(if intact { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 /// `sitesign audit acknowledge-loss --reason TEXT`: the administrator's explicit, recorded
@@ -147,14 +171,20 @@ pub fn acknowledge_loss(ctx: &Context, reason: &str, confirm: Confirm, out: Outp
     Ok(ExitCode::SUCCESS)
 }
 
-/// `sitesign audit export [--out FILE]`: every record as a JSON line.
+/// `sitesign audit export [--out FILE]`: every record as a JSON line — in a shared store, every
+/// node's, each with its `node`.
 pub fn export(ctx: &Context, dest: Option<&Path>) -> Result<ExitCode, CliError> {
     use std::io::Write as _;
-    let records = sitesign::audit::read_all(&ctx.config.audit.dir)?;
     let mut text = String::new();
-    for r in &records {
-        text.push_str(&serde_json::to_string(r).map_err(|e| CliError::new("encoding", e.to_string()))?);
-        text.push('\n');
+    for place in AuditPlace::of(&ctx.config).chains()? {
+        for r in &sitesign::audit::read_all(&place)? {
+            let mut line = serde_json::to_value(r).map_err(|e| CliError::new("encoding", e.to_string()))?;
+            if let (Some(node), Some(fields)) = (place.node(), line.as_object_mut()) {
+                fields.insert("node".into(), node.into());
+            }
+            text.push_str(&line.to_string());
+            text.push('\n');
+        }
     }
     match dest {
         Some(path) => std::fs::write(path, text)

@@ -7,7 +7,8 @@ use std::process::ExitCode;
 use serde_json::json;
 use sitesign::audit::AuditLog;
 use sitesign::backup::{self, BackupError};
-use sitesign::store::{Store, database_exists, set_aside_database};
+use sitesign::store::Store;
+use sitesign::store::sqlite::{database_exists, set_aside_database};
 use sitesign::time::{now_unix, rfc3339, stamp};
 
 use crate::Confirm;
@@ -20,9 +21,22 @@ impl From<BackupError> for CliError {
     }
 }
 
+/// Backup and restore are of the embedded store: a shared PostgreSQL store (and the audit
+/// chains in it) is backed up with the database's own tools.
+fn sqlite_only(ctx: &Context) -> Result<(), CliError> {
+    match ctx.config.store {
+        sitesign::config::StoreConfig::Sqlite => Ok(()),
+        _ => Err(CliError::new(
+            "store_shared",
+            "this appliance's state and audit chains are in PostgreSQL ([store] kind = \"postgres\"): back them up with pg_dump or the database's backup (README \"Several appliances\"); the key devices as before",
+        )),
+    }
+}
+
 /// `sitesign backup --out FILE`: an online copy of the state and the audit log, while the
 /// service runs or not.
 pub fn create(ctx: &Context, dest: &Path, out: Output) -> Result<ExitCode, CliError> {
+    sqlite_only(ctx)?;
     let state_db = Store::path_in(&ctx.config.state_dir);
     let audit_db = AuditLog::path_in(&ctx.config.audit.dir);
     for db in [&state_db, &audit_db] {
@@ -53,6 +67,7 @@ pub fn create(ctx: &Context, dest: &Path, out: Output) -> Result<ExitCode, CliEr
 /// checksums and the audit chain in it before it replaces anything; the state it replaces (with
 /// `--force`) is set aside, never deleted.
 pub fn restore(ctx: &Context, file: &Path, force: bool, confirm: Confirm, out: Output) -> Result<ExitCode, CliError> {
+    sqlite_only(ctx)?;
     if crate::appliance::service_running(ctx) {
         return Err(CliError::new(
             "service_running",

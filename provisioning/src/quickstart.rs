@@ -82,6 +82,21 @@ pub struct Args {
     /// curves (opencryptoki's soft token).
     #[arg(long, default_value = "ec-p256", value_parser = ["ec-p256", "rsa-2048"])]
     tls_algorithm: String,
+    /// Keep the state in this PostgreSQL database, shared with other appliances, instead of
+    /// the embedded SQLite: a libpq connection string without a password
+    /// (`host=/run/postgresql dbname=sitesign user=sitesign`). Written to `[store]`.
+    #[arg(long, value_name = "CONNINFO")]
+    store_url: Option<String>,
+    /// The file holding the database password (mode 0600), with --store-url.
+    #[arg(long, requires = "store_url")]
+    store_password_file: Option<PathBuf>,
+    /// The CA the database server's certificate chains to (PEM), with --store-url and a
+    /// network host.
+    #[arg(long, requires = "store_url")]
+    store_ca_file: Option<PathBuf>,
+    /// This node's id among appliances sharing a store (default: the host name).
+    #[arg(long)]
+    node_id: Option<String>,
 }
 
 pub(crate) fn parse_module_env(text: &str) -> Result<(String, String), String> {
@@ -186,6 +201,14 @@ pub fn run(args: &Args, out: Output) -> Result<ExitCode, CliError> {
                 admin_socket: Some("admin.sock".into()),
                 ..ServiceConfigFile::default()
             }),
+            store: args.store_url.as_ref().map(|url| sitesign::config::StoreConfigFile {
+                kind: Some("postgres".into()),
+                url: Some(url.clone()),
+                password_file: args.store_password_file.as_deref().map(crate::absolute).transpose()?,
+                ca_file: args.store_ca_file.as_deref().map(crate::absolute).transpose()?,
+                ..Default::default()
+            }),
+            node: args.node_id.as_ref().map(|id| sitesign::config::NodeConfigFile { id: Some(id.clone()), address: None }),
             ..ConfigFile::default()
         };
         let body = toml::to_string(&file).map_err(|e| CliError::new("encoding", format!("the configuration: {e}")))?;

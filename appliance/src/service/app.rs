@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use hsm_adapters::SigningKey;
@@ -213,6 +214,13 @@ pub struct App {
     observer: tls::Observer,
     /// Whether the last attempt to follow the store succeeded.
     state_fresh: AtomicBool,
+    /// When the store was last followed successfully, milliseconds after `started`.
+    followed_ms: std::sync::atomic::AtomicU64,
+    /// When the service started.
+    started: std::time::Instant,
+    /// The shared store's bulk-token registry, asked at each use (`None`: one appliance, whose
+    /// snapshot is the store's).
+    live_bulk: Option<crate::state::LiveBulk>,
     /// Stopping: refuse new work.
     pub stopping: AtomicBool,
     /// Serialises reloads (the watcher's and an admin operation's).
@@ -231,7 +239,15 @@ impl App {
         let metrics = Arc::new(Metrics::default());
         // Never a log shorter than its witnessed head: the service refuses to start on it.
         let audit = crate::witness::open_log(&config, &store, AuditStats::for_metrics(&metrics))?;
-        let state = State::load(&store, &config, now_unix())?;
+        let live_bulk = if store.shared() {
+            let registry: Arc<dyn crate::token::BulkRegistry + Send + Sync> =
+                Arc::new(LiveRegistry(Mutex::new(Store::connect(&config)?)));
+            Some(crate::state::LiveBulk(registry))
+        } else {
+            None
+        };
+        let mut state = State::load(&store, &config, now_unix())?;
+        state.bulk_live.clone_from(&live_bulk);
         let keys = KeyCache::default();
         for record in KeyRole::ALL.iter().filter_map(|r| state.active(*r)) {
             keys.get(&backends, record)?;
@@ -282,6 +298,9 @@ impl App {
             admission,
             observer,
             state_fresh: AtomicBool::new(true),
+            followed_ms: std::sync::atomic::AtomicU64::new(0),
+            started: std::time::Instant::now(),
+            live_bulk,
             stopping: AtomicBool::new(false),
             reloading: Mutex::new(()),
             config,
@@ -300,10 +319,44 @@ impl App {
 
     /// Ready to sign: devices answering, audit log writable, the store followed, not stopping.
     pub fn ready(&self) -> bool {
-        !self.health.is_down()
-            && self.audit.healthy()
-            && self.state_fresh.load(Ordering::Relaxed)
-            && !self.stopping.load(Ordering::Relaxed)
+        !self.health.is_down() && self.audit.healthy() && self.state_current() && !self.stopping.load(Ordering::Relaxed)
+    }
+
+    /// Whether the state in use is known to be the store's: the last attempt to follow it
+    /// succeeded — and, when several appliances share the store, did so within
+    /// [`STALE_AFTER`] (another node's change must be taken up within a second; a node that
+    /// cannot confirm it has not missed one decides nothing).
+    pub fn state_current(&self) -> bool {
+        let fresh = self.state_fresh.load(Ordering::Relaxed);
+        if self.live_bulk.is_none() {
+            return fresh;
+        }
+        let followed = Duration::from_millis(self.followed_ms.load(Ordering::Relaxed));
+        fresh && self.started.elapsed().saturating_sub(followed) <= STALE_AFTER
+    }
+
+    /// Refuses (503) a request that needs the store's current state when a shared store cannot
+    /// be confirmed current: nothing is signed on a state that may miss another node's block,
+    /// revocation or rotation. One appliance's own snapshot is always its store's.
+    pub fn require_current_state(&self) -> Result<(), crate::service::error::ApiError> {
+        if self.live_bulk.is_some() && !self.state_current() {
+            return Err(crate::service::error::ApiError::Unavailable(
+                "the shared state store cannot be reached, so this node cannot confirm blocks and revocations made on other nodes; it signs nothing until it can (retry on another node)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Records this node in the store's node registry (start-up, then every few seconds).
+    pub fn report_node(&self, started: i64) -> Result<(), StoreError> {
+        let node = crate::store::NodeRecord {
+            id: self.config.node.id.clone(),
+            address: self.config.node.address.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            started,
+            last_seen: now_unix(),
+        };
+        self.store().register_node(&node)
     }
 
     /// Whether the last attempt to read the store succeeded.
@@ -337,6 +390,9 @@ impl App {
         let _one = self.reloading.lock().unwrap_or_else(PoisonError::into_inner);
         let result = self.reload();
         self.state_fresh.store(result.is_ok(), Ordering::Relaxed);
+        if result.is_ok() {
+            self.followed_ms.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        }
         result
     }
 
@@ -348,7 +404,9 @@ impl App {
             if reader.generation()? == current.state.generation && current.state.current_at(now) {
                 return Ok(false);
             }
-            State::load(&reader, &self.config, now)?
+            let mut state = State::load(&reader, &self.config, now)?;
+            state.bulk_live.clone_from(&self.live_bulk);
+            state
         };
         // The new state is taken up whatever else fails below: revocations and blocks must never
         // wait for a device. A key whose handle cannot be had signs nothing (fail closed).
@@ -379,6 +437,21 @@ impl App {
             Err(e) => return Err(e.into()),
         }
         Ok(true)
+    }
+}
+
+/// How long a node sharing its store may go without confirming its state is the store's before
+/// it refuses to sign (it follows every 250 ms, and is told of changes at once).
+pub const STALE_AFTER: Duration = Duration::from_secs(2);
+
+/// The shared store's bulk-token registry, asked at each use, on a connection of its own.
+#[derive(Debug)]
+struct LiveRegistry(Mutex<Store>);
+
+impl crate::token::BulkRegistry for LiveRegistry {
+    fn bulk_blocked(&self, guid: crate::token::Guid) -> Result<Option<bool>, String> {
+        let store = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        store.bulk_token(&guid.lower()).map(|b| b.map(|b| b.blocked)).map_err(|e| e.to_string())
     }
 }
 

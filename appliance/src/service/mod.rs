@@ -53,6 +53,51 @@ pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(10);
 pub const CRL_CHECK_EVERY: Duration = Duration::from_secs(600);
 /// How often a device that failed is tried again, so that readiness comes back by itself.
 pub const PROBE_EVERY: Duration = Duration::from_secs(2);
+/// How often the node reports itself in the store's node registry.
+pub const NODE_REPORT_EVERY: Duration = Duration::from_secs(5);
+
+/// When several appliances share a PostgreSQL store: takes up a change as soon as the database
+/// announces it (`LISTEN`, notified by the change counter's trigger at commit), on a connection
+/// of its own. Polling every [`FOLLOW_EVERY`] stays as the fallback: a lost notification
+/// connection delays a change by at most that, and is made again within a second.
+fn listen_for_changes(app: &App, db: &crate::config::PgConfig) {
+    use ::postgres::fallible_iterator::FallibleIterator as _;
+    while !app.stopping.load(Ordering::Relaxed) {
+        let mut client = match crate::store::postgres::connect(db) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for changes; polling meanwhile");
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
+            }
+        };
+        if let Err(e) = client.batch_execute(&format!("LISTEN {}", crate::store::postgres::CHANNEL)) {
+            tracing::warn!(error = %crate::store::postgres::error_text(&e), "cannot listen for changes; polling meanwhile");
+            std::thread::sleep(Duration::from_secs(1));
+            continue;
+        }
+        tracing::info!("listening for changes other nodes make");
+        while !app.stopping.load(Ordering::Relaxed) {
+            let next = client.notifications().timeout_iter(Duration::from_secs(1)).next();
+            match next {
+                Ok(Some(_)) => follow(app),
+                Ok(None) if !client.is_closed() => {}
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(error = %crate::store::postgres::error_text(&e), "change notifications lost; polling meanwhile");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Reports the node in the registry (best effort: the registry is for operators).
+fn report_node(app: &App, started: i64) {
+    if let Err(e) = app.report_node(started) {
+        tracing::warn!(error = %e, "cannot report this node in the node registry");
+    }
+}
 
 /// While the devices are down (not ready), tries the active token-signing key: the first
 /// signature that succeeds makes the service ready again without a request having to risk it.
@@ -178,6 +223,31 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     tokio::spawn(every(Arc::clone(&app), CRL_CHECK_EVERY, stop_rx.clone(), refresh_crls));
     tokio::spawn(every(Arc::clone(&app), PROBE_EVERY, stop_rx.clone(), probe_devices));
     tokio::spawn(every(Arc::clone(&app), admission::REPORT_EVERY, stop_rx.clone(), |a| a.admission.report()));
+    let started = crate::time::now_unix();
+    {
+        let a = Arc::clone(&app);
+        let _ = tokio::task::spawn_blocking(move || report_node(&a, started)).await;
+    }
+    {
+        let (app, mut stop) = (Arc::clone(&app), stop_rx.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(NODE_REPORT_EVERY) => {}
+                    _ = stop.changed() => return,
+                }
+                let a = Arc::clone(&app);
+                let _ = tokio::task::spawn_blocking(move || report_node(&a, started)).await;
+            }
+        });
+    }
+    if let crate::config::StoreConfig::Postgres(db) = &app.config.store {
+        let (a, db) = (Arc::clone(&app), db.clone());
+        std::thread::Builder::new()
+            .name("store-listen".into())
+            .spawn(move || listen_for_changes(&a, &db))
+            .map_err(|source| StartError::Io { what: "change listener".into(), source })?;
+    }
 
     let ops_text = ops_addr.map_or_else(|| "off".to_owned(), |a| a.to_string());
     tracing::info!(api = %api_addr, ops = %ops_text, admin = %service.admin_socket.display(), "sitesignd ready");

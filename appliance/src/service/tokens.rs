@@ -45,6 +45,7 @@ pub(super) fn prepare_client(app: &App, req: &ClientTokenRequest) -> Result<Item
     if app.stopping.load(Ordering::Relaxed) {
         return Err(ApiError::Unavailable("the service is stopping".into()));
     }
+    app.require_current_state()?;
     let now = now_unix();
     let signing = app.signing.load();
     let authorization = policy::authorize_client(&signing.state, &app.issued, req, now)?;
@@ -88,6 +89,7 @@ pub(super) async fn post_access_token(
     let req: AccessTokenRequest = parse(&body)?;
     let a = Arc::clone(&app);
     let item = blocking(move || {
+        a.require_current_state()?;
         let now = now_unix();
         let signing = a.signing.load();
         let (authorization, device) = policy::authorize_access(&signing.state, &req, now)?;
@@ -103,10 +105,13 @@ pub(super) async fn post_access_token(
 /// `POST /v1/tokens:verify`.
 pub(super) async fn post_verify(State(app): State<Arc<App>>, body: Bytes) -> Result<Json<Value>, ApiError> {
     let req: VerifyRequest = parse(&body)?;
-    blocking(move || match policy::verify(&app.state(), &req, None, now_unix()) {
-        Ok(v) => Ok(Json(json!({"valid": true, "kind": v.kind, "claims": v.claims}))),
-        Err(policy::PolicyError::Rejected(r)) => Ok(Json(json!({"valid": false, "reason": r.reason.code()}))),
-        Err(e) => Err(e.into()),
+    blocking(move || {
+        app.require_current_state()?;
+        match policy::verify(&app.state(), &req, None, now_unix()) {
+            Ok(v) => Ok(Json(json!({"valid": true, "kind": v.kind, "claims": v.claims}))),
+            Err(policy::PolicyError::Rejected(r)) => Ok(Json(json!({"valid": false, "reason": r.reason.code()}))),
+            Err(e) => Err(e.into()),
+        }
     })
     .await
 }
