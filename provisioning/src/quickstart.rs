@@ -184,6 +184,8 @@ pub fn run(args: &Args, out: Output) -> Result<ExitCode, CliError> {
             Some(o) => o.clone(),
             None => std::net::SocketAddr::new(ops_ip, port.wrapping_add(1)).to_string(),
         };
+        let password_file = args.store_password_file.as_deref().map(crate::absolute).transpose()?;
+        let ca_file = args.store_ca_file.as_deref().map(crate::absolute).transpose()?;
         let file = ConfigFile {
             state_dir: Some("state".into()),
             backends: BTreeMap::from([(backend_name.to_owned(), table)]),
@@ -204,8 +206,8 @@ pub fn run(args: &Args, out: Output) -> Result<ExitCode, CliError> {
             store: args.store_url.as_ref().map(|url| sitesign::config::StoreConfigFile {
                 kind: Some("postgres".into()),
                 url: Some(url.clone()),
-                password_file: args.store_password_file.as_deref().map(crate::absolute).transpose()?,
-                ca_file: args.store_ca_file.as_deref().map(crate::absolute).transpose()?,
+                password_file,
+                ca_file,
                 ..Default::default()
             }),
             node: args.node_id.as_ref().map(|id| sitesign::config::NodeConfigFile { id: Some(id.clone()), address: None }),
