@@ -17,6 +17,7 @@
 
 pub mod kryoptic;
 pub mod opencryptoki;
+pub mod postgres;
 pub mod pytools;
 pub mod swtpm;
 pub mod verify;

@@ -340,6 +340,11 @@ impl Store {
         Ok(Store(Box::new(sqlite::SqliteEngine::open(state_dir)?)))
     }
 
+    /// A store on `engine`.
+    pub fn from_engine(engine: Box<dyn Engine>) -> Store {
+        Store(engine)
+    }
+
     /// Opens the store `config` names: SQLite in the state folder, or the shared PostgreSQL
     /// database (migrated if needed).
     pub fn connect(config: &crate::config::Config) -> Result<Store, StoreError> {
