@@ -101,12 +101,28 @@ pub fn status(ctx: &Context, out: Output) -> Result<ExitCode, CliError> {
     let store = ctx.store()?;
     let initialised = store.meta("initialized_at")?;
     out.line(format!("config        {}", ctx.path.display()));
+    let where_ = match &ctx.config.store {
+        sitesign::config::StoreConfig::Sqlite => Store::path_in(&ctx.config.state_dir).display().to_string(),
+        sitesign::config::StoreConfig::Postgres(_) => store.describe(),
+    };
     out.line(format!(
-        "state         {} (schema {}, generation {})",
-        Store::path_in(&ctx.config.state_dir).display(),
+        "state         {where_} (schema {}, generation {})",
         store.schema_version()?,
         store.generation()?
     ));
+    // The node registry: every sitesignd that reported to this store, and when it last did.
+    let nodes = store.nodes()?;
+    let now = sitesign::time::now_unix();
+    for n in &nodes {
+        let here = if n.id == ctx.config.node.id { " (this node)" } else { "" };
+        out.line(format!(
+            "node          {}{here}: {} sitesign {}, last seen {} s ago",
+            n.id,
+            n.address,
+            n.version,
+            now - n.last_seen
+        ));
+    }
     out.line(format!("initialised   {}", initialised.as_deref().unwrap_or("no — run `sitesign init`")));
     let hierarchy = store.meta("hierarchy_id")?;
     if let Some(h) = &hierarchy {
@@ -174,6 +190,8 @@ pub fn status(ctx: &Context, out: Output) -> Result<ExitCode, CliError> {
         "config": ctx.path,
         "initialised": initialised,
         "hierarchy_id": hierarchy,
+        "node": ctx.config.node.id,
+        "nodes": nodes,
         "healthy": healthy,
         "backends": backend_reports,
         "keys": key_reports,

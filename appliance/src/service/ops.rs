@@ -26,6 +26,8 @@ pub(super) async fn readyz(State(app): State<Arc<App>>) -> Response {
         "devices_answering": !app.health.is_down(),
         "audit_writable": app.audit.healthy(),
         "state_fresh": app.state_fresh(),
+        "state_current": app.state_current(),
+        "node": app.config.node.id,
         "stopping": app.stopping.load(Ordering::Relaxed),
     }));
     if ready { body.into_response() } else { (StatusCode::SERVICE_UNAVAILABLE, body).into_response() }
