@@ -69,7 +69,7 @@ pub enum StoreConfig {
     /// The embedded SQLite database in the state folder.
     Sqlite,
     /// A PostgreSQL database.
-    Postgres(PgConfig),
+    Postgres(Box<PgConfig>),
 }
 
 /// How to reach the PostgreSQL database.
@@ -464,17 +464,21 @@ fn host_name() -> String {
 
 fn validate_node(n: &NodeConfigFile, service: &ServiceConfig, problems: &mut Vec<ConfigProblem>) -> NodeConfig {
     let id = n.id.clone().unwrap_or_else(host_name);
-    if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')) {
+    if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+    {
         problems.push(ConfigProblem {
             path: "node.id".into(),
-            message: format!("{id:?} is not a node id: 1 to 64 letters, digits, '.', '-' or '_' (default: the host name)"),
+            message: format!(
+                "{id:?} is not a node id: 1 to 64 letters, digits, '.', '-' or '_' (default: the host name)"
+            ),
         });
     }
     NodeConfig { id, address: n.address.clone().unwrap_or_else(|| service.listen.to_string()) }
 }
 
 fn validate_store(s: &StoreConfigFile, base: &Path, problems: &mut Vec<ConfigProblem>) -> StoreConfig {
-    let mut problem = |key: &str, message: String| problems.push(ConfigProblem { path: format!("store.{key}"), message });
+    let mut problem =
+        |key: &str, message: String| problems.push(ConfigProblem { path: format!("store.{key}"), message });
     match s.kind.as_deref().unwrap_or("sqlite") {
         "sqlite" => {
             for (key, set) in [
@@ -491,7 +495,11 @@ fn validate_store(s: &StoreConfigFile, base: &Path, problems: &mut Vec<ConfigPro
         }
         "postgres" => {
             let Some(url) = &s.url else {
-                problem("url", "missing: a libpq connection string, e.g. \"host=db1.example.org dbname=sitesign user=sitesign\"".into());
+                problem(
+                    "url",
+                    "missing: a libpq connection string, e.g. \"host=db1.example.org dbname=sitesign user=sitesign\""
+                        .into(),
+                );
                 return StoreConfig::Sqlite;
             };
             let config: postgres::Config = match url.parse() {
@@ -516,7 +524,11 @@ fn validate_store(s: &StoreConfigFile, base: &Path, problems: &mut Vec<ConfigPro
                 problem("url", "names no host: add host=NAME (or host=/run/postgresql for the local socket)".into());
             }
             if network && s.ca_file.is_none() {
-                problem("ca_file", "missing: a network database is reached only over TLS; set the CA (PEM) its certificate chains to".into());
+                problem(
+                    "ca_file",
+                    "missing: a network database is reached only over TLS; set the CA (PEM) its certificate chains to"
+                        .into(),
+                );
             }
             if network && config.get_ssl_mode() == postgres::config::SslMode::Disable {
                 problem("url", "sslmode=disable: a network database is reached only over TLS".into());
@@ -553,7 +565,7 @@ fn validate_store(s: &StoreConfigFile, base: &Path, problems: &mut Vec<ConfigPro
                 config.get_dbname().unwrap_or("?"),
                 config.get_user().unwrap_or("?")
             );
-            StoreConfig::Postgres(PgConfig { config, password, ca_file, describe })
+            StoreConfig::Postgres(Box::new(PgConfig { config, password, ca_file, describe }))
         }
         other => {
             problem("kind", format!("{other:?} is not a store: \"sqlite\" (one appliance) or \"postgres\" (several)"));

@@ -210,7 +210,10 @@ pub fn run(args: &Args, out: Output) -> Result<ExitCode, CliError> {
                 ca_file,
                 ..Default::default()
             }),
-            node: args.node_id.as_ref().map(|id| sitesign::config::NodeConfigFile { id: Some(id.clone()), address: None }),
+            node: args
+                .node_id
+                .as_ref()
+                .map(|id| sitesign::config::NodeConfigFile { id: Some(id.clone()), address: None }),
             ..ConfigFile::default()
         };
         let body = toml::to_string(&file).map_err(|e| CliError::new("encoding", format!("the configuration: {e}")))?;

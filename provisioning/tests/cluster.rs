@@ -10,7 +10,9 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::appliance::{Appliance, Service, claims_of, header_of, internal_batch_file, register, sha256_hex, unlimited};
+use common::appliance::{
+    Appliance, Service, claims_of, header_of, internal_batch_file, register, sha256_hex, unlimited,
+};
 use device_tests::postgres::Postgres;
 use serde_json::{Value, json};
 
@@ -44,8 +46,12 @@ fn bulk_registration(s: &Service, n: u32, token: &Value) -> (u16, Value) {
 
 /// Whether a request with the MP certificate `crt` gets through `s` (and curl's error if not).
 fn admitted(s: &Service, crt: &Path, key: &Path) -> (bool, String) {
-    let out =
-        s.mtls_as(crt, key).args(["-w", "%{http_code}", "-o", "/dev/null"]).arg(s.url("/v1/certificates")).output().unwrap();
+    let out = s
+        .mtls_as(crt, key)
+        .args(["-w", "%{http_code}", "-o", "/dev/null"])
+        .arg(s.url("/v1/certificates"))
+        .output()
+        .unwrap();
     (String::from_utf8_lossy(&out.stdout) == "200", String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
@@ -115,7 +121,10 @@ fn two_nodes_on_one_database_share_blocks_rotations_revocations_a_batch_and_keep
     assert!(took < Duration::from_secs(1), "node b took {took:?} to take up the rotation");
     // The old key's token still verifies on both nodes, and renews on b with the new key.
     for s in [&sa, &sb] {
-        let (_, v) = s.call("/v1/tokens:verify", Some(&json!({"token": before, "client_cert_thumbprint": common::appliance::thumbprint(10)}).to_string()));
+        let (_, v) = s.call(
+            "/v1/tokens:verify",
+            Some(&json!({"token": before, "client_cert_thumbprint": common::appliance::thumbprint(10)}).to_string()),
+        );
         assert_eq!(v["valid"], true, "{v}");
     }
 
@@ -123,10 +132,21 @@ fn two_nodes_on_one_database_share_blocks_rotations_revocations_a_batch_and_keep
     // a second.
     let (mp_key, csr) = common::key_and_csr(&a.dir, "mp07", "mp07.contoso.test", None);
     let mp_crt = a.dir.join("mp07.crt");
-    let issued = a.ok(&["cert", "issue", "--profile", "mp-client", "--csr", csr.to_str().unwrap(), "--out", mp_crt.to_str().unwrap()]);
+    let issued = a.ok(&[
+        "cert",
+        "issue",
+        "--profile",
+        "mp-client",
+        "--csr",
+        csr.to_str().unwrap(),
+        "--out",
+        mp_crt.to_str().unwrap(),
+    ]);
     let serial = issued["certificate"]["serial"].as_str().unwrap().to_owned();
     for s in [&sa, &sb] {
-        assert!(first_success_after(Instant::now(), Duration::from_secs(10), || admitted(s, &mp_crt, &mp_key).0).is_some());
+        assert!(
+            first_success_after(Instant::now(), Duration::from_secs(10), || admitted(s, &mp_crt, &mp_key).0).is_some()
+        );
     }
     a.ok(&["cert", "revoke", &serial, "--reason", "key-compromise", "--yes"]);
     let revoked = Instant::now();
@@ -189,7 +209,9 @@ fn the_database_lost_mid_batch_releases_no_token_without_its_record_and_both_nod
     let (mut ca, mut cb) = (sa.batch_command(&fa).spawn().unwrap(), sb.batch_command(&fb).spawn().unwrap());
     // Stopped (as by a crash) once both nodes have signed some of their halves.
     let signed = |node: &str| -> u64 {
-        pg.query(&format!("SELECT count(*) FROM audit WHERE node_id = '{node}' AND kind = 'client-token'")).parse().unwrap_or(0)
+        pg.query(&format!("SELECT count(*) FROM audit WHERE node_id = '{node}' AND kind = 'client-token'"))
+            .parse()
+            .unwrap_or(0)
     };
     assert!(
         Postgres::eventually(Duration::from_secs(120), || signed("node-a") > 200 && signed("node-b") > 200),
@@ -199,7 +221,11 @@ fn the_database_lost_mid_batch_releases_no_token_without_its_record_and_both_nod
     let stopped = Instant::now();
     // Both nodes turn not-ready and refuse to sign.
     for (name, s) in [("a", &sa), ("b", &sb)] {
-        assert!(Postgres::eventually(Duration::from_secs(10), || !ready(s)), "node {name} stays ready without its database");
+        assert!(
+            Postgres::eventually(Duration::from_secs(10), || !ready(s)),
+            "node {name} stays ready without its database"
+        );
+        eprintln!("node {name} not ready {} ms after the database stopped", stopped.elapsed().as_millis());
         let (code, e) = register(s, 99_999, json!({"kind": "internal"}));
         assert_eq!(code, 503, "node {name}: {e}");
     }

@@ -177,7 +177,13 @@ fn contract(open: &Open<'_>) {
     // CRLs share one increasing number.
     assert_eq!(store.last_crl_number().unwrap(), 0);
     for n in 1..=2 {
-        let crl = CrlRecord { issuer_key: "root".into(), number: n, this_update: n, next_update: n + 100, der: vec![n as u8] };
+        let crl = CrlRecord {
+            issuer_key: "root".into(),
+            number: n,
+            this_update: n,
+            next_update: n + 100,
+            der: vec![n as u8],
+        };
         store.apply(&ChangeSet { crls: vec![crl], ..Default::default() }).unwrap();
     }
     assert_eq!(store.last_crl_number().unwrap(), 2);
@@ -187,7 +193,7 @@ fn contract(open: &Open<'_>) {
     // Orphans: recorded, listed, forgotten.
     let orphan = Orphan { uri: "pkcs11:object=lost".into(), backend: "hsm".into(), created: 5, cause: "x".into() };
     store.record_orphans(&[orphan.clone(), orphan.clone()]).unwrap();
-    assert_eq!(store.orphans().unwrap(), [orphan.clone()]);
+    assert_eq!(store.orphans().unwrap(), std::slice::from_ref(&orphan));
     store.apply(&ChangeSet { forget_orphans: vec![orphan.uri], ..Default::default() }).unwrap();
     assert!(store.orphans().unwrap().is_empty());
 
@@ -208,7 +214,13 @@ fn contract(open: &Open<'_>) {
 
     // The node registry: reported, updated, listed; not a change the service follows.
     let g6 = store.generation().unwrap();
-    let mut node = NodeRecord { id: "a".into(), address: "10.0.0.1:8443".into(), version: "0.1.0".into(), started: 1, last_seen: 1 };
+    let mut node = NodeRecord {
+        id: "a".into(),
+        address: "10.0.0.1:8443".into(),
+        version: "0.1.0".into(),
+        started: 1,
+        last_seen: 1,
+    };
     store.register_node(&node).unwrap();
     node.last_seen = 7;
     store.register_node(&node).unwrap();
@@ -299,7 +311,16 @@ fn the_postgres_store_keeps_the_contract_and_what_only_a_shared_store_does() {
     let out = std::process::Command::new(device_tests::postgres::binaries().unwrap().join("psql"))
         .args(["-X", "-q", "-h"])
         .arg(pg.socket_dir())
-        .args(["-p", &pg.port.to_string(), "-U", "postgres", "-d", "newer", "-c", "UPDATE schema_version SET version = 99"])
+        .args([
+            "-p",
+            &pg.port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "newer",
+            "-c",
+            "UPDATE schema_version SET version = 99",
+        ])
         .env("PGPASSWORD", pg_superuser(&pg))
         .output()
         .unwrap();
@@ -318,7 +339,9 @@ fn a_network_database_is_reached_over_tls_checked_against_its_ca_and_a_wrong_pas
     let cfg = pg_config(&pg.tcp_url(), &pg, Some(pg.ca_file()));
     let store = Store::from_engine(Box::new(PgEngine::open(cfg, "a").unwrap()));
     assert!(store.generation().unwrap() > 0);
-    let ssl = pg.psql("SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE s.ssl AND a.usename = 'sitesign'");
+    let ssl = pg.psql(
+        "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE s.ssl AND a.usename = 'sitesign'",
+    );
     assert_eq!(ssl, "1", "the connection is encrypted");
     drop(store);
     // Another CA: refused before a password is sent.
@@ -332,8 +355,8 @@ fn a_network_database_is_reached_over_tls_checked_against_its_ca_and_a_wrong_pas
     let dir = tempfile::tempdir().unwrap();
     let wrong = dir.path().join("pw");
     {
-        use std::os::unix::fs::OpenOptionsExt as _;
         use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
         let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&wrong).unwrap();
         f.write_all(b"not-the-password-4711").unwrap();
     }
@@ -351,7 +374,7 @@ fn several_nodes_write_their_own_audit_chains_into_one_database() {
     let pg = Postgres::start();
     let cfg = pg_config(&pg.url(), &pg, None);
     drop(PgEngine::open(cfg.clone(), "a").unwrap());
-    let place = |node: &str| AuditPlace::Shared { db: cfg.clone(), node: node.into() };
+    let place = |node: &str| AuditPlace::Shared { db: Box::new(cfg.clone()), node: node.into() };
     let event = |i: i64| AuditEvent {
         time: 1_795_600_000 + i,
         caller: "CN=mp01".into(),

@@ -61,8 +61,8 @@ impl Postgres {
         std::fs::write(dir.path().join("superuser.pw"), &superuser_password).expect("superuser password");
         let password_file = dir.path().join("sitesign.pw");
         {
-            use std::os::unix::fs::OpenOptionsExt as _;
             use std::io::Write as _;
+            use std::os::unix::fs::OpenOptionsExt as _;
             let mut f = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
@@ -74,7 +74,7 @@ impl Postgres {
         if let Some(u) = &user {
             let uid = rustix::process::Uid::from_raw(uid_of(u));
             rustix::fs::chown(dir.path(), Some(uid), None).expect("chown the server's folder");
-            rustix::fs::chown(&dir.path().join("superuser.pw"), Some(uid), None).expect("chown");
+            rustix::fs::chown(dir.path().join("superuser.pw"), Some(uid), None).expect("chown");
         }
         let port = free_port();
         let pg = Postgres { dir, bin, user, port, superuser_password };
@@ -153,24 +153,60 @@ impl Postgres {
         };
         for ca in ["ca", "other-ca"] {
             openssl(&[
-                "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
-                "-subj", &format!("/CN=sitesign test {ca}"), "-keyout", &format!("{ca}.key"), "-out", &format!("{ca}.crt"),
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                &format!("/CN=sitesign test {ca}"),
+                "-keyout",
+                &format!("{ca}.key"),
+                "-out",
+                &format!("{ca}.crt"),
             ]);
         }
         openssl(&[
-            "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=localhost",
-            "-keyout", "server.key", "-out", "server.csr",
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
         ]);
         std::fs::write(d.join("server.ext"), "subjectAltName = DNS:localhost\nextendedKeyUsage = serverAuth\n")
             .expect("extensions");
         openssl(&[
-            "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
-            "-extfile", "server.ext", "-out", "server.crt",
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "server.crt",
         ]);
         if let Some(u) = &self.user {
             let uid = rustix::process::Uid::from_raw(uid_of(u));
             for f in ["server.crt", "server.key"] {
-                rustix::fs::chown(&d.join(f), Some(uid), None).expect("chown");
+                rustix::fs::chown(d.join(f), Some(uid), None).expect("chown");
             }
         }
         use std::os::unix::fs::PermissionsExt as _;

@@ -258,7 +258,7 @@ pub enum AuditPlace {
     /// Node `node`'s chain in the shared PostgreSQL store.
     Shared {
         /// The database.
-        db: crate::config::PgConfig,
+        db: Box<crate::config::PgConfig>,
         /// The node.
         node: String,
     },
@@ -271,7 +271,9 @@ impl AuditPlace {
             crate::config::StoreConfig::Sqlite => {
                 AuditPlace::Local { dir: config.audit.dir.clone(), max_bytes: config.audit.max_bytes }
             }
-            crate::config::StoreConfig::Postgres(db) => AuditPlace::Shared { db: db.clone(), node: config.node.id.clone() },
+            crate::config::StoreConfig::Postgres(db) => {
+                AuditPlace::Shared { db: db.clone(), node: config.node.id.clone() }
+            }
         }
     }
 
@@ -331,8 +333,7 @@ fn chain(events: &[&AuditEvent], mut seq: i64, prev: &str) -> Vec<AuditRecord> {
         .map(|e| {
             seq += 1;
             let hash = chain_hash(seq, e, &prev);
-            let record = AuditRecord { seq, event: (*e).clone(), prev: std::mem::replace(&mut prev, hash.clone()), hash };
-            record
+            AuditRecord { seq, event: (*e).clone(), prev: std::mem::replace(&mut prev, hash.clone()), hash }
         })
         .collect()
 }
@@ -374,7 +375,9 @@ impl Sink for SqliteSink {
     }
 
     fn probe(&mut self) -> Result<(), String> {
-        self.conn.execute("INSERT INTO probe (data) VALUES (zeroblob(?1))", [PROBE_BYTES]).map_err(|e| e.to_string())?;
+        self.conn
+            .execute("INSERT INTO probe (data) VALUES (zeroblob(?1))", [PROBE_BYTES])
+            .map_err(|e| e.to_string())?;
         self.conn.execute("DELETE FROM probe", []).map_err(|e| e.to_string())?;
         Ok(())
     }
@@ -661,7 +664,11 @@ fn writer(
     }
 }
 
-fn write_checkpoint(sink: &mut dyn Sink, sign: CheckpointSigner, path: &Path) -> Result<Option<Checkpoint>, AuditError> {
+fn write_checkpoint(
+    sink: &mut dyn Sink,
+    sign: CheckpointSigner,
+    path: &Path,
+) -> Result<Option<Checkpoint>, AuditError> {
     let fail = |reason: String| AuditError { path: path.to_owned(), reason };
     let (seq, hash) = sink.head().map_err(fail)?;
     let last = sink.last_checkpoint().map_err(fail)?;

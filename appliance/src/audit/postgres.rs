@@ -43,7 +43,7 @@ impl PgSink {
     }
 }
 
-fn head_in(c: &mut impl ::postgres::GenericClient, node: &str) -> Result<(i64, String), ::postgres::Error> {
+fn head_in<C: ::postgres::GenericClient>(c: &mut C, node: &str) -> Result<(i64, String), ::postgres::Error> {
     Ok(c.query_opt("SELECT seq, hash FROM audit WHERE node_id = $1 ORDER BY seq DESC LIMIT 1", &[&node])?
         .map_or_else(|| (0, GENESIS.to_owned()), |r| (r.get(0), r.get(1))))
 }
@@ -93,7 +93,7 @@ impl Sink for PgSink {
     }
 
     fn head(&mut self) -> Result<(i64, String), String> {
-        self.run(|c, node| head_in(c, node))
+        self.run(head_in)
     }
 
     fn last_checkpoint(&mut self) -> Result<Option<i64>, String> {
@@ -155,7 +155,13 @@ pub(super) fn read_checkpoints(db: &PgConfig, node: &str) -> Result<Vec<Checkpoi
         )?;
         Ok(rows
             .iter()
-            .map(|r| Checkpoint { seq: r.get(0), hash: r.get(1), time: r.get(2), key_id: r.get(3), signature: r.get(4) })
+            .map(|r| Checkpoint {
+                seq: r.get(0),
+                hash: r.get(1),
+                time: r.get(2),
+                key_id: r.get(3),
+                signature: r.get(4),
+            })
             .collect())
     })
 }

@@ -26,8 +26,8 @@ const fn sqlite_only(sqlite: &'static str) -> Migration {
 /// Schema migrations, applied in order.
 pub const MIGRATIONS: &[Migration] = &[
     sqlite_only(
-    // 1: key inventory, issued certificates, metadata.
-    "CREATE TABLE meta (
+        // 1: key inventory, issued certificates, metadata.
+        "CREATE TABLE meta (
         name  TEXT PRIMARY KEY,
         value TEXT NOT NULL
     );
@@ -54,9 +54,11 @@ pub const MIGRATIONS: &[Migration] = &[
         der          BLOB NOT NULL,
         issued       INTEGER NOT NULL,
         requested_by TEXT NOT NULL
-    );"),
+    );",
+    ),
     // 2: the bulk registration token registry (never the token itself).
-    sqlite_only("CREATE TABLE bulk_tokens (
+    sqlite_only(
+        "CREATE TABLE bulk_tokens (
         guid       TEXT PRIMARY KEY CHECK (length(guid) = 36 AND guid = lower(guid)),
         lifetime   INTEGER NOT NULL CHECK (lifetime BETWEEN 1 AND 10080),
         created    INTEGER NOT NULL,
@@ -66,12 +68,14 @@ pub const MIGRATIONS: &[Migration] = &[
         blocked    INTEGER NOT NULL DEFAULT 0 CHECK (blocked IN (0, 1)),
         changed    INTEGER,
         changed_by TEXT
-    );"),
+    );",
+    ),
     // 3: the life of a key as a schedule (activates, deactivates, retires, revoked) instead of a
     // stored status; a key's certificates in `certificates` (several after an issuing-root
     // rotation) instead of one column; revocation of certificates; CRLs; keys left in a device
     // by a failed operation; and the change counter every running service watches.
-    sqlite_only("CREATE TABLE keys_v3 (
+    sqlite_only(
+        "CREATE TABLE keys_v3 (
         id            TEXT PRIMARY KEY,
         backend       TEXT NOT NULL,
         uri           TEXT NOT NULL UNIQUE,
@@ -133,12 +137,14 @@ pub const MIGRATIONS: &[Migration] = &[
     CREATE TRIGGER bulk_del AFTER DELETE ON bulk_tokens BEGIN UPDATE generation SET value = value + 1; END;
     CREATE TRIGGER crls_ins AFTER INSERT ON crls BEGIN UPDATE generation SET value = value + 1; END;
     CREATE TRIGGER meta_ins AFTER INSERT ON meta BEGIN UPDATE generation SET value = value + 1; END;
-    CREATE TRIGGER meta_upd AFTER UPDATE ON meta BEGIN UPDATE generation SET value = value + 1; END;"),
+    CREATE TRIGGER meta_upd AFTER UPDATE ON meta BEGIN UPDATE generation SET value = value + 1; END;",
+    ),
     // 4: the audit log's head as last witnessed (a signed checkpoint), outside the log: a log
     // found shorter than this, or without this record, is refused (SPEC §8). No trigger: a new
     // witness is not a change of the state the service follows. And since when ES256 signatures
     // are low-S: tokens issued before keep being accepted until they expire (no lock-out).
-    sqlite_only("INSERT INTO meta (name, value) VALUES ('low_s_since', CAST(strftime('%s', 'now') AS TEXT));
+    sqlite_only(
+        "INSERT INTO meta (name, value) VALUES ('low_s_since', CAST(strftime('%s', 'now') AS TEXT));
     CREATE TABLE audit_witness (
         id        INTEGER PRIMARY KEY CHECK (id = 1),
         seq       INTEGER NOT NULL,
@@ -146,7 +152,8 @@ pub const MIGRATIONS: &[Migration] = &[
         time      INTEGER NOT NULL,
         key_id    TEXT NOT NULL,
         signature TEXT NOT NULL
-    );"),
+    );",
+    ),
     // 5: the node registry (id, address, version, last seen; not a change the service follows).
     // In PostgreSQL, the whole schema of version 5 — the same tables in its types, the change
     // counter moved by statement triggers that also `NOTIFY sitesign_state` (delivered at

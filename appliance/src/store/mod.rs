@@ -231,7 +231,6 @@ pub struct ChangeSet {
     pub forget_orphans: Vec<String>,
 }
 
-
 /// A `sitesignd` node as it last reported itself (the node registry).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct NodeRecord {
@@ -351,7 +350,7 @@ impl Store {
         match &config.store {
             crate::config::StoreConfig::Sqlite => Self::open(&config.state_dir),
             crate::config::StoreConfig::Postgres(pg) => {
-                Ok(Store(Box::new(postgres::PgEngine::open(pg.clone(), &config.node.id)?)))
+                Ok(Store(Box::new(postgres::PgEngine::open((**pg).clone(), &config.node.id)?)))
             }
         }
     }

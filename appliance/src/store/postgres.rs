@@ -471,8 +471,10 @@ impl Engine for PgEngine {
     fn audit_witness_of(&self, node: Option<&str>) -> Result<Option<crate::audit::Checkpoint>, StoreError> {
         let node = node.unwrap_or(&self.node);
         self.run(|c| {
-            let row =
-                c.query_opt("SELECT seq, hash, time, key_id, signature FROM audit_witness WHERE node_id = $1", &[&node])?;
+            let row = c.query_opt(
+                "SELECT seq, hash, time, key_id, signature FROM audit_witness WHERE node_id = $1",
+                &[&node],
+            )?;
             Ok(row.as_ref().map(checkpoint_row))
         })
     }

@@ -48,7 +48,6 @@ pub fn set_aside_database(db: &Path, suffix: &str) -> Result<Option<PathBuf>, St
     Ok(moved.then_some(aside))
 }
 
-
 impl SqliteEngine {
     /// Opens (creating if needed) the database in `state_dir` and applies pending migrations.
     pub fn open(state_dir: &Path) -> Result<SqliteEngine, StoreError> {
@@ -554,7 +553,7 @@ mod tests {
     #[test]
     fn migrates_in_wal_mode_and_round_trips_records() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(dir.path()).unwrap();
+        let mut store = SqliteEngine::open(dir.path()).unwrap();
         assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len() as i64);
         let mode: String = store.conn.pragma_query_value(None, "journal_mode", |r| r.get(0)).unwrap();
         assert_eq!(mode, "wal");
@@ -571,7 +570,7 @@ mod tests {
             })
             .unwrap();
         drop(store);
-        let store = Store::open(dir.path()).unwrap();
+        let store = SqliteEngine::open(dir.path()).unwrap();
         let keys = store.keys().unwrap();
         assert_eq!(keys.len(), 2);
         assert_eq!(keys[1].role, KeyRole::TokenSigning);
@@ -582,7 +581,7 @@ mod tests {
     #[test]
     fn a_change_set_is_all_or_nothing_and_moves_the_generation() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(dir.path()).unwrap();
+        let mut store = SqliteEngine::open(dir.path()).unwrap();
         let g0 = store.generation().unwrap();
         // The second key reuses the first one's URI: the whole transaction must roll back.
         let mut dup = key("b", KeyRole::TokenSigning);
@@ -616,11 +615,11 @@ mod tests {
     #[test]
     fn refuses_a_newer_schema() {
         let dir = tempfile::tempdir().unwrap();
-        drop(Store::open(dir.path()).unwrap());
+        drop(SqliteEngine::open(dir.path()).unwrap());
         let conn = Connection::open(Store::path_in(dir.path())).unwrap();
         conn.pragma_update(None, "user_version", 99).unwrap();
         drop(conn);
-        assert!(matches!(Store::open(dir.path()), Err(StoreError::TooNew { found: 99, .. })));
+        assert!(matches!(SqliteEngine::open(dir.path()), Err(StoreError::TooNew { found: 99, .. })));
     }
 
     #[test]
@@ -631,7 +630,7 @@ mod tests {
         let conn = Connection::open(Store::path_in(dir.path())).unwrap();
         let previous = MIGRATIONS.len() - 1;
         for (i, sql) in MIGRATIONS[..previous].iter().enumerate() {
-            conn.execute_batch(sql).unwrap();
+            conn.execute_batch(sql.sqlite).unwrap();
             conn.pragma_update(None, "user_version", i as i64 + 1).unwrap();
         }
         conn.execute_batch(
@@ -650,7 +649,7 @@ mod tests {
         )
         .unwrap();
         drop(conn);
-        let store = Store::open(dir.path()).unwrap();
+        let store = SqliteEngine::open(dir.path()).unwrap();
         assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len() as i64);
         let keys = store.keys().unwrap();
         assert_eq!(keys.len(), 3);
@@ -673,7 +672,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let conn = Connection::open(Store::path_in(dir.path())).unwrap();
         for (i, sql) in MIGRATIONS[..2].iter().enumerate() {
-            conn.execute_batch(sql).unwrap();
+            conn.execute_batch(sql.sqlite).unwrap();
             conn.pragma_update(None, "user_version", i as i64 + 1).unwrap();
         }
         conn.execute_batch(
@@ -688,7 +687,7 @@ mod tests {
         )
         .unwrap();
         drop(conn);
-        let store = Store::open(dir.path()).unwrap();
+        let store = SqliteEngine::open(dir.path()).unwrap();
         let keys = store.keys().unwrap();
         assert_eq!(keys.len(), 3);
         let key = |id: &str| keys.iter().find(|k| k.id == id).unwrap();
