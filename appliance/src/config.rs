@@ -849,4 +849,52 @@ mod tests {
             assert!(problems.iter().any(|p| p.path == "audit.max_size_mb"), "{bad}: {problems:?}");
         }
     }
+
+    fn store_problems(table: &str) -> Vec<(String, String)> {
+        let text = format!("state_dir = \"/var/lib/sitesign\"\n{table}");
+        match Config::parse(&text, Path::new("/x/sitesign.toml")) {
+            Err(ConfigError::Invalid { problems, .. }) => problems
+                .into_iter()
+                .filter(|p| p.path.starts_with("store.") || p.path.starts_with("node."))
+                .map(|p| (p.path, p.message))
+                .collect(),
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+    }
+
+    /// A shared store's connection is checked before anything connects: no password in the
+    /// configuration, never the clear over a network, one password source.
+    #[test]
+    fn a_postgres_store_must_keep_its_password_out_of_the_file_and_use_tls_over_a_network() {
+        let pg = |rest: &str| store_problems(&format!("[store]\nkind = \"postgres\"\n{rest}"));
+        let has = |problems: &[(String, String)], path: &str, words: &str| {
+            problems.iter().any(|(p, m)| p == path && m.contains(words))
+        };
+        let p = pg("url = \"host=db1 dbname=s user=s password=hunter2\"\nca_file = \"/ca.pem\"\n");
+        assert!(has(&p, "store.url", "holds a password"), "{p:?}");
+        assert!(p.iter().all(|(_, m)| !m.contains("hunter2")), "the password is never echoed: {p:?}");
+        let p = pg("url = \"host=db1 dbname=s user=s\"\n");
+        assert!(has(&p, "store.ca_file", "only over TLS"), "{p:?}");
+        let p = pg("url = \"host=db1 dbname=s user=s sslmode=disable\"\nca_file = \"/ca.pem\"\n");
+        assert!(has(&p, "store.url", "sslmode=disable"), "{p:?}");
+        let p = pg("url = \"host=/run/postgresql dbname=s\"\npassword_file = \"pw\"\npassword_credential = \"db\"\n");
+        assert!(has(&p, "store.url", "no user"), "{p:?}");
+        assert!(has(&p, "store.password_credential", "not both"), "{p:?}");
+        assert!(has(&pg(""), "store.url", "missing"));
+        assert!(has(&pg("url = \"host=db1 dbname=s user=s\"\nca_file = \"/ca.pem\"\npassword_file = \"rel\"\n"), "store.password_file", "absolute"));
+        let p = store_problems("[store]\nkind = \"mysql\"\n");
+        assert!(has(&p, "store.kind", "not a store"), "{p:?}");
+        let p = store_problems("[store]\nurl = \"host=db1\"\n");
+        assert!(has(&p, "store.url", "only for kind"), "{p:?}");
+        let p = store_problems("[node]\nid = \"a b\"\n");
+        assert!(has(&p, "node.id", "not a node id"), "{p:?}");
+        // A Unix socket needs no TLS; the password from a credential.
+        let text = "state_dir = \"/var/lib/sitesign\"\n[store]\nkind = \"postgres\"\nurl = \"host=/run/postgresql dbname=sitesign user=sitesign\"\npassword_credential = \"db-password\"\n[node]\nid = \"sign-01\"\n";
+        let problems = match Config::parse(text, Path::new("/x/sitesign.toml")) {
+            Ok(_) => Vec::new(),
+            Err(ConfigError::Invalid { problems, .. }) => problems,
+            Err(e) => panic!("{e}"),
+        };
+        assert!(problems.iter().all(|p| !p.path.starts_with("store.") && !p.path.starts_with("node.")), "{problems:?}");
+    }
 }
