@@ -502,6 +502,9 @@ fn validate_store(s: &StoreConfigFile, base: &Path, problems: &mut Vec<ConfigPro
                 );
                 return StoreConfig::Sqlite;
             };
+            // libpq's verifying modes mean what sitesign always does over a network (rustls checks
+            // the chain to ca_file and the name); the client library knows them as `require`.
+            let url = url.replace("sslmode=verify-full", "sslmode=require").replace("sslmode=verify-ca", "sslmode=require");
             let config: postgres::Config = match url.parse() {
                 Ok(c) => c,
                 Err(e) => {
@@ -875,6 +878,8 @@ mod tests {
         assert!(p.iter().all(|(_, m)| !m.contains("hunter2")), "the password is never echoed: {p:?}");
         let p = pg("url = \"host=db1 dbname=s user=s\"\n");
         assert!(has(&p, "store.ca_file", "only over TLS"), "{p:?}");
+        let p = pg("url = \"host=db1 dbname=s user=s sslmode=verify-full\"\nca_file = \"/ca.pem\"\n");
+        assert!(p.is_empty(), "libpq's verify-full is what sitesign does anyway: {p:?}");
         let p = pg("url = \"host=db1 dbname=s user=s sslmode=disable\"\nca_file = \"/ca.pem\"\n");
         assert!(has(&p, "store.url", "sslmode=disable"), "{p:?}");
         let p = pg("url = \"host=/run/postgresql dbname=s\"\npassword_file = \"pw\"\npassword_credential = \"db\"\n");

@@ -228,6 +228,12 @@ fn the_database_lost_mid_batch_releases_no_token_without_its_record_and_both_nod
         eprintln!("node {name} not ready {} ms after the database stopped", stopped.elapsed().as_millis());
         let (code, e) = register(s, 99_999, json!({"kind": "internal"}));
         assert_eq!(code, 503, "node {name}: {e}");
+        assert_eq!(e["error"]["code"], "unavailable", "node {name}: {e}");
+        // What needs no fresh state still works: the process answers, and the published keys,
+        // certificates and CRL are served from the last state taken up.
+        assert_eq!(s.ops("/healthz").0, 200);
+        assert_eq!(s.call("/.well-known/jwks.json", None).0, 200, "node {name}");
+        assert_eq!(s.call("/v1/certificates", None).0, 200, "node {name}");
     }
     eprintln!("both nodes not ready {} ms after the database stopped", stopped.elapsed().as_millis());
     let (oa, ob) = (ca.wait().unwrap(), cb.wait().unwrap());
