@@ -504,7 +504,8 @@ fn validate_store(s: &StoreConfigFile, base: &Path, problems: &mut Vec<ConfigPro
             };
             // libpq's verifying modes mean what sitesign always does over a network (rustls checks
             // the chain to ca_file and the name); the client library knows them as `require`.
-            let url = url.replace("sslmode=verify-full", "sslmode=require").replace("sslmode=verify-ca", "sslmode=require");
+            let url =
+                url.replace("sslmode=verify-full", "sslmode=require").replace("sslmode=verify-ca", "sslmode=require");
             let config: postgres::Config = match url.parse() {
                 Ok(c) => c,
                 Err(e) => {
@@ -886,7 +887,11 @@ mod tests {
         assert!(has(&p, "store.url", "no user"), "{p:?}");
         assert!(has(&p, "store.password_credential", "not both"), "{p:?}");
         assert!(has(&pg(""), "store.url", "missing"));
-        assert!(has(&pg("url = \"host=db1 dbname=s user=s\"\nca_file = \"/ca.pem\"\npassword_file = \"rel\"\n"), "store.password_file", "absolute"));
+        assert!(has(
+            &pg("url = \"host=db1 dbname=s user=s\"\nca_file = \"/ca.pem\"\npassword_file = \"rel\"\n"),
+            "store.password_file",
+            "absolute"
+        ));
         let p = store_problems("[store]\nkind = \"mysql\"\n");
         assert!(has(&p, "store.kind", "not a store"), "{p:?}");
         let p = store_problems("[store]\nurl = \"host=db1\"\n");
