@@ -130,19 +130,7 @@ fn two_nodes_on_one_database_share_blocks_rotations_revocations_a_batch_and_keep
 
     // An MP certificate issued through a works on both; revoked through a, both refuse it within
     // a second.
-    let (mp_key, csr) = common::key_and_csr(&a.dir, "mp07", "mp07.contoso.test", None);
-    let mp_crt = a.dir.join("mp07.crt");
-    let issued = a.ok(&[
-        "cert",
-        "issue",
-        "--profile",
-        "mp-client",
-        "--csr",
-        csr.to_str().unwrap(),
-        "--out",
-        mp_crt.to_str().unwrap(),
-    ]);
-    let serial = issued["certificate"]["serial"].as_str().unwrap().to_owned();
+    let (mp_crt, mp_key, serial) = a.enrol_mp("mp07");
     for s in [&sa, &sb] {
         assert!(
             first_success_after(Instant::now(), Duration::from_secs(10), || admitted(s, &mp_crt, &mp_key).0).is_some()

@@ -199,28 +199,11 @@ fn rotation_while_a_long_batch_streams_fails_no_line() {
     assert!(a.audit_intact());
 }
 
-/// A new management point: an openssl key, a PKCS#10 request, a certificate issued by sitesign.
-fn enrol_mp(a: &Appliance, name: &str) -> (PathBuf, PathBuf, String) {
-    let (key, csr) = common::key_and_csr(&a.dir, name, &format!("{name}.contoso.test"), None);
-    let crt = a.dir.join(format!("{name}.crt"));
-    let issued = a.ok(&[
-        "cert",
-        "issue",
-        "--profile",
-        "mp-client",
-        "--csr",
-        csr.to_str().unwrap(),
-        "--out",
-        crt.to_str().unwrap(),
-    ]);
-    (crt, key, issued["certificate"]["serial"].as_str().unwrap().to_owned())
-}
-
 #[test]
 fn a_revoked_mp_certificate_is_refused_within_a_second_and_listed_on_the_crl() {
     let a = Appliance::new();
     let s = a.start();
-    let (crt, key, serial) = enrol_mp(&a, "mp02");
+    let (crt, key, serial) = a.enrol_mp("mp02");
     let url = s.url("/v1/certificates");
     let status = |extra: &[&str]| {
         let out = s
@@ -302,7 +285,7 @@ fn a_revoked_mp_certificate_is_refused_within_a_second_and_listed_on_the_crl() {
 fn a_keep_alive_connection_of_a_revoked_mp_is_refused_on_its_next_request() {
     let a = Appliance::new();
     let s = a.start();
-    let (crt, key, serial) = enrol_mp(&a, "mp03");
+    let (crt, key, serial) = a.enrol_mp("mp03");
     let mut held = keepalive(&s, &crt, &key);
     let before = held.next();
     assert_eq!(before["status"], 200);
@@ -396,7 +379,7 @@ fn after_rotate_issuing_mps_from_the_old_and_the_new_root_both_work() {
     let (status, _) = s.call("/v1/certificates", None);
     assert_eq!(status, 200);
     // An MP enrolled now gets a certificate from the new root, and works too.
-    let (crt, mp_key, _) = enrol_mp(&a, "mp-new");
+    let (crt, mp_key, _) = a.enrol_mp("mp-new");
     let export = a.dir.join("export");
     a.ok(&["cert", "export", "--out", export.to_str().unwrap()]);
     let new_ca = export.join("sms-issuing.pem");
@@ -652,7 +635,7 @@ fn changes_made_outside_the_service_are_taken_up_within_a_second() {
     assert!(changed.elapsed() < Duration::from_secs(2), "took {:?}", changed.elapsed());
     // A change made by the CLI while the service was stopped is honoured at start.
     drop(s);
-    let (crt, key, serial) = enrol_mp(&a, "offline");
+    let (crt, key, serial) = a.enrol_mp("offline");
     a.ok(&["cert", "revoke", &serial, "--yes"]);
     let s = a.start();
     let out = s

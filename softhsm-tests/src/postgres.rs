@@ -241,29 +241,25 @@ impl Postgres {
         );
     }
 
-    /// Runs `sql` as the superuser in the `sitesign` database (or `postgres` before it exists);
-    /// its output, unaligned and tuples only.
+    /// Runs `sql` as the superuser in the `postgres` database; its output, unaligned and tuples
+    /// only.
     pub fn psql(&self, sql: &str) -> String {
-        let out = check(
-            "psql",
-            Command::new(self.bin.join("psql"))
-                .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
-                .arg(self.socket_dir())
-                .args(["-p", &self.port.to_string(), "-U", "postgres", "-d", "postgres", "-c", sql])
-                .env("PGPASSWORD", &self.superuser_password)
-                .output(),
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        self.psql_in("postgres", sql)
     }
 
     /// [`Postgres::psql`] in the `sitesign` database.
     pub fn query(&self, sql: &str) -> String {
+        self.psql_in("sitesign", sql)
+    }
+
+    /// [`Postgres::psql`] in the database `db`.
+    pub fn psql_in(&self, db: &str, sql: &str) -> String {
         let out = check(
             "psql",
             Command::new(self.bin.join("psql"))
                 .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
                 .arg(self.socket_dir())
-                .args(["-p", &self.port.to_string(), "-U", "postgres", "-d", "sitesign", "-c", sql])
+                .args(["-p", &self.port.to_string(), "-U", "postgres", "-d", db, "-c", sql])
                 .env("PGPASSWORD", &self.superuser_password)
                 .output(),
         );

@@ -95,6 +95,24 @@ impl Appliance {
         ok(self.cli(args))
     }
 
+    /// A new management point: an openssl key, a PKCS#10 request, a certificate issued by
+    /// sitesign; (certificate, key, serial).
+    pub fn enrol_mp(&self, name: &str) -> (PathBuf, PathBuf, String) {
+        let (key, csr) = super::key_and_csr(&self.dir, name, &format!("{name}.contoso.test"), None);
+        let crt = self.dir.join(format!("{name}.crt"));
+        let issued = self.ok(&[
+            "cert",
+            "issue",
+            "--profile",
+            "mp-client",
+            "--csr",
+            csr.to_str().unwrap(),
+            "--out",
+            crt.to_str().unwrap(),
+        ]);
+        (crt, key, issued["certificate"]["serial"].as_str().unwrap().to_owned())
+    }
+
     /// The audit records, as `audit export` writes them.
     pub fn audit_records(&self) -> Vec<Value> {
         let out = self.cli(&["audit", "export"]);
