@@ -523,6 +523,13 @@ fn validate_store(s: &StoreConfigFile, base: &Path, problems: &mut Vec<ConfigPro
             if config.get_dbname().is_none() {
                 problem("url", "names no database: add dbname=NAME".into());
             }
+            // `hostaddr` would be connected to whatever `host` says (a socket path: in the clear).
+            if !config.get_hostaddrs().is_empty() {
+                problem(
+                    "url",
+                    "hostaddr is not supported: name the server with host=NAME (its certificate's name)".into(),
+                );
+            }
             let network = config.get_hosts().iter().any(|h| matches!(h, postgres::config::Host::Tcp(_)));
             if config.get_hosts().is_empty() {
                 problem("url", "names no host: add host=NAME (or host=/run/postgresql for the local socket)".into());
@@ -879,6 +886,8 @@ mod tests {
         assert!(p.iter().all(|(_, m)| !m.contains("hunter2")), "the password is never echoed: {p:?}");
         let p = pg("url = \"host=db1 dbname=s user=s\"\n");
         assert!(has(&p, "store.ca_file", "only over TLS"), "{p:?}");
+        let p = pg("url = \"host=/run/postgresql hostaddr=203.0.113.5 dbname=s user=s\"\n");
+        assert!(has(&p, "store.url", "hostaddr"), "{p:?}");
         let p = pg("url = \"host=db1 dbname=s user=s sslmode=verify-full\"\nca_file = \"/ca.pem\"\n");
         assert!(p.is_empty(), "libpq's verify-full is what sitesign does anyway: {p:?}");
         let p = pg("url = \"host=db1 dbname=s user=s sslmode=disable\"\nca_file = \"/ca.pem\"\n");

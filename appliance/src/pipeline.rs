@@ -21,8 +21,8 @@
 //! holds (a bulk token blocked since is refused). A rotation therefore fails no request in flight.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
@@ -59,6 +59,11 @@ pub enum PipelineError {
     /// waited to be signed.
     #[error("the client certificate was revoked or expired while the request waited")]
     CallerRefused,
+    /// The shared state store cannot be confirmed current: nothing is signed.
+    #[error(
+        "the shared state store cannot be reached, so this node cannot confirm blocks and revocations made on other nodes; it signs nothing until it can (retry on another node)"
+    )]
+    StateUnconfirmed,
 }
 
 /// Who asked for a job's tokens: how the audit records name them, and — for a management
@@ -151,6 +156,64 @@ pub struct WorkerContext {
     /// a certificate or key revoked) while it is recorded and taken up — so that no token is
     /// signed under the old state after the change's record.
     pub barrier: Arc<std::sync::RwLock<()>>,
+    /// Whether the state is confirmed current: a shared store's node signs nothing otherwise,
+    /// even what was admitted before.
+    pub freshness: Arc<Freshness>,
+}
+
+/// Whether the state the service decides and signs on is known to be the store's: the last
+/// attempt to follow the store succeeded — and, when several appliances share the store, did so
+/// within [`Freshness::STALE_AFTER`]: another node's block, revocation or rotation must be taken
+/// up within a second, so a node that cannot confirm it has missed none decides nothing and signs
+/// nothing (a hung connection, not only a refused one). One appliance's own snapshot is always
+/// its store's.
+#[derive(Debug)]
+pub struct Freshness {
+    shared: bool,
+    fresh: AtomicBool,
+    started: Instant,
+    /// When the store was last followed successfully, milliseconds after `started`.
+    followed_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Freshness {
+    /// How long a node sharing its store may go without confirming its state. It follows every
+    /// 250 ms and is told of changes at once: a second is three missed confirmations.
+    pub const STALE_AFTER: Duration = Duration::from_secs(1);
+
+    /// Freshly loaded state; `shared`: several appliances share the store.
+    pub fn new(shared: bool) -> Freshness {
+        Freshness { shared, fresh: AtomicBool::new(true), started: Instant::now(), followed_ms: 0.into() }
+    }
+
+    /// Notes the outcome of an attempt to follow the store.
+    pub fn followed(&self, ok: bool) {
+        self.fresh.store(ok, Ordering::Relaxed);
+        if ok {
+            self.followed_ms.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the last attempt to follow the store succeeded.
+    pub fn fresh(&self) -> bool {
+        self.fresh.load(Ordering::Relaxed)
+    }
+
+    /// Whether the store is shared.
+    pub fn shared(&self) -> bool {
+        self.shared
+    }
+
+    /// Whether the state in use is confirmed to be the store's (see [`Freshness`]).
+    pub fn current(&self) -> bool {
+        let followed = Duration::from_millis(self.followed_ms.load(Ordering::Relaxed));
+        self.fresh() && (!self.shared || self.started.elapsed().saturating_sub(followed) <= Self::STALE_AFTER)
+    }
+
+    /// Whether a decision must wait: a shared store's state not confirmed current.
+    pub fn unconfirmed(&self) -> bool {
+        self.shared && !self.current()
+    }
 }
 
 /// Whether the last device call reached the device (for readiness), and error counts.
@@ -298,8 +361,13 @@ fn sign_one(
     if caller.serial.as_ref().is_some_and(|serial| !current.state.admits(serial, crate::time::now_unix())) {
         return Err(PipelineError::CallerRefused);
     }
-    if !item.authorization.still_holds(&current.state) {
-        return Err(PipelineError::NoLongerAuthorised(item.authorization.audit_detail()));
+    if ctx.freshness.unconfirmed() {
+        return Err(PipelineError::StateUnconfirmed);
+    }
+    match item.authorization.still_holds(&current.state) {
+        Ok(true) => {}
+        Ok(false) => return Err(PipelineError::NoLongerAuthorised(item.authorization.audit_detail())),
+        Err(_) => return Err(PipelineError::StateUnconfirmed),
     }
     let signer = current.signer_at(crate::time::now_unix()).ok_or(PipelineError::NoActiveKey)?;
     let prepared = signer.reprepare(item.prepared)?;

@@ -95,11 +95,12 @@ impl Authorization {
         }
     }
 
-    /// Whether it still holds in `state` (a bulk token blocked since: no).
-    pub fn still_holds(&self, state: &State) -> bool {
+    /// Whether it still holds in `state` (a bulk token blocked since: no) — asked of the shared
+    /// store itself when there is one ([`State::bulk_live`]); an error if it cannot be asked.
+    pub fn still_holds(&self, state: &State) -> Result<bool, String> {
         match self {
-            Authorization::Bulk(g) => state.bulk.get(g) == Some(&false),
-            _ => true,
+            Authorization::Bulk(g) => Ok(crate::token::BulkRegistry::bulk_blocked(state, *g)? == Some(false)),
+            _ => Ok(true),
         }
     }
 }

@@ -193,6 +193,31 @@ fn the_database_lost_mid_batch_releases_no_token_without_its_record_and_both_nod
     let pg = Postgres::start();
     let (a, b) = two_nodes(&pg);
     let (sa, sb) = (a.start(), b.start());
+    let made = a.ok(&["bulk-token", "new"]);
+    let guid = made["guid"].as_str().unwrap().to_owned();
+
+    // First a database that answers but cannot confirm the state (the change counter locked, as
+    // a hung connection would leave it) while the audit chain can still be written: both nodes
+    // stop deciding within the staleness bound, not at the next TCP timeout.
+    let lock = pg.session("BEGIN; LOCK TABLE generation IN ACCESS EXCLUSIVE MODE;");
+    assert!(Postgres::eventually(Duration::from_secs(10), || {
+        pg
+        .query("SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation WHERE c.relname = 'generation' AND l.mode = 'AccessExclusiveLock' AND l.granted")
+        == "1"
+    }));
+    let locked = Instant::now();
+    for (name, s) in [("a", &sa), ("b", &sb)] {
+        assert!(Postgres::eventually(Duration::from_secs(10), || !ready(s)), "node {name} stays ready");
+        let (code, e) = register(s, 99_990, json!({"kind": "internal"}));
+        assert_eq!((code, e["error"]["code"].as_str()), (503, Some("unavailable")), "node {name}: {e}");
+        assert_eq!(bulk_registration(s, 99_991, &made["token"]).0, 503, "node {name}");
+    }
+    eprintln!("both nodes refusing {} ms after the state could no longer be confirmed", locked.elapsed().as_millis());
+    drop(lock);
+    for (name, s) in [("a", &sa), ("b", &sb)] {
+        assert!(Postgres::eventually(Duration::from_secs(30), || ready(s)), "node {name} did not recover");
+    }
+
     let (fa, fb) = (internal_batch_file(&a.dir, "big-a", 0, 6000), internal_batch_file(&b.dir, "big-b", 6000, 6000));
     let (mut ca, mut cb) = (sa.batch_command(&fa).spawn().unwrap(), sb.batch_command(&fb).spawn().unwrap());
     // Stopped (as by a crash) once both nodes have signed some of their halves.
@@ -224,6 +249,10 @@ fn the_database_lost_mid_batch_releases_no_token_without_its_record_and_both_nod
         assert_eq!(s.call("/v1/certificates", None).0, 200, "node {name}");
     }
     eprintln!("both nodes not ready {} ms after the database stopped", stopped.elapsed().as_millis());
+    // An administrator's change during the outage is refused, and leaves the node able to
+    // recover (it holds signing until it can follow the store again).
+    let refused = a.cli(&["bulk-token", "block", &guid]);
+    assert!(!refused.status.success(), "{}", String::from_utf8_lossy(&refused.stdout));
     let (oa, ob) = (ca.wait().unwrap(), cb.wait().unwrap());
     eprintln!("batch clients ended: {oa} {ob}");
     // The database comes back: both nodes recover by themselves.
@@ -234,6 +263,10 @@ fn the_database_lost_mid_batch_releases_no_token_without_its_record_and_both_nod
         assert_eq!(register(s, 99_998, json!({"kind": "internal"})).0, 200, "node {name} signs again");
     }
     eprintln!("both nodes ready {} ms after the database came back", back.elapsed().as_millis());
+    // The change can be made now, and is honoured by the other node at once.
+    assert_eq!(bulk_registration(&sb, 99_997, &made["token"]).0, 200);
+    a.ok(&["bulk-token", "block", &guid]);
+    assert_eq!(bulk_registration(&sb, 99_996, &made["token"]).0, 403);
     // Every token released — in whatever either client got — has its audit record.
     let recorded: std::collections::HashSet<String> =
         pg.query("SELECT sha256 FROM audit").lines().map(str::to_owned).collect();
@@ -256,4 +289,29 @@ fn the_database_lost_mid_batch_releases_no_token_without_its_record_and_both_nod
     assert!(released >= 400, "{released}");
     assert!(released < 12_000, "the database was stopped before the batches ended");
     assert!(a.audit_intact(), "both chains intact after the outage");
+}
+
+#[test]
+fn two_appliances_initialising_one_store_at_once_make_one_hierarchy() {
+    let pg = Postgres::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let pw = pg.password_file();
+    let quickstarts: Vec<_> = ["one", "two"]
+        .iter()
+        .map(|name| {
+            let mut cmd = common::sitesign();
+            cmd.args(["quickstart", "--json", "--listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0", "--dir"])
+                .arg(tmp.path().join(name))
+                .args(["--store-url", &pg.url(), "--store-password-file", pw.to_str().unwrap(), "--node-id", name]);
+            cmd.spawn().unwrap()
+        })
+        .collect();
+    let outcomes: Vec<_> = quickstarts.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
+    let succeeded = outcomes.iter().filter(|o| o.status.success()).count();
+    for o in &outcomes {
+        eprintln!("quickstart: {} {}", o.status, String::from_utf8_lossy(&o.stdout).lines().last().unwrap_or_default());
+    }
+    assert_eq!(succeeded, 1, "exactly one initialised the shared store");
+    assert_eq!(pg.query("SELECT count(*) FROM keys WHERE role = 'issuing'"), "1", "one SMS Issuing root");
+    assert_eq!(pg.query("SELECT count(*) FROM keys WHERE role = 'token-signing'"), "1");
 }

@@ -2,8 +2,8 @@
 //! and `pg_ctl` in a temporary folder — as an unprivileged user when the tests run as root
 //! (`initdb` refuses root) — listening on a Unix socket in that folder and on a loopback TCP
 //! port with TLS (a test CA and server certificate made with `openssl`). Passwords are
-//! SCRAM-SHA-256: the superuser's (for the harness) and the `sitesign` role's (in a 0600 file,
-//! as an appliance reads it).
+//! SCRAM-SHA-256: the superuser's (for the harness, in a `PGPASSFILE`) and the `sitesign` role's
+//! (in a 0600 file, as an appliance reads it) — never in argv or the environment.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -19,7 +19,6 @@ pub struct Postgres {
     /// Its TCP port on 127.0.0.1 (the Unix socket is in [`Postgres::socket_dir`] with the same
     /// port number).
     pub port: u16,
-    superuser_password: String,
 }
 
 /// The folder of the newest PostgreSQL server binaries installed, if any.
@@ -59,6 +58,17 @@ impl Postgres {
         let superuser_password = hex(&random(16));
         let password = hex(&random(16));
         std::fs::write(dir.path().join("superuser.pw"), &superuser_password).expect("superuser password");
+        {
+            use std::io::Write as _;
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(dir.path().join("superuser.pgpass"))
+                .expect("password file");
+            writeln!(f, "*:*:*:postgres:{superuser_password}").expect("password file");
+        }
         let password_file = dir.path().join("sitesign.pw");
         {
             use std::io::Write as _;
@@ -77,7 +87,7 @@ impl Postgres {
             rustix::fs::chown(dir.path().join("superuser.pw"), Some(uid), None).expect("chown");
         }
         let port = free_port();
-        let pg = Postgres { dir, bin, user, port, superuser_password };
+        let pg = Postgres { dir, bin, user, port };
         pg.make_tls();
         check(
             "initdb",
@@ -252,18 +262,45 @@ impl Postgres {
         self.psql_in("sitesign", sql)
     }
 
-    /// [`Postgres::psql`] in the database `db`.
+    /// [`Postgres::psql`] in the database `db`. The statement goes through standard input and
+    /// the superuser's password through a password file (`PGPASSFILE`): neither is in argv or
+    /// the environment.
     pub fn psql_in(&self, db: &str, sql: &str) -> String {
-        let out = check(
-            "psql",
-            Command::new(self.bin.join("psql"))
-                .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
-                .arg(self.socket_dir())
-                .args(["-p", &self.port.to_string(), "-U", "postgres", "-d", db, "-c", sql])
-                .env("PGPASSWORD", &self.superuser_password)
-                .output(),
-        );
+        use std::io::Write as _;
+        let mut child = Command::new(self.bin.join("psql"))
+            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
+            .arg(self.socket_dir())
+            .args(["-p", &self.port.to_string(), "-U", "postgres", "-d", db, "-f", "-"])
+            .env("PGPASSFILE", self.dir.path().join("superuser.pgpass"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("psql");
+        child.stdin.take().expect("stdin").write_all(sql.as_bytes()).expect("psql's input");
+        let out = check("psql", child.wait_with_output());
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Runs `sql` as the superuser in the `sitesign` database in a session that stays open — a
+    /// lock taken in its transaction stays held — until the returned session is dropped (rolled
+    /// back).
+    pub fn session(&self, sql: &str) -> Session {
+        use std::io::Write as _;
+        let mut child = Command::new(self.bin.join("psql"))
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
+            .arg(self.socket_dir())
+            .args(["-p", &self.port.to_string(), "-U", "postgres", "-d", "sitesign", "-f", "-"])
+            .env("PGPASSFILE", self.dir.path().join("superuser.pgpass"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("psql");
+        let stdin = child.stdin.as_mut().expect("stdin");
+        writeln!(stdin, "{sql}").expect("psql's input");
+        stdin.flush().expect("psql's input");
+        Session(child)
     }
 
     /// The server's log so far.
@@ -283,6 +320,20 @@ impl Postgres {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+}
+
+/// An open `psql` session (see [`Postgres::session`]).
+#[derive(Debug)]
+pub struct Session(std::process::Child);
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        use std::io::Write as _;
+        if let Some(mut stdin) = self.0.stdin.take() {
+            let _ = writeln!(stdin, "ROLLBACK;");
+        }
+        let _ = self.0.wait();
     }
 }
 

@@ -308,8 +308,15 @@ pub fn sign_crls(ctx: &mut AdminContext<'_>) -> Result<Vec<CrlView>, AdminError>
     for root in crl_issuers(&state) {
         let issuer = issuer_of(ctx, root)?;
         let crl = build_crl(ctx.store, &issuer, ctx.now, &[], 0)?;
-        ctx.audit.append(vec![crl_event(ctx.now, ctx.actor, &crl)])?;
-        ctx.store.apply(&ChangeSet { crls: vec![crl.clone()], ..ChangeSet::default() })?;
+        let event = crl_event(ctx.now, ctx.actor, &crl);
+        // Another node signing one at once takes the number first: this one is recorded as
+        // aborted and refused, never stored beside it.
+        super::change::commit(
+            ctx,
+            &Default::default(),
+            vec![event],
+            &ChangeSet { crls: vec![crl.clone()], ..ChangeSet::default() },
+        )?;
         out.push(crl_view(&crl, active.as_deref() == Some(&root.id))?);
     }
     Ok(out)
@@ -329,8 +336,13 @@ pub fn refresh_crls(ctx: &mut AdminContext<'_>) -> Result<usize, AdminError> {
         }
         let issuer = issuer_of(ctx, root)?;
         let crl = build_crl(ctx.store, &issuer, ctx.now, &[], 0)?;
-        ctx.audit.append(vec![crl_event(ctx.now, ctx.actor, &crl)])?;
-        ctx.store.apply(&ChangeSet { crls: vec![crl], ..ChangeSet::default() })?;
+        let event = crl_event(ctx.now, ctx.actor, &crl);
+        super::change::commit(
+            ctx,
+            &Default::default(),
+            vec![event],
+            &ChangeSet { crls: vec![crl], ..ChangeSet::default() },
+        )?;
         signed += 1;
     }
     Ok(signed)

@@ -33,6 +33,9 @@ pub struct InitReport {
 /// If anything fails after keys were generated, nothing is recorded and the error names the keys
 /// left in the devices.
 pub fn init(ctx: &mut AdminContext<'_>) -> Result<InitReport, AdminError> {
+    // Recorded only if nothing changed meanwhile: two appliances initialising one shared store
+    // at once make one hierarchy, not two (the second is refused as a conflict).
+    let generation = ctx.store.generation()?;
     if let Some(since) = ctx.store.meta("initialized_at")? {
         return Err(AdminError::AlreadyInitialised { since });
     }
@@ -78,6 +81,7 @@ pub fn init(ctx: &mut AdminContext<'_>) -> Result<InitReport, AdminError> {
         certificates.push(cert);
     }
     let changes = ChangeSet {
+        expect_generation: Some(generation),
         meta: vec![
             ("initialized_at".into(), rfc3339(ctx.now)),
             ("initialized_by".into(), ctx.actor.to_owned()),

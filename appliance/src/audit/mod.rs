@@ -741,26 +741,35 @@ impl crate::policy::IssuedTokens for Lookup {
     fn issued(&self, sha256_hex: &str) -> Result<bool, String> {
         let fail = |e: &dyn std::fmt::Display| format!("audit log {}: {e}", self.place.name().display());
         let mut guard = self.conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let lost = matches!(&*guard, Some(LookupConnection::Postgres(c)) if c.is_closed());
-        if guard.is_none() || lost {
-            *guard = Some(match &self.place {
-                AuditPlace::Local { dir, .. } => LookupConnection::Sqlite(
-                    Connection::open_with_flags(AuditLog::path_in(dir), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-                        .map_err(|e| fail(&e))?,
-                ),
-                AuditPlace::Shared { db, .. } => {
-                    LookupConnection::Postgres(crate::store::postgres::connect(db).map_err(|e| fail(&e))?)
-                }
-            });
+        // Twice at most: a connection the database dropped (a restart since the last question)
+        // is found lost by the first attempt, and made again for the second.
+        for attempt in 0..2 {
+            let lost = matches!(&*guard, Some(LookupConnection::Postgres(c)) if c.is_closed());
+            if guard.is_none() || lost {
+                *guard = Some(match &self.place {
+                    AuditPlace::Local { dir, .. } => LookupConnection::Sqlite(
+                        Connection::open_with_flags(AuditLog::path_in(dir), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                            .map_err(|e| fail(&e))?,
+                    ),
+                    AuditPlace::Shared { db, .. } => {
+                        LookupConnection::Postgres(crate::store::postgres::connect(db).map_err(|e| fail(&e))?)
+                    }
+                });
+            }
+            let result = match guard.as_mut() {
+                Some(LookupConnection::Sqlite(conn)) => conn
+                    .query_row("SELECT count(*) FROM audit WHERE sha256 = ?1", [sha256_hex], |r| r.get::<_, i64>(0))
+                    .map(|n| n > 0)
+                    .map_err(|e| fail(&e)),
+                Some(LookupConnection::Postgres(client)) => postgres::issued(client, sha256_hex).map_err(|e| fail(&e)),
+                None => Err(fail(&"no connection")),
+            };
+            let retry = attempt == 0 && matches!(&*guard, Some(LookupConnection::Postgres(c)) if c.is_closed());
+            if result.is_ok() || !retry {
+                return result;
+            }
         }
-        match guard.as_mut() {
-            Some(LookupConnection::Sqlite(conn)) => conn
-                .query_row("SELECT count(*) FROM audit WHERE sha256 = ?1", [sha256_hex], |r| r.get::<_, i64>(0))
-                .map(|n| n > 0)
-                .map_err(|e| fail(&e)),
-            Some(LookupConnection::Postgres(client)) => postgres::issued(client, sha256_hex).map_err(|e| fail(&e)),
-            None => Err(fail(&"no connection")),
-        }
+        Err(fail(&"no connection"))
     }
 }
 

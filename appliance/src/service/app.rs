@@ -6,7 +6,6 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use hsm_adapters::SigningKey;
@@ -212,12 +211,8 @@ pub struct App {
     pub admission: Admission,
     /// What every handshake signature goes through.
     observer: tls::Observer,
-    /// Whether the last attempt to follow the store succeeded.
-    state_fresh: AtomicBool,
-    /// When the store was last followed successfully, milliseconds after `started`.
-    followed_ms: std::sync::atomic::AtomicU64,
-    /// When the service started.
-    started: std::time::Instant,
+    /// Whether the state is confirmed to be the store's.
+    freshness: Arc<crate::pipeline::Freshness>,
     /// The shared store's bulk-token registry, asked at each use (`None`: one appliance, whose
     /// snapshot is the store's).
     live_bulk: Option<crate::state::LiveBulk>,
@@ -269,7 +264,9 @@ impl App {
         };
         let signing = Arc::new(ArcSwap::from_pointee(Signing { state: Arc::new(state), signers }));
         let barrier = Arc::new(std::sync::RwLock::new(()));
+        let freshness = Arc::new(crate::pipeline::Freshness::new(live_bulk.is_some()));
         let context = WorkerContext {
+            freshness: Arc::clone(&freshness),
             barrier: Arc::clone(&barrier),
             signing: Arc::clone(&signing),
             audit: audit.clone(),
@@ -297,9 +294,7 @@ impl App {
             barrier,
             admission,
             observer,
-            state_fresh: AtomicBool::new(true),
-            followed_ms: std::sync::atomic::AtomicU64::new(0),
-            started: std::time::Instant::now(),
+            freshness,
             live_bulk,
             stopping: AtomicBool::new(false),
             reloading: Mutex::new(()),
@@ -324,22 +319,17 @@ impl App {
 
     /// Whether the state in use is known to be the store's: the last attempt to follow it
     /// succeeded — and, when several appliances share the store, did so within
-    /// [`STALE_AFTER`] (another node's change must be taken up within a second; a node that
-    /// cannot confirm it has not missed one decides nothing).
+    /// [`crate::pipeline::Freshness::STALE_AFTER`] (another node's change must be taken up
+    /// within a second; a node that cannot confirm it has not missed one decides nothing).
     pub fn state_current(&self) -> bool {
-        let fresh = self.state_fresh.load(Ordering::Relaxed);
-        if self.live_bulk.is_none() {
-            return fresh;
-        }
-        let followed = Duration::from_millis(self.followed_ms.load(Ordering::Relaxed));
-        fresh && self.started.elapsed().saturating_sub(followed) <= STALE_AFTER
+        self.freshness.current()
     }
 
     /// Refuses (503) a request that needs the store's current state when a shared store cannot
     /// be confirmed current: nothing is signed on a state that may miss another node's block,
     /// revocation or rotation. One appliance's own snapshot is always its store's.
     pub fn require_current_state(&self) -> Result<(), crate::service::error::ApiError> {
-        if self.live_bulk.is_some() && !self.state_current() {
+        if self.freshness.unconfirmed() {
             return Err(crate::service::error::ApiError::Unavailable(
                 "the shared state store cannot be reached, so this node cannot confirm blocks and revocations made on other nodes; it signs nothing until it can (retry on another node)".into(),
             ));
@@ -361,7 +351,7 @@ impl App {
 
     /// Whether the last attempt to read the store succeeded.
     pub fn state_fresh(&self) -> bool {
-        self.state_fresh.load(Ordering::Relaxed)
+        self.freshness.fresh()
     }
 
     /// Follows the store (blocking): if its change counter moved, or a scheduled transition came
@@ -373,11 +363,17 @@ impl App {
     /// store's. True if signing was held.
     pub fn hold_signing_until_followed(&self) -> bool {
         let current = self.signing.load_full();
-        let behind = self.reader.lock().unwrap_or_else(PoisonError::into_inner).generation().is_ok_and(|g| g > current.state.generation)
-            // The store cannot even be read: hold too.
-            || self.reader.lock().unwrap_or_else(PoisonError::into_inner).generation().is_err();
+        // One lock: the store that cannot even be read holds signing too.
+        let behind = match self.reader.lock().unwrap_or_else(PoisonError::into_inner).generation() {
+            Ok(g) => g > current.state.generation,
+            Err(_) => true,
+        };
         if behind {
-            self.signing.store(Arc::new(Signing { state: Arc::clone(&current.state), signers: Vec::new() }));
+            // A counter no store has: the next successful follow rebuilds the signers even if the
+            // store did not change (the change failed, and the store was unreadable meanwhile).
+            let mut held = (*current.state).clone();
+            held.generation = -1;
+            self.signing.store(Arc::new(Signing { state: Arc::new(held), signers: Vec::new() }));
             tracing::error!(
                 "a restricting change could not be taken up: signing held until the state store is followed again"
             );
@@ -389,10 +385,7 @@ impl App {
     pub fn follow_store(&self) -> Result<bool, StartError> {
         let _one = self.reloading.lock().unwrap_or_else(PoisonError::into_inner);
         let result = self.reload();
-        self.state_fresh.store(result.is_ok(), Ordering::Relaxed);
-        if result.is_ok() {
-            self.followed_ms.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
-        }
+        self.freshness.followed(result.is_ok());
         result
     }
 
@@ -439,10 +432,6 @@ impl App {
         Ok(true)
     }
 }
-
-/// How long a node sharing its store may go without confirming its state is the store's before
-/// it refuses to sign (it follows every 250 ms, and is told of changes at once).
-pub const STALE_AFTER: Duration = Duration::from_secs(2);
 
 /// The shared store's bulk-token registry, asked at each use, on a connection of its own.
 #[derive(Debug)]

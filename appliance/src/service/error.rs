@@ -117,6 +117,7 @@ impl From<PipelineError> for ApiError {
             PipelineError::Stopped => ApiError::Unavailable("the service is stopping".into()),
             PipelineError::NoActiveKey => ApiError::NoActiveKey(e.to_string()),
             PipelineError::CallerRefused => ApiError::CallerRefused,
+            PipelineError::StateUnconfirmed => ApiError::Unavailable(e.to_string()),
             PipelineError::NoLongerAuthorised(what) => ApiError::ProofRejected(Rejection::new(
                 Reason::Blocked,
                 format!("{what} was blocked while the request waited to be signed"),

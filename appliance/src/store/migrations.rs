@@ -156,8 +156,9 @@ pub const MIGRATIONS: &[Migration] = &[
     ),
     // 5: the node registry (id, address, version, last seen; not a change the service follows).
     // In PostgreSQL, the whole schema of version 5 — the same tables in its types, the change
-    // counter moved by statement triggers that also `NOTIFY sitesign_state` (delivered at
-    // commit), the witness per node — and every node's audit chain and checkpoints.
+    // counter moved by row triggers (as in SQLite: a statement that changes no row moves
+    // nothing) that also `NOTIFY sitesign_state` (delivered at commit), the witness per node —
+    // and every node's audit chain and checkpoints.
     Migration {
         sqlite: "CREATE TABLE nodes (
             id        TEXT PRIMARY KEY,
@@ -225,7 +226,10 @@ const POSTGRES_5: &str = "
         this_update BIGINT NOT NULL,
         next_update BIGINT NOT NULL,
         der         BYTEA NOT NULL,
-        PRIMARY KEY (issuer_key, number)
+        PRIMARY KEY (issuer_key, number),
+        -- one increasing cRLNumber for every root (they share a name): two nodes signing at
+        -- once cannot both store the same number
+        UNIQUE (number)
     );
     CREATE TABLE orphans (
         uri     TEXT PRIMARY KEY,
@@ -247,15 +251,25 @@ const POSTGRES_5: &str = "
         RETURN NULL;
     END
     $$;
-    CREATE TRIGGER keys_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON keys
+    CREATE TRIGGER keys_changed AFTER INSERT OR UPDATE OR DELETE ON keys
+        FOR EACH ROW EXECUTE FUNCTION sitesign_changed();
+    CREATE TRIGGER keys_truncated AFTER TRUNCATE ON keys
         FOR EACH STATEMENT EXECUTE FUNCTION sitesign_changed();
-    CREATE TRIGGER certificates_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON certificates
+    CREATE TRIGGER certificates_changed AFTER INSERT OR UPDATE OR DELETE ON certificates
+        FOR EACH ROW EXECUTE FUNCTION sitesign_changed();
+    CREATE TRIGGER certificates_truncated AFTER TRUNCATE ON certificates
         FOR EACH STATEMENT EXECUTE FUNCTION sitesign_changed();
-    CREATE TRIGGER bulk_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON bulk_tokens
+    CREATE TRIGGER bulk_changed AFTER INSERT OR UPDATE OR DELETE ON bulk_tokens
+        FOR EACH ROW EXECUTE FUNCTION sitesign_changed();
+    CREATE TRIGGER bulk_truncated AFTER TRUNCATE ON bulk_tokens
         FOR EACH STATEMENT EXECUTE FUNCTION sitesign_changed();
-    CREATE TRIGGER crls_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON crls
+    CREATE TRIGGER crls_changed AFTER INSERT OR UPDATE OR DELETE ON crls
+        FOR EACH ROW EXECUTE FUNCTION sitesign_changed();
+    CREATE TRIGGER crls_truncated AFTER TRUNCATE ON crls
         FOR EACH STATEMENT EXECUTE FUNCTION sitesign_changed();
-    CREATE TRIGGER meta_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON meta
+    CREATE TRIGGER meta_changed AFTER INSERT OR UPDATE OR DELETE ON meta
+        FOR EACH ROW EXECUTE FUNCTION sitesign_changed();
+    CREATE TRIGGER meta_truncated AFTER TRUNCATE ON meta
         FOR EACH STATEMENT EXECUTE FUNCTION sitesign_changed();
     INSERT INTO meta (name, value) VALUES ('low_s_since', extract(epoch FROM now())::bigint::text);
     CREATE TABLE audit_witness (

@@ -365,10 +365,17 @@ impl Store {
     /// Runs `read` inside one read transaction: every query sees the same committed state, so a
     /// snapshot built from several queries is never half of one change and half of the next.
     pub fn read<T>(&self, read: impl FnOnce(&Store) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        /// Ends the read transaction however `read` ends — a panic too: a transaction left open
+        /// would answer every later question from its old snapshot.
+        struct End<'a>(&'a dyn Engine);
+        impl Drop for End<'_> {
+            fn drop(&mut self) {
+                self.0.end_read();
+            }
+        }
         self.0.begin_read()?;
-        let result = read(self);
-        self.0.end_read();
-        result
+        let _end = End(&*self.0);
+        read(self)
     }
 }
 

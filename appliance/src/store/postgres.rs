@@ -70,7 +70,8 @@ fn tls_config(ca_file: &std::path::Path) -> Result<rustls::ClientConfig, String>
 pub fn connect(cfg: &PgConfig) -> Result<Client, StoreError> {
     let fail = |reason: String| failure(cfg, reason);
     let mut config = cfg.config.clone();
-    let network = config.get_hosts().iter().any(|h| matches!(h, ::postgres::config::Host::Tcp(_)));
+    let network = !config.get_hostaddrs().is_empty()
+        || config.get_hosts().iter().any(|h| matches!(h, ::postgres::config::Host::Tcp(_)));
     // A network database only over TLS: `prefer` would fall back to the clear.
     if network {
         config.ssl_mode(::postgres::config::SslMode::Require);
@@ -177,6 +178,16 @@ impl PgEngine {
             *slot = None;
         }
         result.map_err(|e| failure(&self.cfg, error_text(&e)))
+    }
+
+    /// [`PgEngine::run`] for what only reads (or may be repeated): a connection found lost by
+    /// this call — the database restarted since the last one — is made again and the call
+    /// repeated once, so the first question after an outage is answered, not refused.
+    fn read<T>(&self, f: impl Fn(&mut Client) -> Result<T, ::postgres::Error>) -> Result<T, StoreError> {
+        match self.run(&f) {
+            Err(_) if !self.in_read.get() && self.client.borrow().is_none() => self.run(f),
+            result => result,
+        }
     }
 
     fn outcome(&self, o: Result<Outcome, StoreError>) -> Result<(), StoreError> {
@@ -324,7 +335,7 @@ impl Engine for PgEngine {
     }
 
     fn begin_read(&self) -> Result<(), StoreError> {
-        self.run(|c| c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"))?;
+        self.read(|c| c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"))?;
         self.in_read.set(true);
         Ok(())
     }
@@ -336,15 +347,15 @@ impl Engine for PgEngine {
     }
 
     fn schema_version(&self) -> Result<i64, StoreError> {
-        self.run(|c| c.query_one("SELECT version FROM schema_version WHERE id = 1", &[]).map(|r| r.get(0)))
+        self.read(|c| c.query_one("SELECT version FROM schema_version WHERE id = 1", &[]).map(|r| r.get(0)))
     }
 
     fn generation(&self) -> Result<i64, StoreError> {
-        self.run(|c| c.query_one("SELECT value FROM generation WHERE id = 1", &[]).map(|r| r.get(0)))
+        self.read(|c| c.query_one("SELECT value FROM generation WHERE id = 1", &[]).map(|r| r.get(0)))
     }
 
     fn meta(&self, name: &str) -> Result<Option<String>, StoreError> {
-        self.run(|c| c.query_opt("SELECT value FROM meta WHERE name = $1", &[&name]).map(|r| r.map(|r| r.get(0))))
+        self.read(|c| c.query_opt("SELECT value FROM meta WHERE name = $1", &[&name]).map(|r| r.map(|r| r.get(0))))
     }
 
     fn apply(&mut self, changes: &ChangeSet) -> Result<(), StoreError> {
@@ -368,7 +379,7 @@ impl Engine for PgEngine {
     }
 
     fn orphans(&self) -> Result<Vec<Orphan>, StoreError> {
-        self.run(|c| {
+        self.read(|c| {
             let rows = c.query("SELECT uri, backend, created, cause FROM orphans ORDER BY created", &[])?;
             Ok(rows
                 .iter()
@@ -378,7 +389,7 @@ impl Engine for PgEngine {
     }
 
     fn keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
-        let (rows, certs) = self.run(|c| {
+        let (rows, certs) = self.read(|c| {
             let rows = c.query(&format!("SELECT {KEY_COLUMNS} FROM keys ORDER BY created, id"), &[])?;
             let certs = c.query(
                 "SELECT subject_key, der FROM certificates WHERE subject_key IS NOT NULL ORDER BY issued, ord",
@@ -431,14 +442,14 @@ impl Engine for PgEngine {
     }
 
     fn bulk_tokens(&self) -> Result<Vec<BulkRecord>, StoreError> {
-        self.run(|c| {
+        self.read(|c| {
             let rows = c.query(&format!("SELECT {BULK_COLUMNS} FROM bulk_tokens ORDER BY created DESC, guid"), &[])?;
             Ok(rows.iter().map(bulk_row).collect())
         })
     }
 
     fn bulk_token(&self, guid: &str) -> Result<Option<BulkRecord>, StoreError> {
-        self.run(|c| {
+        self.read(|c| {
             let row = c.query_opt(&format!("SELECT {BULK_COLUMNS} FROM bulk_tokens WHERE guid = $1"), &[&guid])?;
             Ok(row.as_ref().map(bulk_row))
         })
@@ -455,14 +466,14 @@ impl Engine for PgEngine {
     }
 
     fn certificates(&self) -> Result<Vec<CertRecord>, StoreError> {
-        self.run(|c| {
+        self.read(|c| {
             let rows = c.query(&format!("SELECT {CERT_COLUMNS} FROM certificates ORDER BY issued, ord"), &[])?;
             Ok(rows.iter().map(cert_row).collect())
         })
     }
 
     fn certificate(&self, serial: &str) -> Result<Option<CertRecord>, StoreError> {
-        self.run(|c| {
+        self.read(|c| {
             let row = c.query_opt(&format!("SELECT {CERT_COLUMNS} FROM certificates WHERE serial = $1"), &[&serial])?;
             Ok(row.as_ref().map(cert_row))
         })
@@ -470,7 +481,7 @@ impl Engine for PgEngine {
 
     fn audit_witness_of(&self, node: Option<&str>) -> Result<Option<crate::audit::Checkpoint>, StoreError> {
         let node = node.unwrap_or(&self.node);
-        self.run(|c| {
+        self.read(|c| {
             let row = c.query_opt(
                 "SELECT seq, hash, time, key_id, signature FROM audit_witness WHERE node_id = $1",
                 &[&node],
@@ -507,11 +518,11 @@ impl Engine for PgEngine {
     }
 
     fn last_crl_number(&self) -> Result<i64, StoreError> {
-        self.run(|c| c.query_one("SELECT coalesce(max(number), 0)::bigint FROM crls", &[]).map(|r| r.get(0)))
+        self.read(|c| c.query_one("SELECT coalesce(max(number), 0)::bigint FROM crls", &[]).map(|r| r.get(0)))
     }
 
     fn latest_crl(&self, issuer_key: &str) -> Result<Option<CrlRecord>, StoreError> {
-        self.run(|c| {
+        self.read(|c| {
             let row = c.query_opt(
                 "SELECT issuer_key, number, this_update, next_update, der FROM crls WHERE issuer_key = $1
                  ORDER BY number DESC LIMIT 1",
@@ -528,7 +539,7 @@ impl Engine for PgEngine {
     }
 
     fn register_node(&mut self, node: &NodeRecord) -> Result<(), StoreError> {
-        self.run(|c| {
+        self.read(|c| {
             c.execute(
                 "INSERT INTO nodes (id, address, version, started, last_seen) VALUES ($1, $2, $3, $4, $5)
                  ON CONFLICT (id) DO UPDATE SET address = excluded.address, version = excluded.version,
@@ -540,7 +551,7 @@ impl Engine for PgEngine {
     }
 
     fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
-        self.run(|c| {
+        self.read(|c| {
             let rows = c.query("SELECT id, address, version, started, last_seen FROM nodes ORDER BY id", &[])?;
             Ok(rows
                 .iter()
