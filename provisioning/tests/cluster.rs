@@ -95,6 +95,19 @@ fn two_nodes_on_one_database_share_blocks_rotations_revocations_a_batch_and_keep
     // And unblocked through b, it works on a again.
     b.ok(&["bulk-token", "unblock", made["guid"].as_str().unwrap()]);
     assert_eq!(bulk_registration(&sa, 4, &made["token"]).0, 200);
+    // A change made by the CLI straight against the database — an administrator's host with the
+    // configuration and no service of its own — is honoured by both nodes too.
+    let admin_dir = a.dir.with_file_name("admin-host");
+    std::fs::create_dir_all(&admin_dir).unwrap();
+    std::fs::copy(a.config_path(), admin_dir.join("sitesign.toml")).unwrap();
+    let admin = Appliance::at(admin_dir);
+    admin.edit(|f| f.node = Some(sitesign::config::NodeConfigFile { id: Some("admin-host".into()), address: None }));
+    admin.ok(&["bulk-token", "block", made["guid"].as_str().unwrap()]);
+    for s in [&sa, &sb] {
+        assert_eq!(bulk_registration(s, 5, &made["token"]).0, 403);
+    }
+    admin.ok(&["bulk-token", "unblock", made["guid"].as_str().unwrap()]);
+    assert_eq!(bulk_registration(&sb, 6, &made["token"]).0, 200);
 
     // A token-signing rotation activated through node a is used by node b within a second: the
     // new key is found by its URI in b's own sessions of the same token.
@@ -171,17 +184,22 @@ fn two_nodes_on_one_database_share_blocks_rotations_revocations_a_batch_and_keep
     let verified = b.ok(&["audit", "verify"]);
     assert_eq!(verified["intact"], true, "{verified}");
     let chains = verified["chains"].as_array().unwrap();
-    assert_eq!(chains.iter().map(|c| c["node"].as_str().unwrap()).collect::<Vec<_>>(), ["node-a", "node-b"]);
-    assert!(chains.iter().all(|c| c["intact"] == true && c["records"].as_u64().unwrap() > 400), "{verified}");
+    assert_eq!(
+        chains.iter().map(|c| c["node"].as_str().unwrap()).collect::<Vec<_>>(),
+        ["admin-host", "node-a", "node-b"],
+        "the administrator's host records its changes in a chain of its own"
+    );
+    assert!(chains.iter().all(|c| c["intact"] == true), "{verified}");
+    assert!(chains[1..].iter().all(|c| c["records"].as_u64().unwrap() > 400), "{verified}");
     // An edit in b's chain is reported in b's, not a's.
     pg.query("UPDATE audit SET subject = 'GUID:forged' WHERE node_id = 'node-b' AND seq = 3");
     let broken = b.cli(&["audit", "verify"]);
     assert!(!broken.status.success());
     let broken: Value = serde_json::from_slice(&broken.stdout).unwrap();
     let chains = broken["chains"].as_array().unwrap();
-    assert_eq!((chains[0]["node"].as_str(), chains[0]["intact"].as_bool()), (Some("node-a"), Some(true)));
-    assert_eq!((chains[1]["node"].as_str(), chains[1]["intact"].as_bool()), (Some("node-b"), Some(false)));
-    assert_eq!(chains[1]["break"]["seq"], 3, "{broken}");
+    assert_eq!((chains[1]["node"].as_str(), chains[1]["intact"].as_bool()), (Some("node-a"), Some(true)));
+    assert_eq!((chains[2]["node"].as_str(), chains[2]["intact"].as_bool()), (Some("node-b"), Some(false)));
+    assert_eq!(chains[2]["break"]["seq"], 3, "{broken}");
 }
 
 fn ready(s: &Service) -> bool {
