@@ -184,8 +184,11 @@ impl PgEngine {
     /// this call — the database restarted since the last one — is made again and the call
     /// repeated once, so the first question after an outage is answered, not refused.
     fn read<T>(&self, f: impl Fn(&mut Client) -> Result<T, ::postgres::Error>) -> Result<T, StoreError> {
+        // Only a connection that was there and is now gone: a database that refuses new ones
+        // is not asked twice.
+        let had = self.client.borrow().as_ref().is_some_and(|c| !c.is_closed());
         match self.run(&f) {
-            Err(_) if !self.in_read.get() && self.client.borrow().is_none() => self.run(f),
+            Err(_) if had && !self.in_read.get() && self.client.borrow().is_none() => self.run(f),
             result => result,
         }
     }
