@@ -457,9 +457,16 @@ impl ConfigFile {
     }
 }
 
-/// The host name, as the default node id.
+/// The host name, as the default node id: what a node id may not hold made `-`, at most 64
+/// characters, `node` if nothing is left (a container's `(none)` must not stop a service).
 fn host_name() -> String {
-    rustix::system::uname().nodename().to_string_lossy().into_owned()
+    let name = rustix::system::uname().nodename().to_string_lossy().into_owned();
+    let id: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') { c } else { '-' })
+        .take(64)
+        .collect();
+    if id.trim_matches('-').is_empty() { "node".to_owned() } else { id }
 }
 
 fn validate_node(n: &NodeConfigFile, service: &ServiceConfig, problems: &mut Vec<ConfigProblem>) -> NodeConfig {
