@@ -251,26 +251,19 @@ const POSTGRES_5: &str = "
         RETURN NULL;
     END
     $$;
-    CREATE TRIGGER keys_changed AFTER INSERT OR UPDATE OR DELETE ON keys
-        FOR EACH ROW EXECUTE FUNCTION sitesign_changed();
-    CREATE TRIGGER keys_truncated AFTER TRUNCATE ON keys
-        FOR EACH STATEMENT EXECUTE FUNCTION sitesign_changed();
-    CREATE TRIGGER certificates_changed AFTER INSERT OR UPDATE OR DELETE ON certificates
-        FOR EACH ROW EXECUTE FUNCTION sitesign_changed();
-    CREATE TRIGGER certificates_truncated AFTER TRUNCATE ON certificates
-        FOR EACH STATEMENT EXECUTE FUNCTION sitesign_changed();
-    CREATE TRIGGER bulk_changed AFTER INSERT OR UPDATE OR DELETE ON bulk_tokens
-        FOR EACH ROW EXECUTE FUNCTION sitesign_changed();
-    CREATE TRIGGER bulk_truncated AFTER TRUNCATE ON bulk_tokens
-        FOR EACH STATEMENT EXECUTE FUNCTION sitesign_changed();
-    CREATE TRIGGER crls_changed AFTER INSERT OR UPDATE OR DELETE ON crls
-        FOR EACH ROW EXECUTE FUNCTION sitesign_changed();
-    CREATE TRIGGER crls_truncated AFTER TRUNCATE ON crls
-        FOR EACH STATEMENT EXECUTE FUNCTION sitesign_changed();
-    CREATE TRIGGER meta_changed AFTER INSERT OR UPDATE OR DELETE ON meta
-        FOR EACH ROW EXECUTE FUNCTION sitesign_changed();
-    CREATE TRIGGER meta_truncated AFTER TRUNCATE ON meta
-        FOR EACH STATEMENT EXECUTE FUNCTION sitesign_changed();
+    -- Row triggers (a statement that changes no row moves nothing), and TRUNCATE.
+    DO $$
+    DECLARE
+        t TEXT;
+    BEGIN
+        FOREACH t IN ARRAY ARRAY['keys', 'certificates', 'bulk_tokens', 'crls', 'meta'] LOOP
+            EXECUTE format('CREATE TRIGGER %I AFTER INSERT OR UPDATE OR DELETE ON %I
+                            FOR EACH ROW EXECUTE FUNCTION sitesign_changed()', t || '_changed', t);
+            EXECUTE format('CREATE TRIGGER %I AFTER TRUNCATE ON %I
+                            FOR EACH STATEMENT EXECUTE FUNCTION sitesign_changed()', t || '_truncated', t);
+        END LOOP;
+    END
+    $$;
     INSERT INTO meta (name, value) VALUES ('low_s_since', extract(epoch FROM now())::bigint::text);
     CREATE TABLE audit_witness (
         node_id   TEXT PRIMARY KEY,
