@@ -216,6 +216,8 @@ pub struct App {
     /// The shared store's bulk-token registry, asked at each use (`None`: one appliance, whose
     /// snapshot is the store's).
     live_bulk: Option<crate::state::LiveBulk>,
+    /// When it started, Unix time (for the node registry).
+    started: i64,
     /// Stopping: refuse new work.
     pub stopping: AtomicBool,
     /// Serialises reloads (the watcher's and an admin operation's).
@@ -296,6 +298,7 @@ impl App {
             observer,
             freshness,
             live_bulk,
+            started: now_unix(),
             stopping: AtomicBool::new(false),
             reloading: Mutex::new(()),
             config,
@@ -338,12 +341,12 @@ impl App {
     }
 
     /// Records this node in the store's node registry (start-up, then every few seconds).
-    pub fn report_node(&self, started: i64) -> Result<(), StoreError> {
+    pub fn report_node(&self) -> Result<(), StoreError> {
         let node = crate::store::NodeRecord {
             id: self.config.node.id.clone(),
             address: self.config.node.address.clone(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
-            started,
+            started: self.started,
             last_seen: now_unix(),
         };
         self.store().register_node(&node)

@@ -93,8 +93,8 @@ fn listen_for_changes(app: &App, db: &crate::config::PgConfig) {
 }
 
 /// Reports the node in the registry (best effort: the registry is for operators).
-fn report_node(app: &App, started: i64) {
-    if let Err(e) = app.report_node(started) {
+fn report_node(app: &App) {
+    if let Err(e) = app.report_node() {
         tracing::warn!(error = %e, "cannot report this node in the node registry");
     }
 }
@@ -223,24 +223,11 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     tokio::spawn(every(Arc::clone(&app), CRL_CHECK_EVERY, stop_rx.clone(), refresh_crls));
     tokio::spawn(every(Arc::clone(&app), PROBE_EVERY, stop_rx.clone(), probe_devices));
     tokio::spawn(every(Arc::clone(&app), admission::REPORT_EVERY, stop_rx.clone(), |a| a.admission.report()));
-    let started = crate::time::now_unix();
     {
         let a = Arc::clone(&app);
-        let _ = tokio::task::spawn_blocking(move || report_node(&a, started)).await;
+        let _ = tokio::task::spawn_blocking(move || report_node(&a)).await;
     }
-    {
-        let (app, mut stop) = (Arc::clone(&app), stop_rx.clone());
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(NODE_REPORT_EVERY) => {}
-                    _ = stop.changed() => return,
-                }
-                let a = Arc::clone(&app);
-                let _ = tokio::task::spawn_blocking(move || report_node(&a, started)).await;
-            }
-        });
-    }
+    tokio::spawn(every(Arc::clone(&app), NODE_REPORT_EVERY, stop_rx.clone(), report_node));
     if let crate::config::StoreConfig::Postgres(db) = &app.config.store {
         let (a, db) = (Arc::clone(&app), db.clone());
         std::thread::Builder::new()

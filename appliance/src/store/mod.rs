@@ -379,6 +379,14 @@ impl Store {
     }
 }
 
+/// The columns of `keys`, `certificates` and `bulk_tokens` in the order both engines read and
+/// write them.
+const KEY_COLUMNS: &str =
+    "id, backend, uri, algorithm, role, created, activates, deactivates, retires, revoked, revoke_reason, not_after";
+const CERT_COLUMNS: &str = "serial, profile, subject, issuer_key, subject_key, not_before, not_after, sha256, der, issued, \
+     requested_by, revoked, revoke_reason, revoked_by";
+const BULK_COLUMNS: &str = "guid, lifetime, created, expires, creator, key_id, blocked, changed, changed_by";
+
 /// Attaches each certificate (owner key id, DER; oldest first) to its key.
 fn attach_certificates(keys: &mut [KeyRecord], certs: impl IntoIterator<Item = (String, Vec<u8>)>) {
     for (owner, der) in certs {

@@ -121,12 +121,6 @@ impl std::fmt::Debug for PgEngine {
     }
 }
 
-const KEY_COLUMNS: &str =
-    "id, backend, uri, algorithm, role, created, activates, deactivates, retires, revoked, revoke_reason, not_after";
-const CERT_COLUMNS: &str = "serial, profile, subject, issuer_key, subject_key, not_before, not_after, sha256, der, issued, \
-     requested_by, revoked, revoke_reason, revoked_by";
-const BULK_COLUMNS: &str = "guid, lifetime, created, expires, creator, key_id, blocked, changed, changed_by";
-
 /// What a transaction found that is not an error of the database.
 enum Outcome {
     Done,

@@ -17,12 +17,6 @@ pub struct SqliteEngine {
     path: PathBuf,
 }
 
-const KEY_COLUMNS: &str =
-    "id, backend, uri, algorithm, role, created, activates, deactivates, retires, revoked, revoke_reason, not_after";
-const CERT_COLUMNS: &str = "serial, profile, subject, issuer_key, subject_key, not_before, not_after, sha256, der, issued, \
-     requested_by, revoked, revoke_reason, revoked_by";
-const BULK_COLUMNS: &str = "guid, lifetime, created, expires, creator, key_id, blocked, changed, changed_by";
-
 /// The files of the SQLite database `db`: itself and its WAL files.
 fn database_files(db: &Path) -> impl Iterator<Item = PathBuf> + '_ {
     ["", "-wal", "-shm"].into_iter().map(move |ext| PathBuf::from(format!("{}{ext}", db.display())))
